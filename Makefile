@@ -1,0 +1,29 @@
+# Two commands a fresh machine needs:  `make demo`  and  `make test`.
+# torch is pinned to the local CPU wheel first: a plain `pip install torch` would pull a 5.5 GB CUDA build.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+
+.PHONY: install demo test lint clean
+
+$(BIN)/smaformer: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[dev,export,dicom]"
+	touch $@
+
+install: $(BIN)/smaformer
+
+demo: install
+	$(BIN)/smaformer demo
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check smaformer tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

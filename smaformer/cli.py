@@ -1,0 +1,73 @@
+"""Thin argparse front end. Each sub-command lives in its own module that exposes
+``configure_parser(parser)`` (arguments, with an example in the epilog) and ``run(args) -> int``.
+The CLI only parses arguments and calls the engine; errors print as one line unless ``--debug``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from smaformer.errors import SmaformerError
+
+# sub-command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("smaformer.engine.demo", "train a small model on synthetic phantoms and evaluate it"),
+    "train": ("smaformer.engine.train_cli", "train a model from a YAML preset"),
+    "evaluate": ("smaformer.engine.evaluate_cli", "evaluate a checkpoint on 3D volumes (Dice/HD95)"),
+    "predict": ("smaformer.engine.predict_cli", "segment NIfTI/DICOM/PNG inputs, keeping their geometry"),
+    "export": ("smaformer.engine.export_cli", "export a checkpoint to ONNX, TorchScript or safetensors"),
+    "info": ("smaformer.engine.info", "params per part, FLOPs and architecture of a model or checkpoint"),
+    "convert": ("smaformer.data.convert", "convert NIfTI pairs / nnU-Net raw data into the Synapse layout"),
+    "check-data": ("smaformer.data.check", "detect a dataset layout and check it for faults"),
+}
+
+
+def _load(module: str):
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smaformer",
+        description="Transformer segmentation for 2D medical images: SMAFormer, Swin-Unet, MedT.",
+        epilog="Example: smaformer info swin_unet",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        mod = _load(module)
+        if mod is None:
+            continue
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.configure_parser(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except SmaformerError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: medical IO, one reader per layout, preprocessing and augmentation, converter, synthetic phantoms."""

@@ -1,0 +1,56 @@
+"""Deterministic preprocessing shared by training, evaluation and prediction.
+
+The spec lives in every checkpoint (``checkpoint.default_preprocessing``), so ``predict`` applies exactly
+what training used:
+
+- ``intensity``: ``{"mode": "window", "lo": -125, "hi": 275}`` (clip, then scale to [0, 1]; the Synapse
+  convention), ``{"mode": "zscore"}``, ``{"mode": "minmax", "per_slice": False}`` or ``{"mode": "none"}``.
+- ``channel_mode``: ``"repeat"`` (1 → ``in_chans`` copies), ``"pseudo_hdr"`` (SMAFormer's
+  ``[x, clamp(1.2x, 0, 1), avgpool3x3(x)]``) or ``"none"`` (the image already has ``in_chans`` channels).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CHANNEL_MODES = ("repeat", "pseudo_hdr", "none")
+
+
+def normalize_intensity(arr: np.ndarray, spec: dict) -> np.ndarray:
+    """Apply an intensity spec to an image or volume; returns float32. Per-slice modes use axis 0."""
+    x = np.asarray(arr, dtype=np.float32)
+    mode = spec.get("mode", "none")
+    if mode == "none":
+        return x
+    if mode == "window":
+        lo, hi = float(spec["lo"]), float(spec["hi"])
+        return (np.clip(x, lo, hi) - lo) / (hi - lo)
+    if mode == "zscore":
+        std = float(x.std())
+        return (x - float(x.mean())) / (std if std > 0 else 1.0)
+    if mode == "minmax":
+        axes = tuple(range(1, x.ndim)) if spec.get("per_slice") and x.ndim == 3 else None
+        lo, hi = x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
+        return (x - lo) / np.where(hi > lo, hi - lo, 1.0)
+    raise ValueError(f"unknown intensity mode {mode!r}; use window, zscore, minmax or none")
+
+
+def make_channels(x: torch.Tensor, mode: str, in_chans: int) -> torch.Tensor:
+    """Turn a (B,C,H,W) batch into the model's ``in_chans`` channels according to ``mode``."""
+    if mode == "none":
+        if x.shape[1] != in_chans:
+            raise ValueError(f"channel_mode 'none' needs {in_chans} input channels, got {x.shape[1]}")
+        return x
+    if x.shape[1] != 1:
+        if x.shape[1] == in_chans:
+            return x
+        raise ValueError(f"channel_mode {mode!r} expects 1-channel input, got {x.shape[1]} channels")
+    if mode == "repeat":
+        return x.repeat(1, in_chans, 1, 1)
+    if mode == "pseudo_hdr":
+        if in_chans != 3:
+            raise ValueError("channel_mode 'pseudo_hdr' makes 3 channels; the model has in_chans="
+                             f"{in_chans}")
+        return torch.cat([x, (1.2 * x).clamp(0, 1), F.avg_pool2d(x, 3, stride=1, padding=1)], dim=1)
+    raise ValueError(f"unknown channel_mode {mode!r}; use one of {CHANNEL_MODES}")

@@ -1,0 +1,1 @@
+"""Engine: training, evaluation, prediction, export and model information."""

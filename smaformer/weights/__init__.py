@@ -1,0 +1,1 @@
+"""Pretrained (ImageNet Swin-T) and official-checkpoint weight loading, with coverage reports."""
