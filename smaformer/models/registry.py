@@ -6,16 +6,22 @@ from collections.abc import Callable
 import torch.nn as nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_TINY: dict[str, dict] = {}
 
 
-def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None):
-    """Register a factory under ``name`` (default: the function's name)."""
+def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None, tiny: dict | None = None):
+    """Register a factory under ``name`` (default: the function's name).
+
+    ``tiny`` holds kwargs for a small variant of the same architecture (well under 1M params, fast at 64x64),
+    used by training, export and prediction tests.
+    """
 
     def wrap(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or f.__name__
         if key in _MODELS:
             raise ValueError(f"model {key!r} is registered twice")
         _MODELS[key] = f
+        _TINY[key] = dict(tiny or {})
         return f
 
     return wrap(fn) if fn is not None else wrap
@@ -24,6 +30,13 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
 def list_models() -> list[str]:
     """Names of every registered model, sorted."""
     return sorted(_MODELS)
+
+
+def tiny_kwargs(name: str) -> dict:
+    """Kwargs that build a tiny variant of ``name`` (empty when the default is already small)."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    return dict(_TINY[name])
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
