@@ -1,0 +1,1 @@
+"""Torch-only building blocks with no model knowledge."""
