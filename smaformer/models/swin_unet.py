@@ -1,0 +1,139 @@
+"""Swin-Unet (Cao et al. 2021), faithful to HuCaoFighting/Swin-Unet @ 7d80541 (``SwinTransformerSys``).
+
+Parameter names mirror the official inner network, so official checkpoints load by stripping the
+``module.`` / ``swin_unet.`` prefixes and dropping computed buffers. Encoder: PatchEmbed, 4 Swin stages
+(PatchMerging after stages 0-2), LayerNorm. Decoder: ``layers_up[0]`` is a bare PatchExpand; steps 1-3 concat
+``[decoder, skip]`` (skips are the *inputs* of encoder stages 2, 1, 0), Linear back to C, Swin blocks, then
+PatchExpand (not on the last). Head: ``norm_up``, FinalPatchExpandX4, 1x1 conv without bias.
+A 1-channel input is repeated to 3 channels, as the official wrapper does.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from smaformer.models.layers.swin import FinalPatchExpandX4, PatchEmbed, PatchExpand, SwinStage, init_swin_weights
+from smaformer.models.registry import register_model
+
+_BUFFERS = ("relative_position_index", "attn_mask")
+
+
+def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    if len(size) != 2:
+        raise ValueError(f"img_size must be an int or (H, W), got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+class SwinUnet(nn.Module):
+    """U-shaped pure Swin Transformer for 2D segmentation: (B, in_chans, H, W) -> (B, num_classes, H, W)."""
+
+    parts = {
+        "encoder": ("patch_embed.", "layers.", "norm."),
+        "decoder": ("layers_up.", "concat_back_dim.", "norm_up."),
+        "head": ("up.", "output."),
+    }
+    export_flags = {"onnx": True, "torchscript": False, "compile": True, "dynamic_hw": True}
+
+    def __init__(self, num_classes: int = 9, in_chans: int = 3, img_size: int | tuple[int, int] = 224,
+                 embed_dim: int = 96, depths: tuple[int, ...] = (2, 2, 2, 2),
+                 num_heads: tuple[int, ...] = (3, 6, 12, 24), window_size: int = 7, mlp_ratio: float = 4.0,
+                 drop_path_rate: float = 0.2) -> None:
+        super().__init__()
+        if len(depths) != len(num_heads) or len(depths) < 2:
+            raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} need the same length (>= 2)")
+        if num_classes < 1 or in_chans < 1 or window_size < 1:
+            raise ValueError("num_classes, in_chans and window_size must be positive")
+        n = len(depths)
+        self.num_classes, self.in_chans, self.window_size = num_classes, in_chans, window_size
+        self.img_size = _pair(img_size)
+        self.multiple = 4 * 2 ** (n - 1)
+        for side in self.img_size:
+            if side % self.multiple or side <= 0:
+                good = max(self.multiple, round(side / self.multiple) * self.multiple)
+                raise ValueError(f"img_size {side} is not divisible by {self.multiple}; use {good} "
+                                 f"(e.g. 224 with window_size 7, 256 or 512 with window_size 8)")
+        dims = [embed_dim * 2 ** i for i in range(n)]
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        starts = [sum(depths[:i]) for i in range(n + 1)]
+
+        # the official wrapper repeats 1-channel input to 3, so its weights keep a 3-channel patch embedding
+        self.patch_embed = PatchEmbed(3 if in_chans == 1 else in_chans, embed_dim)
+        self.layers = nn.ModuleList(
+            SwinStage(dims[i], depths[i], num_heads[i], window_size, rates[starts[i]:starts[i + 1]], mlp_ratio,
+                      downsample=i < n - 1)
+            for i in range(n))
+        self.norm = nn.LayerNorm(dims[-1])
+        self.layers_up = nn.ModuleList([PatchExpand(dims[-1])])
+        self.concat_back_dim = nn.ModuleList([nn.Identity()])
+        for i in range(1, n):
+            k = n - 1 - i  # mirrored encoder stage
+            self.layers_up.append(SwinStage(dims[k], depths[k], num_heads[k], window_size,
+                                            rates[starts[k]:starts[k + 1]], mlp_ratio, upsample=i < n - 1))
+            self.concat_back_dim.append(nn.Linear(2 * dims[k], dims[k]))
+        self.norm_up = nn.LayerNorm(embed_dim)
+        self.up = FinalPatchExpandX4(embed_dim)
+        self.output = nn.Conv2d(embed_dim, num_classes, kernel_size=1, bias=False)
+        self.apply(init_swin_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1 and self.patch_embed.proj.in_channels == 3:
+            x = x.repeat(1, 3, 1, 1)
+        if x.shape[1] != self.patch_embed.proj.in_channels:
+            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]}")
+        if x.shape[2] % self.multiple or x.shape[3] % self.multiple:
+            raise ValueError(f"input {tuple(x.shape[2:])} is not divisible by {self.multiple}; resize or pad it")
+        x = self.patch_embed(x)
+        skips = []
+        for layer in self.layers:
+            skips.append(x)  # the skip is the stage INPUT, as in the official code
+            x = layer(x)
+        x = self.norm(x)
+        n = len(self.layers)
+        for i, layer in enumerate(self.layers_up):
+            if i > 0:
+                x = self.concat_back_dim[i](torch.cat([x, skips[n - 1 - i]], dim=-1))
+            x = layer(x)
+        x = self.up(self.norm_up(x))
+        return self.output(x.permute(0, 3, 1, 2))
+
+    def convert_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Official Swin-Unet keys (optionally ``module.``/``swin_unet.``-prefixed) -> ours; computed buffers
+        are dropped; a key we cannot place raises KeyError naming it."""
+        ours = self.state_dict()
+        out = {}
+        for key, value in state_dict.items():
+            name = key
+            for prefix in ("module.", "swin_unet."):
+                if name.startswith(prefix):
+                    name = name[len(prefix):]
+            if name.endswith(_BUFFERS):
+                continue
+            if name not in ours:
+                raise KeyError(f"official key {key!r} has no place in SwinUnet")
+            if ours[name].shape != value.shape:
+                raise KeyError(f"official key {key!r} has shape {tuple(value.shape)}, "
+                               f"the model expects {tuple(ours[name].shape)}")
+            out[name] = value
+        return out
+
+    def pretrained_mapping(self) -> dict[str, str]:
+        """Our parameter name -> Swin-T name (Microsoft layout), as the official ``load_from`` maps them:
+        the encoder by identical names, and decoder stage ``layers_up.(3-k)`` blocks from encoder ``layers.k``."""
+        n = len(self.layers)
+        mapping = {}
+        for name, _ in self.named_parameters():
+            if name.startswith(("patch_embed.", "layers.", "norm.")):
+                mapping[name] = name
+            elif name.startswith("layers_up.") and ".blocks." in name:
+                i, rest = name[len("layers_up."):].split(".", 1)
+                mapping[name] = f"layers.{n - 1 - int(i)}.{rest}"
+        return mapping
+
+
+@register_model(tiny={"embed_dim": 16, "depths": [2, 2, 2, 1], "num_heads": [1, 2, 4, 8], "window_size": 4})
+def swin_unet(**kwargs) -> SwinUnet:
+    """Swin-Unet, Swin-T sized (embed 96, depths [2,2,2,2], heads [3,6,12,24], window 7): 27,168,900 params
+    at 224 with 9 classes."""
+    return SwinUnet(**kwargs)
