@@ -1,0 +1,123 @@
+"""``SliceDataset``: 2D training/validation slices from any reader (or a list of samples) as tensors.
+
+Each item is ``{"image": FloatTensor (C,H,W), "label": LongTensor (H,W), "case": str, "slice": int}``.
+Per case the intensity spec is applied once on load (so z-score uses volume statistics, as volume
+inference does); per slice the augmentation (or a plain resize) runs, then the channel mode.
+Volumes are cached in memory up to ``cache_bytes`` per process, because shuffled slice sampling would
+otherwise decode the same volume again and again.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from smaformer.data.preprocess import make_channels, normalize_intensity
+from smaformer.data.sample import Reader, Sample
+from smaformer.data.transforms import RandomGenerator, resize_pair
+from smaformer.errors import InputError
+
+log = logging.getLogger(__name__)
+
+Augment = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class SliceDataset(Dataset):
+    """Slices of ``source`` (a :class:`Reader` or a sequence of :class:`Sample`).
+
+    Args:
+        preprocessing: a checkpoint preprocessing block (``img_size``, ``in_chans``, ``channel_mode``,
+            ``intensity``); the explicit keyword arguments below override its entries.
+        augment: ``True`` for the official :class:`RandomGenerator` at ``img_size``, a callable
+            ``(image (C,H,W), label (H,W)) -> (image, label)`` at the output size, or ``False``.
+        img_size: output size; ``None`` keeps each slice's own size (then batch only equal sizes).
+        skip_empty: drop slices whose label is all background (some recipes train on these only).
+    Cases that fail to load are skipped while indexing; they are listed in ``self.skipped``.
+    """
+
+    def __init__(self, source: Reader | Sequence[Sample], *, preprocessing: dict | None = None,
+                 augment: bool | Augment = False, img_size: int | tuple[int, int] | None = None,
+                 intensity: dict | None = None, channel_mode: str | None = None, in_chans: int | None = None,
+                 skip_empty: bool = False, cache_bytes: int = 2 << 30):
+        prep = dict(preprocessing or {})
+        self.img_size = img_size if img_size is not None else prep.get("img_size")
+        self.intensity = dict(intensity or prep.get("intensity") or {"mode": "none"})
+        self.channel_mode = channel_mode or prep.get("channel_mode", "repeat")
+        self.in_chans = int(in_chans or prep.get("in_chans", 1))
+        if augment is True:
+            if self.img_size is None:
+                raise ValueError("augment=True needs img_size (the official augmentation zooms to it)")
+            augment = RandomGenerator(tuple(self._size()))
+        self.augment: Augment | None = augment or None
+        self.cache_bytes = int(cache_bytes)
+        self._cache: OrderedDict[str, Sample] = OrderedDict()
+        self.skipped: list[tuple[str, str]] = []
+        if isinstance(source, Reader):
+            self.reader: Reader | None = source
+            self._samples: dict[str, Sample] = {}
+            self.classes = list(source.classes)
+            counts = self._count_reader(source)
+        else:
+            self.reader = None
+            self._samples = {s.case or f"sample{i}": s for i, s in enumerate(source)}
+            self.classes = list(source[0].meta.get("classes", [])) if len(source) else []
+            counts = [(c, s.num_slices()) for c, s in self._samples.items()]
+        self.index: list[tuple[str, int]] = [(c, i) for c, n in counts for i in range(n)]
+        if skip_empty:
+            self.index = [(c, i) for c, i in self.index if self._label_slice(c, i).any()]
+        if not self.index:
+            where = getattr(source, "root", None) or "the given samples"
+            raise InputError(where, "no slices to train on" + (f" ({len(self.skipped)} cases skipped: "
+                                                               f"{self.skipped[0][1]})" if self.skipped else ""))
+
+    def _size(self) -> tuple[int, int]:
+        s = self.img_size
+        return (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+    def _count_reader(self, reader: Reader) -> list[tuple[str, int]]:
+        counts = []
+        for case in reader.cases():
+            try:
+                counts.append((case, reader.num_slices(case)))
+            except InputError as e:
+                log.warning("skipping case %s: %s", case, e)
+                self.skipped.append((case, str(e)))
+        return counts
+
+    def _load(self, case: str) -> Sample:
+        """The case with the intensity spec applied, through the per-process cache."""
+        if case in self._cache:
+            self._cache.move_to_end(case)
+            return self._cache[case]
+        raw = self._samples[case] if self.reader is None else self.reader.load_case(case)
+        if raw.label is None:
+            raise InputError(raw.meta.get("path", case), "no label: a training/validation slice needs one")
+        sample = Sample(normalize_intensity(raw.image, self.intensity), raw.label, raw.meta)
+        self._cache[case] = sample
+        while len(self._cache) > 1 and sum(s.image.nbytes + s.label.nbytes
+                                           for s in self._cache.values()) > self.cache_bytes:
+            self._cache.popitem(last=False)
+        return sample
+
+    def _label_slice(self, case: str, index: int) -> np.ndarray:
+        return self._load(case).slice(index).label
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        case, k = self.index[i]
+        sl = self._load(case).slice(k)
+        image, label = sl.image, sl.label
+        if self.augment is not None:
+            image, label = self.augment(image, label)
+        elif self.img_size is not None:
+            image, label = resize_pair(image, label, self._size())
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        x = make_channels(x[None], self.channel_mode, self.in_chans)[0]
+        y = torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))
+        return {"image": x, "label": y, "case": case, "slice": k}

@@ -1,0 +1,45 @@
+"""One reader per dataset layout, layout auto-detection and ``open_dataset``.
+
+A layout module defines a :class:`~smaformer.data.sample.Reader` subclass and decorates it with
+``@register_layout``. Detection tries layouts in registration order (most specific first) and looks at
+file names only, so it is cheap.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from smaformer.data.sample import Reader
+from smaformer.errors import InputError
+
+LAYOUTS: dict[str, type[Reader]] = {}
+
+
+def register_layout(cls: type[Reader]) -> type[Reader]:
+    """Class decorator: make a reader available to ``open_dataset`` under ``cls.layout``."""
+    LAYOUTS[cls.layout] = cls
+    return cls
+
+
+def detect_layout(path: str | Path) -> str:
+    """Name of the first registered layout that recognises ``path``; InputError when none does."""
+    root = Path(path)
+    if not root.exists():
+        raise InputError(root, "dataset path not found")
+    if root.is_dir() and not any(root.iterdir()):
+        raise InputError(root, "empty folder")
+    for name, cls in LAYOUTS.items():
+        if cls.detect(root):
+            return name
+    raise InputError(root, f"unrecognised dataset layout; known layouts: {', '.join(LAYOUTS)} "
+                           "(pass layout=... to choose one)")
+
+
+def open_dataset(path: str | Path, layout: str | None = None, split: str | None = None, **kwargs) -> Reader:
+    """Open a dataset folder as a reader (``.cases()``, ``.load_case(case) -> Sample``).
+
+    ``layout`` defaults to auto-detection; ``split`` to the layout's first split (usually ``train``).
+    """
+    name = layout or detect_layout(path)
+    if name not in LAYOUTS:
+        raise ValueError(f"unknown layout {name!r}; use one of {', '.join(LAYOUTS)}")
+    return LAYOUTS[name](path, split=split, **kwargs)

@@ -1,0 +1,140 @@
+"""The one sample model every reader yields, and the reader interface (one small class per layout).
+
+A :class:`Sample` is either a 3D volume (image and label ``(D,H,W)``, slices along axis 0) or a 2D image
+(image ``(C,H,W)``, label ``(H,W)``); ``label.ndim`` tells which. ``meta`` holds ``case``, ``path``,
+``spacing`` (mm, one entry per spatial array axis), ``affine`` (4x4, when known), ``classes`` and, for
+readers built on :mod:`smaformer.data.io`, ``props`` (what ``write_labels`` needs to restore geometry).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from smaformer.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sample:
+    """Image float32 (D,H,W) or (C,H,W), label int64 (D,H,W) or (H,W) (or None), and metadata."""
+
+    image: np.ndarray
+    label: np.ndarray | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_volume(self) -> bool:
+        """True for (D,H,W) volumes, False for 2D (C,H,W) images."""
+        if "is_volume" in self.meta:
+            return bool(self.meta["is_volume"])
+        return (self.label.ndim if self.label is not None else self.image.ndim) == 3
+
+    @property
+    def case(self) -> str:
+        return str(self.meta.get("case", ""))
+
+    def num_slices(self) -> int:
+        """Number of 2D training slices this sample holds."""
+        return int(self.image.shape[0]) if self.is_volume else 1
+
+    def slice(self, index: int) -> Sample:
+        """The ``index``-th axial slice as a 2D sample (image (1,H,W)); 2D samples return themselves."""
+        if not self.is_volume:
+            return self
+        meta = {k: v for k, v in self.meta.items() if k not in ("affine", "props")}
+        meta.update(is_volume=False, slice=int(index), spacing=tuple(self.meta.get("spacing", (1, 1, 1)))[1:])
+        label = None if self.label is None else self.label[index]
+        return Sample(self.image[index][None], label, meta)
+
+
+def check_sample(sample: Sample, path: str | Path, num_classes: int | None = None) -> Sample:
+    """Validate shapes, finiteness and label range; raise a one-line InputError naming the fault."""
+    img, lab = sample.image, sample.label
+    if not np.issubdtype(img.dtype, np.floating):
+        img = sample.image = img.astype(np.float32)
+    if not np.isfinite(img).all():
+        bad = int((~np.isfinite(img)).sum())
+        raise InputError(path, f"image has {bad} NaN/inf values")
+    if lab is None:
+        return sample
+    spatial = img.shape if sample.is_volume else img.shape[1:]
+    if tuple(lab.shape) != tuple(spatial):
+        raise InputError(path, f"shape mismatch: image {tuple(spatial)} vs label {tuple(lab.shape)}")
+    if np.issubdtype(lab.dtype, np.floating):
+        if not np.isfinite(lab).all():
+            raise InputError(path, "label has NaN/inf values")
+        if not np.array_equal(lab, np.round(lab)):
+            raise InputError(path, "label has non-integer values")
+    lab = sample.label = lab.astype(np.int64, copy=False)
+    if lab.size:
+        lo, hi = int(lab.min()), int(lab.max())
+        if lo < 0 or (num_classes is not None and hi >= num_classes):
+            top = "" if num_classes is None else f"..{num_classes - 1}"
+            raise InputError(path, f"label values {lo}..{hi} outside the class range 0{top}")
+    return sample
+
+
+class Reader:
+    """One dataset layout. Subclasses set ``layout``, implement ``detect``, ``cases`` and ``load_case``.
+
+    ``split`` picks a part of the dataset where the layout has one (``train``/``val``/``test``).
+    Batch consumers iterate :meth:`iter_samples`, which skips bad cases and records them in ``skipped``.
+    """
+
+    layout: ClassVar[str] = ""
+    splits: ClassVar[tuple[str, ...]] = ("train",)
+    default_classes: ClassVar[list[str] | None] = None
+
+    def __init__(self, root: str | Path, split: str | None = None, classes: list[str] | None = None):
+        self.root = Path(root)
+        if not self.root.exists():
+            raise InputError(self.root, "dataset folder not found")
+        self.split = split or self.splits[0]
+        if self.split not in self.splits:
+            raise InputError(self.root, f"layout {self.layout!r} has no split {self.split!r}; "
+                                        f"use one of {', '.join(self.splits)}")
+        self.classes = list(classes or self.default_classes or [])
+        self.skipped: list[tuple[str, str]] = []
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        """True when ``root`` looks like this layout (cheap: file names only)."""
+        raise NotImplementedError
+
+    def cases(self) -> list[str]:
+        raise NotImplementedError
+
+    def load_case(self, case: str) -> Sample:
+        raise NotImplementedError
+
+    def num_slices(self, case: str) -> int:
+        """Number of 2D slices of ``case``; readers override this with a header-only read."""
+        return self.load_case(case).num_slices()
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.classes) or None
+
+    def _finish(self, sample: Sample, path: str | Path) -> Sample:
+        """Fill common meta fields and validate the sample."""
+        sample.meta.setdefault("classes", self.classes)
+        sample.meta.setdefault("path", str(path))
+        return check_sample(sample, path, self.num_classes)
+
+    def iter_samples(self) -> Iterator[Sample]:
+        """Yield every case's sample; a bad case is logged, recorded in ``skipped`` and passed over."""
+        for case in self.cases():
+            try:
+                yield self.load_case(case)
+            except InputError as e:
+                log.warning("skipping case %s: %s", case, e)
+                self.skipped.append((case, str(e)))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r})"
