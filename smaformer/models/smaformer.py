@@ -1,0 +1,212 @@
+"""SMAFormer V2.3 (lzeeorno/SMAFormer ``models/SMAFormerV2.py`` @ abca72e): a mirror Swin encoder-decoder.
+
+Structure (parameter names equal the official ones, so official checkpoints load by dropping computed buffers):
+- Encoder: Swin-T (``patch_embed``, ``encoder_layers.{0..3}`` with PatchMerging after stages 0-2, ``encoder_norm``).
+- SMA (= CBAM, ``sma_encoder.{0..2}``) gates the skips: the stage-block outputs *before* merging. The main path
+  is not gated.
+- Decoder, 3 stages (``decoder_layers.{0..2}``): PatchExpand 2d->d first, ``skip_fusion`` Linear(2d->d) on
+  ``[up, skip]``, Swin blocks (depths = encoder depths 2, 1, 0; drop path reversed), then ``decoder_norms.i``
+  and ``sma_decoder.i``.
+- Head: ``final_expand`` = two x2 linear pixel-shuffle expansions with LN, then Linear -> classes (with bias).
+
+Two modes:
+- native (default): runs at the input resolution. The window is chosen so that it tiles the 1/32 map
+  (7 when that side is a multiple of 7, else 8 when a multiple of 8, else 7 with Swin padding): 224 -> 7,
+  256 and 512 -> 8. The official code builds ``sma_encoder[3]`` and discards its output; native mode drops it.
+- compatibility (``resize_to=224``): the official forward. Any input is resized bilinearly to 224
+  (align_corners=False, no antialias), run with window 7, and the logits are resized back. ``sma_encoder[3]``
+  is kept, so the model has exactly the official 41,432,027 parameters (9 classes) and official checkpoints
+  load strictly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from smaformer.models.layers.sma import CBAM, FinalExpand, resize_bilinear
+from smaformer.models.layers.swin import PatchEmbed, PatchExpand, SwinBlock, SwinStage, init_swin_weights
+from smaformer.models.registry import register_model
+
+_COMPUTED_BUFFERS = ("relative_position_index", "attn_mask")
+_MULTIPLE = 32  # patch 4 x three 2x merges
+
+
+def pair(size: int | tuple[int, int] | list[int], what: str = "img_size") -> tuple[int, int]:
+    """An int or (H, W) as an (H, W) tuple of ints."""
+    if isinstance(size, int):
+        return size, size
+    if len(size) != 2:
+        raise ValueError(f"{what} must be an int or (H, W), got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def auto_window(size: tuple[int, int]) -> int:
+    """A window that tiles the 1/32 feature map: 7 if both sides are multiples of 7, else 8 if both are
+    multiples of 8, else 7 (the Swin blocks then pad to window multiples)."""
+    bottom = [s // _MULTIPLE for s in size]
+    if all(b % 7 == 0 for b in bottom):
+        return 7
+    if all(b % 8 == 0 for b in bottom):
+        return 8
+    return 7
+
+
+def check_size(size: tuple[int, int], pad: bool, what: str = "img_size") -> None:
+    """Raise a ValueError with the fix when a side is not a positive multiple of 32 (and padding is off)."""
+    for side in size:
+        if side <= 0 or (side % _MULTIPLE and not pad):
+            good = max(_MULTIPLE, round(side / _MULTIPLE) * _MULTIPLE)
+            raise ValueError(f"{what} {side} is not divisible by {_MULTIPLE}; use {good} or pass pad=True")
+
+
+def pad_to_multiple(x: torch.Tensor) -> torch.Tensor:
+    """Zero-pad (B, C, H, W) bottom/right to multiples of 32."""
+    ph, pw = (-x.shape[2]) % _MULTIPLE, (-x.shape[3]) % _MULTIPLE
+    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+
+class DecoderLayer(nn.Module):
+    """One V2.3 decoder stage on (B, H, W, 2d) tokens: PatchExpand -> cat([up, skip]) -> Linear(2d, d) -> blocks."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, drop_path: list[float],
+                 mlp_ratio: float) -> None:
+        super().__init__()
+        self.upsample = PatchExpand(2 * dim)
+        self.skip_fusion = nn.Linear(2 * dim, dim)
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, num_heads, window_size, shift=i % 2 == 1, mlp_ratio=mlp_ratio, drop_path=drop_path[i])
+            for i in range(depth))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.skip_fusion(torch.cat([self.upsample(x), skip], dim=-1))
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class SMAFormer(nn.Module):
+    """SMAFormer V2.3: (B, in_chans, H, W) -> (B, num_classes, H, W) logits."""
+
+    parts = {
+        "encoder": ("patch_embed.", "encoder_layers.", "encoder_norm."),
+        "decoder": ("decoder_layers.",),
+        "sma": ("sma_encoder.", "sma_decoder."),
+        "head": ("decoder_norms.", "final_expand."),
+    }
+    export_flags = {"onnx": True, "torchscript": False, "compile": True, "dynamic_hw": False}
+
+    def __init__(self, num_classes: int = 9, in_chans: int = 3, img_size: int | tuple[int, int] = 256,
+                 resize_to: int | tuple[int, int] | None = None, window_size: int | None = None,
+                 embed_dim: int = 96, depths: tuple[int, ...] = (2, 2, 6, 2),
+                 num_heads: tuple[int, ...] = (3, 6, 12, 24), mlp_ratio: float = 4.0, drop_path_rate: float = 0.2,
+                 use_sma: bool = True, pad: bool = False) -> None:
+        super().__init__()
+        if len(depths) != 4 or len(num_heads) != 4:
+            raise ValueError(f"depths and num_heads need 4 entries, got {list(depths)}, {list(num_heads)}")
+        if num_classes < 1 or in_chans < 1:
+            raise ValueError("num_classes and in_chans must be positive")
+        self.num_classes, self.in_chans, self.use_sma, self.pad = num_classes, in_chans, use_sma, pad
+        self.img_size = pair(img_size)
+        self.resize_to = None if resize_to is None else pair(resize_to, "resize_to")
+        check_size(self.resize_to or self.img_size, pad=pad and self.resize_to is None,
+                   what="resize_to" if self.resize_to else "img_size")
+        self.window_size = window_size or auto_window(self.resize_to or self.img_size)
+        dims = [embed_dim * 2 ** i for i in range(4)]
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        starts = [sum(depths[:i]) for i in range(5)]
+
+        self.patch_embed = PatchEmbed(in_chans, embed_dim)
+        self.encoder_layers = nn.ModuleList(
+            SwinStage(dims[i], depths[i], num_heads[i], self.window_size, rates[starts[i]:starts[i + 1]], mlp_ratio,
+                      downsample=i < 3)
+            for i in range(4))
+        self.encoder_norm = nn.LayerNorm(dims[3])
+        dec = [2, 1, 0]  # decoder stage i mirrors encoder stage 2 - i
+        rev = rates[::-1]  # official: reversed encoder rates, sliced by the decoder depths
+        dstarts = [sum(depths[k] for k in dec[:i]) for i in range(4)]
+        self.decoder_layers = nn.ModuleList(
+            DecoderLayer(dims[k], depths[k], num_heads[k], self.window_size, rev[dstarts[i]:dstarts[i + 1]], mlp_ratio)
+            for i, k in enumerate(dec))
+        self.decoder_norms = nn.ModuleList(nn.LayerNorm(dims[k]) for k in dec)
+        if use_sma:
+            # compatibility mode keeps the official dead sma_encoder[3] so official checkpoints load strictly
+            self.sma_encoder = nn.ModuleList(CBAM(d) for d in dims[:4 if self.resize_to else 3])
+            self.sma_decoder = nn.ModuleList(CBAM(dims[k]) for k in dec)
+        self.final_expand = FinalExpand(embed_dim, num_classes)
+        self.apply(init_swin_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]}")
+        size = x.shape[-2:]
+        if self.resize_to is not None:
+            x = resize_bilinear(x, self.resize_to)
+        elif self.pad:
+            x = pad_to_multiple(x)
+        elif size[0] % _MULTIPLE or size[1] % _MULTIPLE:
+            raise ValueError(f"input {tuple(size)} is not divisible by {_MULTIPLE}; resize it or build with pad=True")
+        out = self.final_expand(self.forward_features(x))
+        if self.resize_to is not None:
+            return resize_bilinear(out, (size[0], size[1]))
+        return out[:, :, :size[0], :size[1]]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder and decoder: (B, C, H, W) image -> (B, H/4, W/4, embed_dim) tokens before the head."""
+        x = self.patch_embed(x)
+        skips = []
+        for i, stage in enumerate(self.encoder_layers):
+            for block in stage.blocks:
+                x = block(x)
+            if stage.downsample is not None:  # skips are the block outputs before merging
+                skips.append(self.sma_encoder[i].forward_tokens(x) if self.use_sma else x)
+                x = stage.downsample(x)
+        x = self.encoder_norm(x)
+        for i, layer in enumerate(self.decoder_layers):
+            x = self.decoder_norms[i](layer(x, skips[2 - i]))
+            if self.use_sma:
+                x = self.sma_decoder[i].forward_tokens(x)
+        return x
+
+    def convert_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Official V2.3 keys -> ours. Computed buffers are dropped, and so is the dead ``sma_encoder.3`` when
+        this model does not have it (native mode). Unknown keys or shapes raise KeyError naming them."""
+        ours = self.state_dict()
+        out = {}
+        for key, value in state_dict.items():
+            if key.endswith(_COMPUTED_BUFFERS):
+                continue
+            if key.startswith("sma_encoder.3.") and key not in ours:
+                continue  # dead in the official forward: dropping it changes no output
+            if key not in ours:
+                raise KeyError(f"official key {key!r} has no place in SMAFormer")
+            if ours[key].shape != value.shape:
+                raise KeyError(f"official key {key!r} has shape {tuple(value.shape)}, the model expects "
+                               f"{tuple(ours[key].shape)} (official checkpoints need resize_to=224 or window 7)")
+            out[key] = value
+        return out
+
+    def pretrained_mapping(self) -> dict[str, str]:
+        """Our parameter name -> Swin-T name (Microsoft layout), as the official ``_load_pretrained_weights``:
+        the encoder by name (``encoder_layers.k`` <- ``layers.k``, ``encoder_norm`` <- ``norm``) and the decoder
+        blocks by reverse mapping, ``decoder_layers.i.blocks.j`` <- ``layers.(2-i).blocks.j``. PatchExpand and
+        skip fusion have no source."""
+        mapping = {}
+        for name, _ in self.named_parameters():
+            if name.startswith("patch_embed."):
+                mapping[name] = name
+            elif name.startswith("encoder_layers."):
+                mapping[name] = "layers." + name[len("encoder_layers."):]
+            elif name.startswith("encoder_norm."):
+                mapping[name] = "norm." + name[len("encoder_norm."):]
+            elif name.startswith("decoder_layers.") and ".blocks." in name:
+                i, rest = name[len("decoder_layers."):].split(".", 1)
+                mapping[name] = f"layers.{2 - int(i)}.{rest}"
+        return mapping
+
+
+@register_model(tiny={"embed_dim": 8, "depths": (2, 2, 2, 2), "num_heads": (1, 2, 4, 8), "window_size": 4})
+def smaformer(**kwargs) -> SMAFormer:
+    """SMAFormer V2.3, Swin-T sized. Native by default; ``resize_to=224`` gives the official model
+    (41,432,027 params with 9 classes)."""
+    return SMAFormer(**kwargs)
