@@ -4,9 +4,15 @@ One file holds the model name and kwargs, the class names, the preprocessing, th
 for training checkpoints, the training state. Only plain containers, numbers, strings and tensors are
 stored, so every file loads with ``torch.load(weights_only=True)``; files that need pickle code are
 refused. Writes go to a temp file and are moved into place with ``os.replace``.
+
+A weights-only alternative is the safetensors pair: ``model.safetensors`` (tensors, no code at all) plus a
+``model.json`` sidecar with the model name and kwargs, classes, preprocessing and the weights' SHA-256
+(``save_safetensors_pair`` / ``read_safetensors_pair``). ``load_checkpoint`` accepts either form.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import tempfile
@@ -20,6 +26,8 @@ from smaformer.errors import CheckpointError
 
 FORMAT = "smaformer-checkpoint"
 VERSION = 1
+SIDECAR_FORMAT = "smaformer-safetensors"
+_SIDECAR_KEYS = ("model", "classes", "preprocessing", "config", "metrics")
 
 
 def default_preprocessing(img_size=(224, 224), in_chans: int = 3, channel_mode: str = "repeat",
@@ -53,14 +61,13 @@ def build_checkpoint(model: nn.Module, classes: list[str], preprocessing: dict, 
     }
 
 
-def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
-    """Write ``ckpt`` atomically: a temp file in the same folder, then ``os.replace``."""
-    path = Path(path)
+def _atomic_write(path: Path, write) -> Path:
+    """Call ``write(binary_file)`` on a temp file next to ``path``, then move it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -68,6 +75,75 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
+    """Write ``ckpt`` atomically: a temp file in the same folder, then ``os.replace``."""
+    return _atomic_write(Path(path), lambda f: torch.save(ckpt, f))
+
+
+def sidecar_path(weights_path: str | Path) -> Path:
+    """The JSON sidecar that goes with ``model.safetensors``: ``model.json``."""
+    return Path(weights_path).with_suffix(".json")
+
+
+def save_safetensors_pair(ckpt: dict, path: str | Path) -> tuple[Path, Path]:
+    """Write the checkpoint's weights as safetensors plus a JSON sidecar (no training state).
+
+    Returns ``(weights_path, sidecar_path)``. The sidecar records the weights' SHA-256 so a mismatched
+    pair is refused at load time.
+    """
+    from safetensors.torch import save as st_save
+
+    path = Path(path)
+    # safetensors refuses tensors that share storage; a contiguous copy of each makes every model storable
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in ckpt["state_dict"].items()}
+    blob = st_save(tensors, metadata={"format": SIDECAR_FORMAT})
+    _atomic_write(path, lambda f: f.write(blob))
+    meta = {"format": SIDECAR_FORMAT, "version": VERSION, "weights": path.name,
+            "weights_sha256": hashlib.sha256(blob).hexdigest()}
+    meta.update({k: ckpt.get(k, {}) for k in _SIDECAR_KEYS})
+    text = json.dumps(meta, indent=2, default=str).encode()
+    side = _atomic_write(sidecar_path(path), lambda f: f.write(text))
+    return path, side
+
+
+def read_safetensors_pair(path: str | Path) -> dict:
+    """Read ``model.safetensors`` (or its ``model.json``) into the same dict shape as ``read_checkpoint``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    path = Path(path)
+    weights = path.with_suffix(".safetensors")
+    side = sidecar_path(weights)
+    for p, what in ((weights, "weights file"), (side, "JSON sidecar")):
+        if not p.is_file():
+            raise CheckpointError(p, f"{what} not found; a safetensors checkpoint is a .safetensors + .json pair")
+    try:
+        meta = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(side, f"sidecar is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
+        raise CheckpointError(side, f"not a smaformer sidecar (missing format={SIDECAR_FORMAT!r})")
+    blob = weights.read_bytes()
+    if meta.get("weights_sha256") not in (None, hashlib.sha256(blob).hexdigest()):
+        raise CheckpointError(weights, f"SHA-256 does not match {side.name}; the pair is mismatched")
+    try:
+        state_dict = st_load(blob)
+    except SafetensorError as e:
+        raise CheckpointError(weights, f"not a readable safetensors file ({e})") from None
+    ckpt = {"format": FORMAT, "version": meta.get("version", VERSION), "state_dict": state_dict, "train_state": {}}
+    ckpt.update({k: meta.get(k, {}) for k in _SIDECAR_KEYS})
+    if not isinstance(ckpt["model"], dict) or "name" not in ckpt["model"]:
+        raise CheckpointError(side, "sidecar has no model name")
+    return ckpt
+
+
+def read_any_checkpoint(path: str | Path) -> dict:
+    """``read_safetensors_pair`` for ``.safetensors``/``.json`` paths, ``read_checkpoint`` otherwise."""
+    if Path(path).suffix in (".safetensors", ".json"):
+        return read_safetensors_pair(path)
+    return read_checkpoint(path)
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -95,11 +171,12 @@ def read_checkpoint(path: str | Path) -> dict:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Build the model a checkpoint describes, load its weights, return ``(model.eval(), info)``.
 
-    ``info`` holds ``classes``, ``preprocessing``, ``config``, ``metrics``, ``model`` and ``path``.
+    ``path`` is a ``.pt`` checkpoint or a ``.safetensors`` + ``.json`` pair. ``info`` holds ``classes``,
+    ``preprocessing``, ``config``, ``metrics``, ``model`` and ``path``.
     """
     from smaformer.models import create_model
 
-    ckpt = read_checkpoint(path)
+    ckpt = read_any_checkpoint(path)
     spec = ckpt["model"]
     try:
         model = create_model(spec["name"], **spec["kwargs"])
