@@ -1,4 +1,5 @@
 """Pretrained (ImageNet Swin-T) and official-checkpoint weight loading, with coverage reports."""
 from smaformer.weights.official import load_official, read_state_dict
+from smaformer.weights.pretrained import CoverageReport, load_pretrained
 
-__all__ = ["load_official", "read_state_dict"]
+__all__ = ["CoverageReport", "load_official", "load_pretrained", "read_state_dict"]

@@ -1,0 +1,198 @@
+"""Load ImageNet Swin-T weights (Microsoft or timm layout) into a model, with a coverage report.
+
+Protocol (one method per model):
+
+    model.pretrained_mapping() -> dict[str, str]
+
+maps each of the model's *parameter* names that has a Swin-T counterpart to that counterpart's name in
+the canonical **Microsoft layout** (microsoft/Swin-Transformer ``SwinTransformer``)::
+
+    patch_embed.proj.{weight,bias}   patch_embed.norm.{weight,bias}
+    layers.{i}.blocks.{j}.{norm1,norm2}.{weight,bias}
+    layers.{i}.blocks.{j}.attn.{qkv,proj}.{weight,bias}
+    layers.{i}.blocks.{j}.attn.relative_position_bias_table
+    layers.{i}.blocks.{j}.mlp.{fc1,fc2}.{weight,bias}
+    layers.{i}.downsample.{norm.weight,norm.bias,reduction.weight}   (PatchMerging at the END of stage i, i=0..2)
+    norm.{weight,bias}   head.{weight,bias}
+
+Several model names may map to the same Swin-T name (a mirrored decoder reuses encoder blocks). Parameters
+left out of the mapping are reported as "no Swin-T counterpart". ``load_pretrained`` then:
+
+1. reads the checkpoint (path or dict; unwraps ``model``/``state_dict`` containers and ``module.``) and
+   normalises timm's layout to Microsoft's (timm puts PatchMerging at the START of the next stage,
+   ``layers.{i+1}.downsample`` -> ``layers.{i}.downsample``, and names the classifier ``head.fc``);
+2. copies each mapped tensor whose shape matches; a ``relative_position_bias_table`` whose window differs
+   (e.g. 7 -> 8 for 256 inputs) is interpolated bicubically; any other mismatch is not loaded (reason given);
+3. counts the computed buffers (``relative_position_index``, ``attn_mask``) that the checkpoint holds for a
+   mapped block and that equal the values the block computes itself; they are never loaded (ours are
+   computed), but the official loaders copy them, so counting them makes tensor totals comparable
+   (Swin-Unet at 224: 197 parameters + 20 buffers = 217 tensors, as ``SwinUnet.load_from`` reports).
+
+Per-part totals come from the model's ``parts`` attribute (part -> parameter-name prefixes).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from smaformer.models.layers.swin import interpolate_rel_pos_table
+from smaformer.weights.official import read_state_dict
+
+_TABLE = "relative_position_bias_table"
+
+
+@dataclass
+class PartCoverage:
+    """Matched/total parameter tensors and parameter elements of one model part."""
+
+    tensors_loaded: int = 0
+    tensors_total: int = 0
+    params_loaded: int = 0
+    params_total: int = 0
+
+
+@dataclass
+class CoverageReport:
+    """What ``load_pretrained`` put where; ``str()`` prints a table."""
+
+    layout: str
+    parts: dict[str, PartCoverage] = field(default_factory=dict)
+    loaded: list[str] = field(default_factory=list)
+    interpolated: list[str] = field(default_factory=list)
+    not_loaded: dict[str, str] = field(default_factory=dict)
+    buffers_matched: list[str] = field(default_factory=list)
+    unused_checkpoint_keys: list[str] = field(default_factory=list)
+
+    @property
+    def params_loaded(self) -> int:
+        return sum(p.params_loaded for p in self.parts.values())
+
+    @property
+    def params_total(self) -> int:
+        return sum(p.params_total for p in self.parts.values())
+
+    @property
+    def tensors_loaded(self) -> int:
+        """Parameter tensors loaded plus computed buffers that agree with the checkpoint's."""
+        return len(self.loaded) + len(self.buffers_matched)
+
+    @property
+    def coverage(self) -> float:
+        return self.params_loaded / max(self.params_total, 1)
+
+    def __str__(self) -> str:
+        rows = [f"pretrained Swin-T ({self.layout} layout)",
+                f"{'part':<10}{'tensors':>14}{'params loaded':>18}{'params total':>16}{'%':>9}"]
+        for name, p in self.parts.items():
+            pct = 100.0 * p.params_loaded / max(p.params_total, 1)
+            rows.append(f"{name:<10}{f'{p.tensors_loaded}/{p.tensors_total}':>14}"
+                        f"{p.params_loaded:>18,}{p.params_total:>16,}{pct:>8.2f}%")
+        rows.append(f"{'total':<10}{len(self.loaded):>14}{self.params_loaded:>18,}{self.params_total:>16,}"
+                    f"{100.0 * self.coverage:>8.2f}%")
+        rows.append(f"tensors loaded: {self.tensors_loaded} ({len(self.loaded)} parameters + "
+                    f"{len(self.buffers_matched)} computed buffers equal to the checkpoint's)")
+        if self.interpolated:
+            rows.append(f"bias tables interpolated to the model's window: {len(self.interpolated)}")
+        if self.not_loaded:
+            rows.append(f"not loaded ({len(self.not_loaded)}):")
+            reasons: dict[str, list[str]] = {}
+            for key, why in self.not_loaded.items():
+                reasons.setdefault(why, []).append(key)
+            for why, keys in reasons.items():
+                rows.append(f"  {why}: {len(keys)} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})")
+        if self.unused_checkpoint_keys:
+            rows.append(f"checkpoint keys not used: {len(self.unused_checkpoint_keys)}")
+        return "\n".join(rows)
+
+
+def to_microsoft_layout(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """Normalise a Swin-T state dict to the Microsoft layout; returns (state_dict, detected layout name)."""
+    downs = {int(m.group(1)) for k in state_dict if (m := re.match(r"layers\.(\d+)\.downsample\.", k))}
+    timm = "head.fc.weight" in state_dict or (bool(downs) and 0 not in downs)
+    if not timm:
+        return dict(state_dict), "microsoft"
+    out = {}
+    for key, value in state_dict.items():
+        m = re.match(r"layers\.(\d+)\.downsample\.(.*)", key)
+        if m:
+            key = f"layers.{int(m.group(1)) - 1}.downsample.{m.group(2)}"
+        elif key.startswith("head.fc."):
+            key = "head." + key[len("head.fc."):]
+        out[key] = value
+    return out, "timm"
+
+
+def _part_of(name: str, parts: dict[str, tuple[str, ...]]) -> str:
+    for part, prefixes in parts.items():
+        if name.startswith(prefixes):
+            return part
+    return "other"
+
+
+def _count_buffers(model: nn.Module, mapping: dict[str, str], ckpt: dict[str, torch.Tensor]) -> list[str]:
+    """Checkpoint buffers of mapped blocks that equal what our blocks compute (see the module docstring)."""
+    matched = []
+    suffix = "attn.qkv.weight"
+    for ours, src in mapping.items():
+        if not (ours.endswith(suffix) and src.endswith(suffix)):
+            continue
+        ours_block, src_block = ours[: -len(suffix)], src[: -len(suffix)]
+        block = model.get_submodule(ours_block.rstrip("."))
+        index = ckpt.get(src_block + "attn.relative_position_index")
+        own_index = getattr(block.attn, "relative_position_index", None)
+        if index is not None and own_index is not None and index.shape == own_index.shape \
+                and torch.equal(index.to(own_index), own_index):
+            matched.append(ours_block + "attn.relative_position_index")
+        mask = ckpt.get(src_block + "attn_mask")
+        if mask is not None and hasattr(block, "window_mask") and mask.dim() == 3:
+            side = math.isqrt(mask.shape[0]) * math.isqrt(mask.shape[1])
+            own = block.window_mask(side, side, torch.device("cpu"))
+            if own is not None and own.shape == mask.shape and torch.equal(own, mask.float()):
+                matched.append(ours_block + "attn_mask")
+    return matched
+
+
+def load_pretrained(model: nn.Module, path_or_state_dict: str | Path | dict) -> CoverageReport:
+    """Load ImageNet Swin-T weights into ``model`` via its ``pretrained_mapping()``; returns the coverage."""
+    mapping_fn = getattr(model, "pretrained_mapping", None)
+    if mapping_fn is None:
+        raise ValueError(f"{type(model).__name__} defines no pretrained_mapping(); it cannot take Swin-T weights")
+    ckpt, layout = to_microsoft_layout(read_state_dict(path_or_state_dict))
+    mapping = mapping_fn()
+    parts = getattr(model, "parts", {"model": ("",)})
+    report = CoverageReport(layout=layout, parts={p: PartCoverage() for p in parts})
+    used: set[str] = set()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            part = report.parts.setdefault(_part_of(name, parts), PartCoverage())
+            part.tensors_total += 1
+            part.params_total += param.numel()
+            src = mapping.get(name)
+            if src is None:
+                report.not_loaded[name] = "no Swin-T counterpart"
+                continue
+            value = ckpt.get(src)
+            if value is None:
+                report.not_loaded[name] = "missing in checkpoint"
+                continue
+            used.add(src)
+            if value.shape != param.shape and name.endswith(_TABLE) and value.dim() == 2 \
+                    and value.shape[1] == param.shape[1]:
+                value = interpolate_rel_pos_table(value, (math.isqrt(param.shape[0]) + 1) // 2)
+                report.interpolated.append(name)
+            if value.shape != param.shape:
+                report.not_loaded[name] = "shape mismatch"
+                continue
+            param.copy_(value.to(param.dtype))
+            report.loaded.append(name)
+            part.tensors_loaded += 1
+            part.params_loaded += param.numel()
+    report.buffers_matched = _count_buffers(model, mapping, ckpt)
+    buffers = ("relative_position_index", "attn_mask")
+    report.unused_checkpoint_keys = sorted(k for k in ckpt if k not in used and not k.endswith(buffers))
+    return report
