@@ -1,0 +1,241 @@
+"""Evaluate a checkpoint on a dataset of volumes: per case and per class metrics in both conventions.
+
+``evaluate`` runs the volume protocol (``engine.inference.infer_volume``) on every case of a reader, scores
+it with ``smaformer.metrics.case_metrics`` and writes, into ``out_dir``: ``metrics.json`` (nnU-Net-like
+``metric_per_case`` / ``mean`` / ``foreground_mean``, both conventions, the config and the checkpoint's
+SHA-256), ``summary.csv``, ``report.html``, overlay PNGs and, optionally, NIfTI predictions. A case that
+fails is recorded and skipped. ``validate_volumes`` is the light version training calls for validation.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from smaformer import metrics as M
+from smaformer.engine.inference import infer_volume, postprocess_labels
+
+log = logging.getLogger(__name__)
+
+FORMAT = "smaformer-evaluation"
+STANDARD_RULE = ("both masks empty -> NaN, left out of means (nanmean); exactly one empty -> Dice/IoU 0 and "
+                 "HD95/ASSD = the volume diagonal; cases counted as pred_only / ref_only / both_empty")
+LEGACY_RULE = ("TransUNet/Swin-Unet calculate_metric_percase: both non-empty -> medpy dc and hd95 in voxels "
+               "(no spacing); prediction non-empty and reference empty -> (1, 0); otherwise (0, 0)")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _nan_to_none(obj: Any) -> Any:
+    """JSON has no NaN: write null instead."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def _mean(values: list[float]) -> float:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def aggregate(per_case: list[dict], labels: list[int]) -> tuple[dict, dict]:
+    """Per-class means (``mean``) and their mean over classes (``foreground_mean``), per convention."""
+    mean: dict[str, dict] = {}
+    for k in labels:
+        rows = [c["metrics"][str(k)] for c in per_case]
+        mean[str(k)] = {
+            "standard": {m: _mean([r["standard"][m] for r in rows]) for m in ("dice", "iou", "hd95", "assd")},
+            "legacy": {m: _mean([r["legacy"][m] for r in rows]) for m in ("dice", "hd95")},
+            "slice": {"dice": _mean([r["slice"]["dice"] for r in rows if "slice" in r])},
+            "counts": {"n_cases": len(rows), "pred_only": sum(r["empty"] == "ref" for r in rows),
+                       "ref_only": sum(r["empty"] == "pred" for r in rows),
+                       "both_empty": sum(r["empty"] == "both" for r in rows)},
+        }
+    fg = {conv: {m: _mean([mean[str(k)][conv][m] for k in labels]) for m in keys}
+          for conv, keys in (("standard", ("dice", "iou", "hd95", "assd")), ("legacy", ("dice", "hd95")),
+                             ("slice", ("dice",)))}
+    return mean, fg
+
+
+def _case_fg(metrics: dict[str, dict]) -> dict:
+    rows = list(metrics.values())
+    return {"standard": {"dice": _mean([r["standard"]["dice"] for r in rows]),
+                         "hd95": _mean([r["standard"]["hd95"] for r in rows])},
+            "legacy": {"dice": _mean([r["legacy"]["dice"] for r in rows])}}
+
+
+def _as_volume(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(image as (D,[C,]H,W), label (D,H,W), was_2d): a 2D sample becomes a one-slice volume."""
+    if label.ndim == 2:
+        return image[None], label[None], True
+    return image, label, False
+
+
+def _save_prediction(path: Path, pred: np.ndarray, meta: dict, classes: list[str]) -> Path:
+    """NIfTI with the input's geometry when the reader kept it, else an affine from the spacing."""
+    from smaformer.data.io import write_labels
+
+    if meta.get("props") is not None:
+        return write_labels(path, pred, meta["props"], classes)
+    import nibabel as nib
+
+    spacing = tuple(meta.get("spacing") or (1.0,) * pred.ndim)
+    affine = np.diag([*map(float, reversed(spacing)), 1.0])  # array axes are the file's axes reversed
+    img = nib.Nifti1Image(pred.astype(np.uint8).T, affine)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+    return path
+
+
+def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: str | None = "val",
+             layout: str | None = None, legacy_resize: bool = False, postprocess: str | None = None,
+             min_size: int = 0, save_nifti: bool = False, overlays: int = 3, device: str | None = None,
+             batch_size: int = 16, precision: str = "fp32", cases: list[str] | None = None,
+             progress: bool = True) -> dict:
+    """Evaluate ``checkpoint`` on ``data`` (a dataset path for ``open_dataset``, or a reader) into ``out_dir``.
+
+    ``postprocess`` is None, ``"lcc"`` or ``"min_size"`` (with ``min_size`` voxels). ``overlays`` slices per
+    case go to PNGs and into report.html. Returns the metrics.json dict.
+    """
+    from smaformer.checkpoint import load_checkpoint
+    from smaformer.data import open_dataset
+    from smaformer.report import overlay_png, select_slices, write_html
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, info = load_checkpoint(checkpoint, device=device)
+    reader = data if hasattr(data, "load_case") else open_dataset(data, layout=layout, split=split)
+    num_classes = int(info["model"]["kwargs"].get("num_classes", len(info["classes"])))
+    names = list(info["classes"]) or [str(i) for i in range(num_classes)]
+    labels = list(range(1, num_classes))
+    class_map = {k: names[k] if k < len(names) else str(k) for k in labels}
+    todo = list(cases) if cases is not None else list(reader.cases())
+    config = {"legacy_resize": legacy_resize, "postprocess": postprocess, "min_size": min_size,
+              "batch_size": batch_size, "precision": precision, "device": str(device),
+              "preprocessing": info["preprocessing"], "overlays": overlays, "save_nifti": save_nifti}
+
+    per_case, failed, overlay_paths, units = [], [], {}, set()
+    it = todo
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(todo, desc="cases", unit="case")
+    for case in it:
+        try:
+            sample = reader.load_case(case)
+            if sample.label is None:
+                raise ValueError("no ground-truth label to evaluate against")
+            image, ref, was_2d = _as_volume(sample.image, sample.label)
+            pred = infer_volume(model, image, info["preprocessing"], batch_size=batch_size, device=device,
+                                precision=precision, legacy_resize=legacy_resize)
+            if postprocess:
+                pred = postprocess_labels(pred, postprocess, min_size=min_size)
+            spacing = sample.meta.get("spacing")
+            units.add("voxel" if spacing is None else "mm")
+            res = M.case_metrics(pred[0] if was_2d else pred, ref[0] if was_2d else ref, labels,
+                                 spacing=spacing)
+            metrics = {str(k): v for k, v in res.items()}
+            entry = {"case": case, "shape": list(ref.shape[1:] if was_2d else ref.shape),
+                     "spacing": None if spacing is None else [float(s) for s in spacing],
+                     "metrics": metrics, "foreground_mean": _case_fg(metrics)}
+            if save_nifti and not was_2d:
+                entry["prediction_file"] = str(_save_prediction(out / "predictions" / f"{case}.nii.gz", pred,
+                                                                sample.meta, names))
+            overlay_paths[case] = [
+                overlay_png(image[z], ref[z], pred[z], class_map, out / "overlays" / f"{case}_z{z:03d}.png",
+                            title=f"{case} slice {z}") for z in select_slices(pred, ref, overlays)]
+            per_case.append(entry)
+        except Exception as e:  # noqa: BLE001 - a batch job records the failure and goes on
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            log.warning("case %s failed: %s", case, msg)
+            failed.append({"case": case, "error": f"{type(e).__name__}: {msg}"})
+    failed += [{"case": c, "error": e} for c, e in getattr(reader, "skipped", [])]
+
+    mean, fg = aggregate(per_case, labels)
+    result = {
+        "format": FORMAT, "version": 1,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": {"path": str(checkpoint), "sha256": file_sha256(checkpoint), "model": info["model"]},
+        "data": {"path": str(getattr(reader, "root", data)), "layout": getattr(reader, "layout", layout),
+                 "split": getattr(reader, "split", split), "n_cases": len(per_case), "n_failed": len(failed)},
+        "config": config,
+        "classes": {str(k): v for k, v in class_map.items()},
+        "conventions": {"standard": STANDARD_RULE, "legacy": LEGACY_RULE, "slice": M.SLICE_DICE_RULE,
+                        "hd95_unit": "/".join(sorted(units)) or "mm", "legacy_hd95_unit": "voxel"},
+        "metric_per_case": per_case,
+        "failed_cases": failed,
+        "mean": mean,
+        "foreground_mean": fg,
+    }
+    result = _nan_to_none(result)
+    (out / "metrics.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    write_summary_csv(result, out / "summary.csv")
+    write_html(result, overlay_paths, out / "report.html")
+    return result
+
+
+CSV_FIELDS = ["case", "class_id", "class", "dice", "iou", "hd95", "assd", "legacy_dice", "legacy_hd95",
+              "slice_dice", "tp", "fp", "fn", "n_pred", "n_ref", "empty"]
+
+
+def write_summary_csv(result: dict, path: str | Path) -> Path:
+    """One row per case and class, then one ``mean`` row per class."""
+    def row(case: str, k: str, m: dict) -> dict:
+        r = {"case": case, "class_id": k, "class": result["classes"][k]}
+        r.update({f: m["standard"].get(f) for f in ("dice", "iou", "hd95", "assd")})
+        r.update(legacy_dice=m["legacy"]["dice"], legacy_hd95=m["legacy"]["hd95"],
+                 slice_dice=m.get("slice", {}).get("dice"))
+        r.update({f: m.get(f, m.get("counts", {}).get(f)) for f in ("tp", "fp", "fn", "n_pred", "n_ref", "empty")})
+        return r
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for c in result["metric_per_case"]:
+            for k, m in c["metrics"].items():
+                w.writerow(row(c["case"], k, m))
+        for k, m in result["mean"].items():
+            w.writerow(row("mean", k, m))
+    return Path(path)
+
+
+def validate_volumes(model: torch.nn.Module, volumes: Iterable, preprocessing: dict, num_classes: int, *,
+                     device: str | torch.device = "cpu", batch_size: int = 16, precision: str = "fp32",
+                     ) -> dict[str, Any]:
+    """Volume-level Dice per foreground class over validation volumes, for model selection during training.
+
+    ``volumes`` yields ``Sample`` objects or ``(image, label)`` pairs ((D,H,W) each). Dice follows the
+    standard convention (NaN when both masks are empty, nanmean over volumes). Returns ``{"dice_per_class":
+    [K-1 floats], "mean_dice": float, "n_volumes": int}``. The model's train/eval mode is restored.
+    """
+    per_class: list[list[float]] = [[] for _ in range(num_classes - 1)]
+    n = 0
+    for item in volumes:
+        image, label = (item.image, item.label) if hasattr(item, "image") else item
+        image, label, _ = _as_volume(np.asarray(image), np.asarray(label))
+        pred = infer_volume(model, image, preprocessing, batch_size=batch_size, device=device, precision=precision)
+        for k in range(1, num_classes):
+            per_class[k - 1].append(M.dice(pred == k, label == k))
+        n += 1
+    dice = [_mean(v) for v in per_class]
+    return {"dice_per_class": dice, "mean_dice": _mean(dice), "n_volumes": n}

@@ -1,0 +1,74 @@
+"""``smaformer evaluate``: score a checkpoint on a dataset's volumes; writes metrics.json, summary.csv,
+report.html, overlays and (optionally) NIfTI predictions."""
+from __future__ import annotations
+
+import argparse
+import math
+
+EPILOG = """example:
+  smaformer evaluate -c runs/acdc/best.pt -d ../shared/data/acdc -o eval/acdc --split val --overlays 2
+  smaformer evaluate -c best.pt -d data/synapse -o eval/legacy --split test --legacy-resize --postprocess lcc
+
+Both conventions are always reported: 'standard' (NaN when both masks are empty, diagonal HD95 when one is)
+and 'legacy' (the TransUNet/Swin-Unet rule, HD95 in voxels), plus slice-level Dice with its empty/empty rule.
+"""
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.epilog = EPILOG
+    p.add_argument("-c", "--checkpoint", required=True, help="smaformer checkpoint (.pt) from training")
+    p.add_argument("-d", "--data", required=True, help="dataset folder (any layout open_dataset knows)")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--split", default="val", help="dataset split to evaluate (default: val)")
+    p.add_argument("--layout", help="dataset layout (default: auto-detect)")
+    p.add_argument("--legacy-resize", action="store_true",
+                   help="zoom the argmax back with order 0 like the official scripts (default: resize logits)")
+    p.add_argument("--postprocess", nargs="+", metavar=("lcc|min-size", "N"),
+                   help="3D post-processing: 'lcc' (largest component per class) or 'min-size N' (drop smaller)")
+    p.add_argument("--save-nifti", action="store_true", help="write predictions as NIfTI under predictions/")
+    p.add_argument("--overlays", type=int, default=3, metavar="K", help="overlay slices per case (default: 3)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default: 16)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="autocast precision")
+    p.add_argument("--cases", nargs="+", metavar="CASE", help="only these cases")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _postprocess(values: list[str] | None) -> tuple[str | None, int]:
+    if not values:
+        return None, 0
+    mode = values[0].replace("-", "_")
+    if mode == "lcc" and len(values) == 1:
+        return "lcc", 0
+    if mode == "min_size" and len(values) == 2 and values[1].isdigit() and int(values[1]) > 0:
+        return "min_size", int(values[1])
+    raise SystemExit("error: --postprocess takes 'lcc' or 'min-size N' with N a positive voxel count")
+
+
+def run(args: argparse.Namespace) -> int:
+    from smaformer.engine.evaluate import evaluate
+
+    mode, min_size = _postprocess(args.postprocess)
+    res = evaluate(args.checkpoint, args.data, args.output, split=args.split, layout=args.layout,
+                   legacy_resize=args.legacy_resize, postprocess=mode, min_size=min_size,
+                   save_nifti=args.save_nifti, overlays=args.overlays, device=args.device,
+                   batch_size=args.batch_size, precision=args.precision, cases=args.cases,
+                   progress=not args.no_progress)
+
+    def f(v, d=4):
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
+
+    unit = res["conventions"]["hd95_unit"]
+    print(f"{'class':<20} {'Dice':>7} {'HD95':>8} {'legacy Dice':>11} {'legacy HD95':>11} {'slice Dice':>10}")
+    for k, name in res["classes"].items():
+        m = res["mean"][k]
+        print(f"{k + ' ' + name:<20} {f(m['standard']['dice']):>7} {f(m['standard']['hd95'], 2):>8} "
+              f"{f(m['legacy']['dice']):>11} {f(m['legacy']['hd95'], 2):>11} {f(m['slice']['dice']):>10}")
+    fg = res["foreground_mean"]
+    print(f"{'foreground mean':<20} {f(fg['standard']['dice']):>7} {f(fg['standard']['hd95'], 2):>8} "
+          f"{f(fg['legacy']['dice']):>11} {f(fg['legacy']['hd95'], 2):>11} {f(fg['slice']['dice']):>10}")
+    print(f"HD95 in {unit} (legacy HD95 in voxels); {res['data']['n_cases']} cases, "
+          f"{res['data']['n_failed']} failed; report: {args.output}/report.html")
+    for fc in res["failed_cases"]:
+        print(f"failed: {fc['case']}: {fc['error']}")
+    return 1 if res["failed_cases"] and not res["metric_per_case"] else 0
