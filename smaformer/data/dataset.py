@@ -118,6 +118,7 @@ class SliceDataset(Dataset):
         elif self.img_size is not None:
             image, label = resize_pair(image, label, self._size())
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-        x = make_channels(x[None], self.channel_mode, self.in_chans)[0]
+        if self.channel_mode == "pseudo_hdr" or x.shape[0] != self.in_chans:
+            x = make_channels(x[None], self.channel_mode, self.in_chans)[0]
         y = torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))
         return {"image": x, "label": y, "case": case, "slice": k}

@@ -43,3 +43,5 @@ def open_dataset(path: str | Path, layout: str | None = None, split: str | None 
     if name not in LAYOUTS:
         raise ValueError(f"unknown layout {name!r}; use one of {', '.join(LAYOUTS)}")
     return LAYOUTS[name](path, split=split, **kwargs)
+
+from smaformer.data.formats import acdc  # noqa: E402,F401

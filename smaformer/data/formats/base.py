@@ -1,0 +1,151 @@
+"""Shared pieces of the layout readers: h5/npz array files with clear faults, and a reader for layouts
+made of (image file, label file) pairs, which most layouts are."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from smaformer.data.io import _first_line, is_nifti, nifti_header_props, read_image
+from smaformer.data.sample import Reader, Sample
+from smaformer.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def read_arrays(path: str | Path, keys: tuple[str, ...] = ("image", "label"),
+                optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Read ``keys`` from an ``.npz`` or ``.h5`` file; a missing required key is an InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file (0 bytes)")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                have = list(f.files)
+                out = {k: np.asarray(f[k]) for k in keys + optional if k in have}
+        else:
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                have = list(f.keys())
+                out = {k: np.asarray(f[k][()]) for k in keys + optional if k in have}
+    except Exception as e:  # zipfile.BadZipFile, OSError from h5py, ValueError for pickled arrays
+        raise InputError(path, f"cannot read {path.suffix} file, truncated or not {path.suffix}? "
+                               f"({_first_line(e)})") from None
+    missing = [k for k in keys if k not in out]
+    if missing:
+        raise InputError(path, f"missing key {missing[0]!r} (has: {', '.join(have) or 'nothing'})")
+    return out
+
+
+def array_shape(path: str | Path, key: str = "image") -> tuple[int, ...]:
+    """Shape of one array in an h5 file without reading it (npz: reads the array)."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        return read_arrays(path, (key,))[key].shape
+    if not path.is_file() or path.stat().st_size == 0:
+        return read_arrays(path, (key,))[key].shape  # raises the right fault
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if key not in f:
+                raise InputError(path, f"missing key {key!r} (has: {', '.join(f.keys()) or 'nothing'})")
+            return tuple(f[key].shape)
+    except OSError as e:
+        raise InputError(path, f"cannot read .h5 file, truncated or not HDF5? ({_first_line(e)})") from None
+
+
+def list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Sorted files in ``folder`` whose names end with one of ``suffixes`` (case-insensitive)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(suffixes))
+
+
+def stem(path: Path) -> str:
+    """File name without its (possibly double, e.g. ``.nii.gz``) extension."""
+    name = path.name
+    for ext in (".nii.gz", ".npy.h5"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+class PairedReader(Reader):
+    """Base for layouts whose cases are (image file, label file) pairs.
+
+    Subclasses implement ``_find_pairs() -> {case: (image_path, label_path or None)}`` and may override
+    ``_map_label`` (mask value coding) and ``_meta_extra``. Images without their label (and labels
+    without their image) are reported in ``skipped`` as "missing pair" and left out of ``cases()``.
+    """
+
+    labeled = True
+    scale_8bit = True  # 2D 8-bit images are divided by 255, as the official 2D loaders do
+
+    def __init__(self, root, split=None, classes=None, frame: int | None = None):
+        super().__init__(root, split, classes)
+        self.frame = frame
+        self._pairs: dict[str, tuple[Path, Path | None]] | None = None
+
+    def _find_pairs(self) -> dict[str, tuple[Path | None, Path | None]]:
+        raise NotImplementedError
+
+    def pairs(self) -> dict[str, tuple[Path, Path | None]]:
+        if self._pairs is None:
+            found = self._find_pairs()
+            if not found:
+                raise InputError(self.root, f"no {self.layout} cases found for split {self.split!r}")
+            self._pairs = {}
+            for case, (img, lab) in found.items():
+                if img is None:
+                    self.skipped.append((case, str(InputError(lab, "missing pair: label without image"))))
+                elif lab is None and self.labeled:
+                    self.skipped.append((case, str(InputError(img, "missing pair: image without label"))))
+                else:
+                    self._pairs[case] = (img, lab)
+            for case, fault in self.skipped:
+                log.warning("skipping case %s: %s", case, fault)
+        return self._pairs
+
+    def cases(self) -> list[str]:
+        return list(self.pairs())
+
+    def num_slices(self, case: str) -> int:
+        img, _ = self.pairs()[case]
+        if is_nifti(img):
+            return int(nifti_header_props(img)["shape"][0])
+        return self.load_case(case).num_slices()
+
+    def _map_label(self, label: np.ndarray, path: Path) -> np.ndarray:
+        """Turn stored mask values into class ids (default: as stored)."""
+        return label
+
+    def _meta_extra(self, case: str) -> dict:
+        return {}
+
+    def load_case(self, case: str) -> Sample:
+        img_path, lab_path = self.pairs()[case]
+        image, props = read_image(img_path, frame=self.frame)
+        if not props["is_volume"] and self.scale_8bit and image.max() > 1.0 and image.max() <= 255.0:
+            image = image / np.float32(255.0)
+        label = None
+        if lab_path is not None:
+            lab, lab_props = read_image(lab_path, frame=self.frame)
+            if lab_props["is_volume"] != props["is_volume"]:
+                raise InputError(lab_path, "label is a volume but the image is 2D (or the other way round)")
+            if not props["is_volume"]:  # 2D masks: one channel (colour masks carry the same value thrice)
+                lab = lab[0]
+            label = self._map_label(lab, lab_path)
+            if props.get("affine") is not None and lab_props.get("affine") is not None \
+                    and label.shape == image.shape and not np.allclose(props["affine"], lab_props["affine"],
+                                                                       atol=1e-3):
+                log.warning("%s: label affine differs from the image's; using the image geometry", lab_path)
+        meta = {"case": case, "path": str(img_path), "label_path": str(lab_path) if lab_path else None,
+                "spacing": props["spacing"], "affine": props.get("affine"), "props": props,
+                "is_volume": props["is_volume"], **self._meta_extra(case)}
+        return self._finish(Sample(image, label, meta), lab_path or img_path)

@@ -1,0 +1,312 @@
+"""Medical image IO that keeps geometry (the nnU-Net reader/writer idea: read -> (array, props); the
+writer restores what props recorded).
+
+- NIfTI (``.nii``, ``.nii.gz``): the array is (D,H,W) = the file's axes reversed, SimpleITK's (z, y, x)
+  as in the official preprocessing, so slices run along the file's third axis (no reorientation).
+  ``props`` keeps the affine, the header and the axis permutation, so
+  ``write_labels`` writes a uint8 NIfTI with exactly the input's shape, affine and header.
+- DICOM series folders (SimpleITK/GDCM): slices sorted by position; spacing, origin and direction kept;
+  labels are written as NIfTI with the equivalent RAS affine.
+- PNG/JPG/BMP/GIF/TIFF: 2D images as (C,H,W); a TIFF stack that is not colour is a (D,H,W) volume.
+
+``props["spacing"]`` is in mm, one entry per spatial array axis. Every fault raises a one-line
+:class:`~smaformer.errors.InputError` naming the file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from smaformer.errors import InputError
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+# file axes -> array axes: (k, j, i) = SimpleITK's (z, y, x), as the official Synapse/ACDC/nnU-Net code reads
+SITK_ORDER = (2, 1, 0)
+LABEL_INTENT = 1002  # NIFTI_INTENT_LABEL
+COMMENT_ECODE = 6  # NIfTI extension code for a comment; holds {"labels": {...}} as JSON
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def is_nifti(path: str | Path) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(path, "empty file (0 bytes)")
+
+
+def _load_nifti(path: Path):
+    _check_file(path)
+    try:
+        return nib.load(str(path))
+    except Exception as e:  # nibabel raises many types for non-NIfTI or truncated headers
+        raise InputError(path, f"not a readable NIfTI file ({_first_line(e)})") from None
+
+
+def nifti_header_props(path: str | Path) -> dict[str, Any]:
+    """Shape (array order) and spacing of a NIfTI file from its header only (no voxel data read)."""
+    path = Path(path)
+    img = _load_nifti(path)
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) not in (2, 3, 4):
+        raise InputError(path, f"expected a 3D image, got {len(shape)} dimensions {shape}")
+    shape3 = (shape + (1,))[:3] if len(shape) == 2 else shape[:3]
+    perm = SITK_ORDER
+    zooms = [float(z) for z in img.header.get_zooms()[:3]] + [1.0] * (3 - len(shape[:3]))
+    return {"shape": tuple(shape3[p] for p in perm), "spacing": tuple(zooms[p] for p in perm),
+            "frames": shape[3] if len(shape) == 4 else None}
+
+
+def _read_nifti(path: Path, frame: int | None) -> tuple[np.ndarray, dict]:
+    img = _load_nifti(path)
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 4:
+        if shape[3] == 1:
+            frame = 0
+        elif frame is None:
+            raise InputError(path, f"4D NIfTI with {shape[3]} frames; choose one with frame=N "
+                                   f"(0..{shape[3] - 1}, --frame on the command line)")
+        if not 0 <= frame < shape[3]:
+            raise InputError(path, f"frame {frame} out of range 0..{shape[3] - 1}")
+    elif len(shape) not in (2, 3):
+        raise InputError(path, f"expected a 3D image, got {len(shape)} dimensions {shape}")
+    try:
+        data = img.dataobj[..., frame] if len(shape) == 4 else img.dataobj[...]
+        data = np.asarray(data, dtype=np.float32)
+    except Exception as e:  # truncated gzip streams, short files
+        raise InputError(path, f"cannot read voxel data, file truncated? ({_first_line(e)})") from None
+    if data.ndim == 2:
+        data = data[:, :, None]
+    perm = SITK_ORDER
+    zooms = [float(z) for z in img.header.get_zooms()[:3]] + [1.0] * (3 - min(len(shape), 3))
+    props = {"format": "nifti", "path": str(path), "is_volume": True, "affine": img.affine.copy(),
+             "header": img.header.copy(), "nifti_class": type(img).__name__, "transpose": perm,
+             "file_shape": shape[:3], "spacing": tuple(zooms[p] for p in perm), "frame": frame}
+    return np.ascontiguousarray(data.transpose(perm)), props
+
+
+def _sitk():
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        raise InputError(None, "DICOM input needs SimpleITK: pip install 'smaformer[dicom]'") from None
+    return sitk
+
+
+def _read_dicom_series(folder: Path) -> tuple[np.ndarray, dict]:
+    sitk = _sitk()
+    if not any(folder.iterdir()):
+        raise InputError(folder, "empty folder")
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise InputError(folder, "no DICOM series found (and no NIfTI/PNG/TIFF file given)")
+    series = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in ids}
+    sid = max(series, key=lambda s: len(series[s]))
+    files = list(series[sid])
+    if len(series) > 1:
+        log.warning("%s holds %d DICOM series; reading the largest (%s, %d slices)", folder, len(series), sid,
+                    len(files))
+    for f in files:  # find a broken slice by name before the series reader hides which one it was
+        _check_file(Path(f))
+        probe = sitk.ImageFileReader()
+        probe.SetFileName(f)
+        try:
+            probe.ReadImageInformation()
+        except RuntimeError as e:
+            raise InputError(f, f"broken DICOM slice in series {folder.name} ({_first_line(e)})") from None
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        img = reader.Execute()
+    except RuntimeError as e:
+        raise InputError(folder, f"cannot read DICOM series ({_first_line(e)})") from None
+    if img.GetDimension() != 3:
+        raise InputError(folder, f"expected a 3D DICOM series, got {img.GetDimension()} dimensions")
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(folder, "colour DICOM series are not supported")
+    _check_slice_gaps(folder, files)
+    data = sitk.GetArrayFromImage(img).astype(np.float32)  # (z, y, x)
+    spacing, origin = np.array(img.GetSpacing()), np.array(img.GetOrigin())
+    direction = np.array(img.GetDirection()).reshape(3, 3)
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    affine = np.eye(4)
+    affine[:3, :3] = lps_to_ras @ direction @ np.diag(spacing)
+    affine[:3, 3] = lps_to_ras @ origin
+    props = {"format": "dicom", "path": str(folder), "is_volume": True, "affine": affine, "header": None,
+             "nifti_class": "Nifti1Image", "transpose": SITK_ORDER, "file_shape": data.shape[::-1],
+             "spacing": tuple(float(s) for s in spacing[::-1]), "origin": tuple(origin),
+             "direction": tuple(direction.ravel()), "series_uid": sid, "files": len(files)}
+    return data, props
+
+
+def _check_slice_gaps(folder: Path, files: list[str]) -> None:
+    """Fail on a missing slice: a gap between positions much larger than the usual step."""
+    sitk = _sitk()
+    if len(files) < 3:
+        return
+    pos = []
+    for f in files:
+        r = sitk.ImageFileReader()
+        r.SetFileName(f)
+        r.ReadImageInformation()
+        pos.append(np.array(r.GetOrigin()))
+    steps = np.linalg.norm(np.diff(np.stack(pos), axis=0), axis=1)
+    med = float(np.median(steps))
+    if med > 0 and steps.max() > 1.5 * med:
+        i = int(steps.argmax())
+        raise InputError(files[i + 1], f"gap of {steps[i]:.2f} mm before this slice (usual step {med:.2f} mm): "
+                                       "a slice of the series is missing")
+
+
+def _read_2d(path: Path) -> tuple[np.ndarray, dict]:
+    _check_file(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            data = np.asarray(tifffile.imread(str(path)))
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                if im.mode == "P":
+                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                    if np.ptp(np.asarray(im)[..., :3], axis=-1).max() == 0:
+                        im = im.convert("L")
+                data = np.asarray(im)
+    except Exception as e:
+        raise InputError(path, f"not a readable image ({_first_line(e)})") from None
+    is_volume = False
+    if data.ndim == 2:
+        data = data[None]
+    elif data.ndim == 3 and data.shape[-1] in (3, 4):
+        data = data[..., :3].transpose(2, 0, 1)
+    elif data.ndim == 3:
+        is_volume = True  # a TIFF stack
+    else:
+        raise InputError(path, f"expected a 2D image or a 3D stack, got shape {data.shape}")
+    spacing = (1.0, 1.0, 1.0) if is_volume else (1.0, 1.0)
+    props = {"format": path.suffix.lower().lstrip("."), "path": str(path), "is_volume": is_volume,
+             "affine": None, "spacing": spacing, "file_shape": data.shape}
+    return np.ascontiguousarray(data, dtype=np.float32), props
+
+
+def read_image(path: str | Path, frame: int | None = None, allow_nonfinite: bool = False) -> tuple[np.ndarray, dict]:
+    """Read a NIfTI file, a DICOM series folder or a 2D image; returns ``(array float32, props)``.
+
+    Volumes are (D,H,W); 2D images (C,H,W) with ``props["is_volume"] = False``. ``frame`` picks a time
+    point of a 4D NIfTI. NaN/inf voxels are a fault unless ``allow_nonfinite``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        data, props = _read_dicom_series(path)
+    elif is_nifti(path):
+        data, props = _read_nifti(path, frame)
+    elif path.suffix.lower() in IMAGE_SUFFIXES:
+        data, props = _read_2d(path)
+    elif path.suffix.lower() in (".dcm", "") and path.is_file():
+        _check_file(path)
+        data, props = _read_dicom_series(path.parent)
+    else:
+        _check_file(path)
+        raise InputError(path, "unsupported file type; use NIfTI (.nii/.nii.gz), a DICOM folder, "
+                               f"or {'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)}")
+    if not allow_nonfinite and not np.isfinite(data).all():
+        raise InputError(path, f"image has {int((~np.isfinite(data)).sum())} NaN/inf values")
+    return data, props
+
+
+def label_names_json(classes: list[str] | None) -> str:
+    return json.dumps({"labels": {str(i): n for i, n in enumerate(classes or [])}})
+
+
+def read_label_names(path: str | Path) -> list[str] | None:
+    """The class names ``write_labels`` stored in a NIfTI header extension, or None."""
+    img = _load_nifti(Path(path))
+    for ext in img.header.extensions:
+        if ext.get_code() == COMMENT_ECODE:
+            try:
+                labels = json.loads(ext.get_content().rstrip(b"\0").decode())["labels"]
+            except (ValueError, KeyError, UnicodeDecodeError):
+                continue
+            return [labels[str(i)] for i in range(len(labels))]
+    return None
+
+
+def write_labels(path: str | Path, labels: np.ndarray, props: dict, classes: list[str] | None = None) -> Path:
+    """Write a label map with the geometry ``read_image`` recorded; returns the written path.
+
+    Volumes go to NIfTI (the input's shape, affine and header for NIfTI input; the equivalent RAS affine
+    for DICOM), dtype uint8, intent "label", class names in the description and in a JSON header
+    extension. 2D labels go to PNG (or TIFF) as raw class ids.
+    """
+    path = Path(path)
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise InputError(path, f"label values {labels.min()}..{labels.max()} do not fit uint8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not props.get("is_volume", True):
+        return _write_2d(path, labels, props)
+    if not is_nifti(path):
+        raise InputError(path, "volume labels are written as NIfTI; name the output .nii.gz")
+    perm = props["transpose"]
+    file_shape = tuple(props["file_shape"])
+    data = labels.astype(np.uint8).transpose(np.argsort(perm))
+    if data.shape != (file_shape + (1,))[:3]:
+        raise InputError(path, f"label shape {labels.shape} does not match the input image "
+                               f"{tuple((file_shape + (1,))[p] for p in perm)} (array order)")
+    data = data.reshape(file_shape)
+    klass = nib.Nifti2Image if props.get("nifti_class") == "Nifti2Image" else nib.Nifti1Image
+    if props.get("header") is not None:
+        hdr = props["header"].copy()
+        hdr.set_data_dtype(np.uint8)
+        img = klass(data, props["affine"], header=hdr)
+    else:
+        img = klass(data, props["affine"])
+        img.set_qform(props["affine"], code=1)
+        img.set_sform(props["affine"], code=1)
+    hdr = img.header
+    hdr.set_slope_inter(1.0, 0.0)
+    hdr["cal_min"], hdr["cal_max"] = 0, int(labels.max()) if labels.size else 0
+    hdr.set_intent(LABEL_INTENT, name="labels")
+    if classes:
+        hdr["descrip"] = ("labels: " + ",".join(f"{i}={n}" for i, n in enumerate(classes)))[:79].encode()
+        hdr.extensions = nib.nifti1.Nifti1Extensions(
+            [e for e in hdr.extensions if e.get_code() != COMMENT_ECODE]
+            + [nib.nifti1.Nifti1Extension(COMMENT_ECODE, label_names_json(classes).encode())])
+    if not np.allclose(img.affine, props["affine"], atol=1e-4):
+        raise InputError(path, "the written affine would differ from the input's; refusing to write")
+    nib.save(img, str(path))
+    return path
+
+
+def _write_2d(path: Path, labels: np.ndarray, props: dict) -> Path:
+    shape = tuple(props.get("file_shape", labels.shape))[-2:]
+    if labels.shape != shape:
+        raise InputError(path, f"label shape {labels.shape} does not match the input image {shape}")
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(str(path), labels.astype(np.uint8))
+    elif path.suffix.lower() in (".png", ".bmp", ".gif"):
+        from PIL import Image
+
+        Image.fromarray(labels.astype(np.uint8), mode="L").save(path)
+    else:
+        raise InputError(path, "2D labels are written as PNG or TIFF (JPEG would corrupt class ids)")
+    return path
