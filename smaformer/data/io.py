@@ -121,14 +121,7 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, dict]:
     if len(series) > 1:
         log.warning("%s holds %d DICOM series; reading the largest (%s, %d slices)", folder, len(series), sid,
                     len(files))
-    for f in files:  # find a broken slice by name before the series reader hides which one it was
-        _check_file(Path(f))
-        probe = sitk.ImageFileReader()
-        probe.SetFileName(f)
-        try:
-            probe.ReadImageInformation()
-        except RuntimeError as e:
-            raise InputError(f, f"broken DICOM slice in series {folder.name} ({_first_line(e)})") from None
+    _check_series_slices(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
@@ -139,7 +132,6 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, dict]:
         raise InputError(folder, f"expected a 3D DICOM series, got {img.GetDimension()} dimensions")
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(folder, "colour DICOM series are not supported")
-    _check_slice_gaps(folder, files)
     data = sitk.GetArrayFromImage(img).astype(np.float32)  # (z, y, x)
     spacing, origin = np.array(img.GetSpacing()), np.array(img.GetOrigin())
     direction = np.array(img.GetDirection()).reshape(3, 3)
@@ -154,20 +146,35 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, dict]:
     return data, props
 
 
-def _check_slice_gaps(folder: Path, files: list[str]) -> None:
-    """Fail on a missing slice: a gap between positions much larger than the usual step."""
+def _check_series_slices(folder: Path, files: list[str]) -> None:
+    """Name a broken slice before the series reader hides which one it was: a file of the series that
+    cannot be read, or a gap in slice positions (GDCM leaves unreadable files out of the series)."""
     sitk = _sitk()
-    if len(files) < 3:
-        return
     pos = []
     for f in files:
-        r = sitk.ImageFileReader()
-        r.SetFileName(f)
-        r.ReadImageInformation()
-        pos.append(np.array(r.GetOrigin()))
+        _check_file(Path(f))
+        probe = sitk.ImageFileReader()
+        probe.SetFileName(f)
+        try:
+            probe.ReadImageInformation()
+        except RuntimeError as e:
+            raise InputError(f, f"broken DICOM slice in series {folder.name} ({_first_line(e)})") from None
+        pos.append(np.array(probe.GetOrigin()))
+    if len(pos) < 3:
+        return
     steps = np.linalg.norm(np.diff(np.stack(pos), axis=0), axis=1)
     med = float(np.median(steps))
     if med > 0 and steps.max() > 1.5 * med:
+        members = {Path(f).name for f in files}
+        for other in sorted(folder.iterdir()):
+            if other.is_file() and other.name not in members and not other.name.startswith("."):
+                probe = sitk.ImageFileReader()
+                probe.SetFileName(str(other))
+                try:
+                    probe.ReadImageInformation()
+                except RuntimeError:
+                    raise InputError(other, f"broken DICOM slice: unreadable, so series {folder.name} has a gap "
+                                            "where it belongs") from None
         i = int(steps.argmax())
         raise InputError(files[i + 1], f"gap of {steps[i]:.2f} mm before this slice (usual step {med:.2f} mm): "
                                        "a slice of the series is missing")
@@ -176,11 +183,15 @@ def _check_slice_gaps(folder: Path, files: list[str]) -> None:
 def _read_2d(path: Path) -> tuple[np.ndarray, dict]:
     _check_file(path)
     try:
+        data = None
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            data = np.asarray(tifffile.imread(str(path)))
-        else:
+            try:
+                data = np.asarray(tifffile.imread(str(path)))
+            except ValueError:  # e.g. LZW without the optional imagecodecs package: Pillow decodes it
+                data = None
+        if data is None:
             from PIL import Image
 
             with Image.open(path) as im:

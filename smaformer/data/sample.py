@@ -48,7 +48,8 @@ class Sample:
         if not self.is_volume:
             return self
         meta = {k: v for k, v in self.meta.items() if k not in ("affine", "props")}
-        meta.update(is_volume=False, slice=int(index), spacing=tuple(self.meta.get("spacing", (1, 1, 1)))[1:])
+        spacing = self.meta.get("spacing")
+        meta.update(is_volume=False, slice=int(index), spacing=None if spacing is None else tuple(spacing)[1:])
         label = None if self.label is None else self.label[index]
         return Sample(self.image[index][None], label, meta)
 
@@ -90,6 +91,7 @@ class Reader:
     layout: ClassVar[str] = ""
     splits: ClassVar[tuple[str, ...]] = ("train",)
     default_classes: ClassVar[list[str] | None] = None
+    detect_priority: ClassVar[int] = 50  # lower is tried first by open_dataset's auto-detection
 
     def __init__(self, root: str | Path, split: str | None = None, classes: list[str] | None = None):
         self.root = Path(root)

@@ -27,7 +27,7 @@ def detect_layout(path: str | Path) -> str:
         raise InputError(root, "dataset path not found")
     if root.is_dir() and not any(root.iterdir()):
         raise InputError(root, "empty folder")
-    for name, cls in LAYOUTS.items():
+    for name, cls in sorted(LAYOUTS.items(), key=lambda kv: kv[1].detect_priority):
         if cls.detect(root):
             return name
     raise InputError(root, f"unrecognised dataset layout; known layouts: {', '.join(LAYOUTS)} "
@@ -44,4 +44,8 @@ def open_dataset(path: str | Path, layout: str | None = None, split: str | None 
         raise ValueError(f"unknown layout {name!r}; use one of {', '.join(LAYOUTS)}")
     return LAYOUTS[name](path, split=split, **kwargs)
 
-from smaformer.data.formats import acdc  # noqa: E402,F401
+
+# most specific first: a Synapse or nnU-Net root may also contain folders a generic layout would match
+from smaformer.data.formats import (  # noqa: E402, F401, I001
+    acdc, synapse, nnunet, lits, drive, medt, image_folder,
+)
