@@ -1,0 +1,221 @@
+"""``smaformer convert``: NIfTI image/label pairs or any volume dataset (nnU-Net raw, images/+labels/,
+ACDC raw, LiTS raw) into the TransUNet Synapse layout.
+
+Training cases become ``train_npz/<case>_sliceNNN.npz`` (one axial slice each), test cases
+``test_vol_h5/<case>.npy.h5`` volumes, listed in ``lists_Synapse/train.txt`` and ``test_vol.txt``.
+Images are windowed (default: the Synapse HU window [-125, 275] -> [0, 1]); labels are remapped
+(unmapped ids -> background) and stored as uint8, with a ``spacing`` array the official loaders
+ignore. ``convert.json`` records the source of every case, the window, the label map and the split.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from smaformer.data.formats import open_dataset
+from smaformer.data.formats.base import PairedReader, stem
+from smaformer.data.formats.synapse import SYNAPSE_CLASSES
+from smaformer.data.preprocess import normalize_intensity
+from smaformer.data.sample import Reader
+from smaformer.data.transforms import parse_window
+from smaformer.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# TotalSegmentator v2 "total" ids -> Synapse ids (DESIGN.md order)
+TOTALSEG_TO_SYNAPSE = {52: 1, 4: 2, 3: 3, 2: 4, 5: 5, 7: 6, 1: 7, 6: 8}
+LABEL_PRESETS = {"totalseg": TOTALSEG_TO_SYNAPSE}
+
+
+class PairsReader(PairedReader):
+    """Explicit (image, label) NIfTI file pairs; case names are the image file stems."""
+
+    layout = "pairs"
+
+    def __init__(self, pairs: list[tuple[str | Path, str | Path]]):
+        if not pairs:
+            raise InputError(None, "no image/label pairs given")
+        super().__init__(Path(pairs[0][0]).parent)
+        self._given = [(Path(i), Path(lab)) for i, lab in pairs]
+
+    def _find_pairs(self):
+        found = {}
+        for img, lab in self._given:
+            for p in (img, lab):
+                if not p.exists():
+                    raise InputError(p, "file not found")
+            found[stem(img)] = (img, lab)
+        return found
+
+
+def parse_label_map(text: str | None) -> dict[int, int] | None:
+    """``"1:7,2:4"``, a preset name (``totalseg``) or a JSON file ``{"1": 7, ...}`` -> {source: target}."""
+    if not text:
+        return None
+    if text in LABEL_PRESETS:
+        return dict(LABEL_PRESETS[text])
+    if text.endswith(".json") or Path(text).is_file():
+        try:
+            raw = json.loads(Path(text).read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(text, f"cannot read label map JSON ({type(e).__name__}: {e})") from None
+        items = list(raw.items())
+    else:
+        items = [kv.split(":", 1) for kv in text.split(",") if kv.strip()]
+    try:
+        mapping = {int(str(k).strip()): int(str(v).strip()) for k, v in items}
+    except (ValueError, TypeError):
+        raise InputError(None, f"label map {text!r}: use 'src:dst,...', a JSON file or one of "
+                               f"{', '.join(LABEL_PRESETS)}") from None
+    if any(v < 0 or v > 255 for v in mapping.values()):
+        raise InputError(None, f"label map {text!r}: target ids must be within 0..255")
+    return mapping
+
+
+def remap(label: np.ndarray, mapping: dict[int, int] | None) -> np.ndarray:
+    """Apply ``mapping`` (unmapped ids -> 0) with a lookup table."""
+    if mapping is None:
+        return label
+    lut = np.zeros(max(int(label.max(initial=0)), max(mapping, default=0)) + 1, np.int64)
+    for src, dst in mapping.items():
+        if src >= 0:
+            lut[src] = dst
+    return lut[label]
+
+
+def split_cases(cases: list[str], test: list[str] | None, test_fraction: float, seed: int) -> set[str]:
+    """The test cases: named ones, or a seeded random ``test_fraction`` (at least one of each when n >= 2)."""
+    if test:
+        unknown = sorted(set(test) - set(cases))
+        if unknown:
+            raise InputError(None, f"test case {unknown[0]!r} is not in the source (cases: {', '.join(cases[:8])}...)")
+        return set(test)
+    n = len(cases)
+    k = int(round(test_fraction * n))
+    if n >= 2 and test_fraction > 0:
+        k = min(max(k, 1), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    return {cases[i] for i in order[:k]}
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _save_h5(path: Path, **arrays) -> None:
+    import h5py
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with h5py.File(tmp, "w") as f:
+        for k, v in arrays.items():
+            f.create_dataset(k, data=v, compression="gzip" if v.ndim > 1 else None)
+    os.replace(tmp, path)
+
+
+def convert_to_synapse(source: str | Path | Reader, out_dir: str | Path, *, window: str = "synapse",
+                       label_map: dict[int, int] | None = None, num_classes: int | None = None,
+                       test_cases: list[str] | None = None, test_fraction: float = 0.4, seed: int = 0,
+                       keep_names: bool = False, layout: str | None = None) -> dict:
+    """Convert ``source`` (a dataset folder or a reader) into the Synapse layout under ``out_dir``.
+
+    Returns the ``convert.json`` record: per output case its source, split, shape and spacing, plus
+    ``failed`` (case, fault) for cases skipped because they could not be read.
+    """
+    reader = source if isinstance(source, Reader) else open_dataset(source, layout=layout)
+    intensity = {"mode": "none"} if window == "none" else ({"mode": window} if window in ("zscore", "minmax")
+                                                           else parse_window(window))
+    num_classes = num_classes or (len(SYNAPSE_CLASSES) if label_map else (reader.num_classes or None))
+    if label_map and num_classes and max(label_map.values()) >= num_classes:
+        raise InputError(None, f"label map targets reach {max(label_map.values())}; num_classes is {num_classes}")
+    out = Path(out_dir)
+    for d in ("train_npz", "test_vol_h5", "lists_Synapse"):
+        (out / d).mkdir(parents=True, exist_ok=True)
+    cases = reader.cases()
+    test = split_cases(cases, test_cases, test_fraction, seed)
+    record = {"source": str(getattr(reader, "root", source)), "layout": reader.layout, "window": window,
+              "intensity": intensity, "label_map": {str(k): v for k, v in (label_map or {}).items()},
+              "classes": SYNAPSE_CLASSES[:num_classes] if label_map and num_classes else reader.classes,
+              "cases": {}, "failed": list(reader.skipped)}
+    train_list, test_list = [], []
+    for i, case in enumerate(cases, 1):
+        name = case if keep_names else f"case{i:04d}"
+        if keep_names and not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise InputError(None, f"case name {name!r} is not file-name safe; drop --keep-names")
+        try:
+            sample = reader.load_case(case)
+            if not sample.is_volume:
+                raise InputError(sample.meta.get("path"), "2D image: the Synapse layout holds CT volumes")
+            if sample.label is None:
+                raise InputError(sample.meta.get("path"), "no label file")
+            label = remap(sample.label, label_map)
+            if num_classes and label.max(initial=0) >= num_classes:
+                raise InputError(sample.meta.get("label_path"), f"label value {int(label.max())} outside "
+                                 f"0..{num_classes - 1} after remapping; pass --labels")
+        except InputError as e:
+            log.warning("skipping case %s: %s", case, e)
+            record["failed"].append((case, str(e)))
+            continue
+        image = normalize_intensity(sample.image, intensity)
+        label = label.astype(np.uint8)
+        spacing = np.asarray(sample.meta.get("spacing") or (1.0, 1.0, 1.0), np.float64)
+        split = "test" if case in test else "train"
+        if split == "test":
+            _save_h5(out / "test_vol_h5" / f"{name}.npy.h5", image=image, label=label, spacing=spacing)
+            test_list.append(name)
+        else:
+            for z in range(image.shape[0]):
+                sl = f"{name}_slice{z:03d}"
+                _save_npz(out / "train_npz" / f"{sl}.npz", image=image[z], label=label[z], spacing=spacing)
+                train_list.append(sl)
+        record["cases"][name] = {"source_case": case, "source_path": sample.meta.get("path"), "split": split,
+                                 "shape": list(image.shape), "spacing": spacing.tolist()}
+        log.info("%s -> %s (%s, %d slices)", case, name, split, image.shape[0])
+    (out / "lists_Synapse" / "train.txt").write_text("".join(f"{s}\n" for s in train_list))
+    (out / "lists_Synapse" / "test_vol.txt").write_text("".join(f"{s}\n" for s in test_list))
+    (out / "convert.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.epilog = (
+        "Examples:\n"
+        "  smaformer convert --pair ct.nii.gz seg.nii.gz --labels totalseg -o synapse_like\n"
+        "  smaformer convert Dataset017_BTCV/ --labels '1:7,2:4,3:3' --test-fraction 0.4 -o Synapse\n"
+        "Windows: synapse (HU -125..275), abdomen, liver, lung, LO,HI, zscore, minmax or none (MR).")
+    p.add_argument("source", nargs="?", help="dataset folder (nnU-Net raw, images/+labels/, ACDC/LiTS raw)")
+    p.add_argument("--pair", nargs=2, action="append", metavar=("IMAGE", "LABEL"), default=[],
+                   help="an image/label NIfTI pair (repeatable) instead of a folder")
+    p.add_argument("-o", "--out", required=True, help="output folder (Synapse layout)")
+    p.add_argument("--layout", help="source layout when auto-detection is not wanted")
+    p.add_argument("--window", default="synapse", help="intensity window or normalisation (default: synapse)")
+    p.add_argument("--labels", help="label remapping 'src:dst,...', a JSON file, or 'totalseg' (-> Synapse ids)")
+    p.add_argument("--num-classes", type=int, help="number of output classes (default: 9 with --labels)")
+    p.add_argument("--test", help="comma-separated source case names for the test split")
+    p.add_argument("--test-fraction", type=float, default=0.4, help="random test share when --test is not given")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    p.add_argument("--keep-names", action="store_true", help="keep source case names instead of caseNNNN")
+
+
+def run(args: argparse.Namespace) -> int:
+    if bool(args.source) == bool(args.pair):
+        raise InputError(None, "give either a SOURCE folder or one or more --pair IMAGE LABEL")
+    source = PairsReader(args.pair) if args.pair else args.source
+    rec = convert_to_synapse(source, args.out, window=args.window, label_map=parse_label_map(args.labels),
+                             num_classes=args.num_classes, test_fraction=args.test_fraction, seed=args.seed,
+                             test_cases=[c.strip() for c in args.test.split(",")] if args.test else None,
+                             keep_names=args.keep_names, layout=args.layout)
+    splits = [c["split"] for c in rec["cases"].values()]
+    print(f"{args.out}: {splits.count('train')} train cases "
+          f"({sum(c['shape'][0] for c in rec['cases'].values() if c['split'] == 'train')} slices), "
+          f"{splits.count('test')} test volumes")
+    for case, fault in rec["failed"]:
+        print(f"skipped {case}: {fault}")
+    return 1 if rec["failed"] else 0
