@@ -56,6 +56,7 @@ class SliceDataset(Dataset):
         self.cache_bytes = int(cache_bytes)
         self._cache: OrderedDict[str, Sample] = OrderedDict()
         self.skipped: list[tuple[str, str]] = []
+        self._bad: set[str] = set()
         if isinstance(source, Reader):
             self.reader: Reader | None = source
             self._samples: dict[str, Sample] = {}
@@ -68,7 +69,7 @@ class SliceDataset(Dataset):
             counts = [(c, s.num_slices()) for c, s in self._samples.items()]
         self.index: list[tuple[str, int]] = [(c, i) for c, n in counts for i in range(n)]
         if skip_empty:
-            self.index = [(c, i) for c, i in self.index if self._label_slice(c, i).any()]
+            self.index = [(c, i) for c, i in self.index if self._has_foreground(c, i)]
         if not self.index:
             where = getattr(source, "root", None) or "the given samples"
             raise InputError(where, "no slices to train on" + (f" ({len(self.skipped)} cases skipped: "
@@ -103,14 +104,36 @@ class SliceDataset(Dataset):
             self._cache.popitem(last=False)
         return sample
 
-    def _label_slice(self, case: str, index: int) -> np.ndarray:
-        return self._load(case).slice(index).label
+    def _has_foreground(self, case: str, index: int) -> bool:
+        if case in self._bad:
+            return False
+        try:
+            return bool(self._load(case).slice(index).label.any())
+        except InputError as e:
+            log.warning("skipping case %s: %s", case, e)
+            self._bad.add(case)
+            self.skipped.append((case, str(e)))
+            return False
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict:
-        case, k = self.index[i]
+        """Slice ``i``; a case that fails to load is logged, remembered and replaced by the next good slice,
+        so one bad file never stops a training run (faults found while indexing are in ``skipped``)."""
+        for j in range(len(self.index)):
+            case, k = self.index[(i + j) % len(self.index)]
+            if case in self._bad:
+                continue
+            try:
+                return self._item(case, k)
+            except InputError as e:
+                log.warning("skipping case %s: %s", case, e)
+                self._bad.add(case)
+                self.skipped.append((case, str(e)))
+        raise InputError(getattr(self.reader, "root", None), "every case failed to load; see the warnings")
+
+    def _item(self, case: str, k: int) -> dict:
         sl = self._load(case).slice(k)
         image, label = sl.image, sl.label
         if self.augment is not None:

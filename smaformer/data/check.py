@@ -1,0 +1,152 @@
+"""``smaformer check-data PATH``: detect the layout, read every case, and report shapes, spacings,
+intensity ranges, the label histogram per class and every fault (missing pairs, shape mismatches,
+labels outside the class range, NaN/inf, unreadable files, patients shared between splits).
+Exits 1 when there is a fault, so it can gate a training script.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from smaformer.data.formats import LAYOUTS, detect_layout, open_dataset
+from smaformer.errors import InputError
+
+
+@dataclass
+class SplitReport:
+    split: str
+    classes: list[str]
+    rows: list[dict] = field(default_factory=list)
+    faults: list[tuple[str, str]] = field(default_factory=list)
+    voxels: dict[int, int] = field(default_factory=dict)
+    cases_with: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class CheckReport:
+    path: str
+    layout: str
+    splits: list[SplitReport] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def num_faults(self) -> int:
+        return sum(len(s.faults) for s in self.splits)
+
+
+def _fmt_tuple(t, digits: int = 3) -> str:
+    return "-" if t is None else "x".join(f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in t)
+
+
+def _patient(case: str) -> str:
+    return case.split("_")[0]
+
+
+def check_dataset(path, layout: str | None = None, split: str | None = None, limit: int | None = None,
+                  classes: list[str] | None = None) -> CheckReport:
+    """Read every case of each split (or ``split`` only) and collect statistics and faults."""
+    layout = layout or detect_layout(path)
+    report = CheckReport(str(path), layout)
+    splits = [split] if split else list(LAYOUTS[layout].splits)
+    case_sets = {}
+    for sp in splits:
+        kwargs = {"classes": classes} if classes else {}
+        try:
+            reader = open_dataset(path, layout=layout, split=sp, **kwargs)
+            cases = reader.cases()
+        except InputError as e:
+            if split:  # asked for explicitly: its absence is a fault
+                raise
+            report.warnings.append(f"split {sp!r} not checked: {e}")
+            continue
+        rep = SplitReport(sp, list(reader.classes))
+        case_sets[sp] = cases
+        for case in cases[:limit]:
+            try:
+                s = reader.load_case(case)
+            except InputError as e:
+                rep.faults.append((case, str(e)))
+                rep.rows.append({"case": case, "status": "FAULT"})
+                continue
+            img = s.image
+            row = {"case": case, "shape": img.shape, "spacing": s.meta.get("spacing"),
+                   "range": (float(img.min()), float(img.max())), "status": "ok"}
+            if s.label is not None:
+                counts = np.bincount(s.label.ravel())
+                present = [int(k) for k in np.nonzero(counts)[0]]
+                row["labels"] = ",".join(map(str, present))
+                for k in present:
+                    rep.voxels[k] = rep.voxels.get(k, 0) + int(counts[k])
+                    rep.cases_with[k] = rep.cases_with.get(k, 0) + 1
+            else:
+                row["labels"] = "(none)"
+            rep.rows.append(row)
+        rep.faults.extend(reader.skipped)
+        n = len(rep.classes)
+        missing = [rep.classes[k] for k in range(1, n) if k not in rep.voxels] if rep.voxels else []
+        if missing:
+            report.warnings.append(f"split {sp!r}: classes never present: {', '.join(missing)}")
+        report.splits.append(rep)
+    names = list(case_sets)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = sorted({_patient(c) for c in case_sets[a]} & {_patient(c) for c in case_sets[b]})
+            if shared:
+                report.warnings.append(f"splits {a!r} and {b!r} share {len(shared)} case/patient ids "
+                                       f"(e.g. {shared[0]}): possible leakage")
+    return report
+
+
+def format_table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [line.format(*headers), line.format(*("-" * w for w in widths))]
+    out += [line.format(*map(str, r)) for r in rows]
+    return "\n".join(s.rstrip() for s in out)
+
+
+def format_report(report: CheckReport, max_rows: int | None = 20) -> str:
+    out = [f"{report.path}: layout {report.layout}"]
+    for rep in report.splits:
+        out.append(f"\n[{rep.split}] {len(rep.rows)} cases checked, {len(rep.faults)} faults")
+        rows = [[r["case"], _fmt_tuple(r.get("shape")), _fmt_tuple(r.get("spacing")),
+                 "{:.4g}..{:.4g}".format(*r["range"]) if "range" in r else "-", r.get("labels", "-"), r["status"]]
+                for r in rep.rows]
+        shown = rows if max_rows is None else rows[:max_rows]
+        if shown:
+            out.append(format_table(shown, ["case", "shape", "spacing", "intensity", "labels", "status"]))
+        if len(rows) > len(shown):
+            out.append(f"... {len(rows) - len(shown)} more cases (--all shows them)")
+        if rep.voxels:
+            total = sum(rep.voxels.values())
+            ids = sorted(set(rep.voxels) | set(range(len(rep.classes))))
+            hist = [[k, rep.classes[k] if k < len(rep.classes) else "(unknown)", rep.voxels.get(k, 0),
+                     f"{100 * rep.voxels.get(k, 0) / total:.3f}%", rep.cases_with.get(k, 0)] for k in ids]
+            out.append("label histogram:")
+            out.append(format_table(hist, ["id", "class", "voxels", "share", "cases"]))
+        for case, fault in rep.faults:
+            out.append(f"FAULT {case}: {fault}")
+    for w in report.warnings:
+        out.append(f"warning: {w}")
+    out.append(f"\n{report.num_faults} fault(s)" if report.num_faults else "\nno faults")
+    return "\n".join(out)
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("Examples:\n  smaformer check-data ../shared/data/acdc\n"
+                "  smaformer check-data my_dataset/ --layout image_folder --classes background,tumour --all")
+    p.add_argument("path", help="dataset folder")
+    p.add_argument("--layout", choices=sorted(LAYOUTS), help="skip auto-detection")
+    p.add_argument("--split", help="check one split only (default: every split the layout has)")
+    p.add_argument("--classes", help="comma-separated class names (sets the allowed label range)")
+    p.add_argument("--limit", type=int, help="check only the first N cases of each split")
+    p.add_argument("--all", action="store_true", help="print every case (default: the first 20 per split)")
+
+
+def run(args: argparse.Namespace) -> int:
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    report = check_dataset(args.path, layout=args.layout, split=args.split, limit=args.limit, classes=classes)
+    print(format_report(report, None if args.all else 20))
+    return 1 if report.num_faults else 0
