@@ -62,6 +62,7 @@ class SliceDataset(Dataset):
             self._samples: dict[str, Sample] = {}
             self.classes = list(source.classes)
             counts = self._count_reader(source)
+            self.skipped[:0] = source.skipped  # missing pairs found while listing the cases
         else:
             self.reader = None
             self._samples = {s.case or f"sample{i}": s for i, s in enumerate(source)}
