@@ -88,7 +88,7 @@ h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd
 table{border-collapse:collapse;margin:8px 0;font-size:13px}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}
 td.l,th.l{text-align:left}.bad{background:#fde2e2}.note{color:#555;font-size:13px;max-width:900px}
-.ov img{width:300px;margin:4px;border:1px solid #999}code{background:#f5f5f5;padding:1px 3px}
+.ov img{width:380px;margin:4px;border:1px solid #999}code{background:#f5f5f5;padding:1px 3px}
 """
 
 CLASS_COLUMNS = [("standard", "dice", "Dice"), ("standard", "iou", "IoU"), ("standard", "hd95", "HD95"),
@@ -125,7 +125,8 @@ def write_html(result: dict, overlays: dict[str, list[Path]], path: str | Path) 
                    + "</tr>")
     out.append("</table>")
     conv = result["conventions"]
-    out.append(f"<p class='note'>HD95 and ASSD in {html.escape(unit)}. <b>standard</b>: {html.escape(conv['standard'])}"
+    out.append(f"<p class='note'>HD95 and ASSD in {html.escape(unit)} units. "
+               f"<b>standard</b>: {html.escape(conv['standard'])}"
                f"<br><b>legacy</b>: {html.escape(conv['legacy'])}<br><b>slice Dice</b>: {html.escape(conv['slice'])}"
                "</p>")
     if result["failed_cases"]:
@@ -139,7 +140,7 @@ def write_html(result: dict, overlays: dict[str, list[Path]], path: str | Path) 
         name = case["case"]
         out.append(f"<h3>{_fmt(name)} — Dice {_fmt(case['foreground_mean']['standard']['dice'])}</h3><table><tr>"
                    "<th class='l'>class</th><th>Dice</th><th>HD95</th><th>ASSD</th><th>TP</th><th>FP</th><th>FN</th>"
-                   "<th class='l'>empty</th></tr>")
+                   "<th class='l'>empty mask</th></tr>")
         for k, name_k in classes.items():
             m = case["metrics"][str(k)]
             bad = " class='bad'" if m["empty"] in ("pred", "ref") else ""
