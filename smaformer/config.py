@@ -1,0 +1,204 @@
+"""Training configuration: YAML presets, ``--set key=value`` overrides, defaults and validation.
+
+A config is a plain nested dict (so it can be written into run folders and checkpoints as it is). Presets
+live in ``configs/<name>.yaml``; ``load_config`` accepts a preset name or a path, merges it over
+``DEFAULTS`` and applies dotted overrides whose values are parsed as YAML (numbers, bools, lists, null).
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from smaformer.errors import InputError
+
+PRESET_DIRS = (Path(__file__).resolve().parents[1] / "configs", Path.cwd() / "configs")
+
+DEFAULTS: dict[str, Any] = {
+    "name": "run",
+    "model": {"name": "swin_unet", "kwargs": {}, "pretrained": None},
+    "data": {
+        "layout": "synthetic",      # synthetic | any layout smaformer.data.open_dataset knows
+        "root": None,
+        "train_split": "train",
+        "val_split": "val",          # null: no validation (best.pt then follows latest.pt)
+        "test_split": "test",        # only its case names are listed, to refuse val/test overlap
+        "val_cases": None,           # optional: hold these training cases out as the validation set
+        "classes": None,             # class names; default: the reader's, else class0..classK-1
+        "img_size": [224, 224],
+        "in_chans": 3,
+        "channel_mode": "repeat",    # repeat | pseudo_hdr | none
+        "intensity": {"mode": "none"},
+        "augment": True,
+        "num_workers": 2,
+        "synthetic": {"train_volumes": 8, "val_volumes": 2, "shape": [24, 96, 96], "seed": 0},
+    },
+    "optim": {"name": "adamw", "lr": 3.0e-4, "weight_decay": 1.0e-4, "momentum": 0.9, "betas": [0.9, 0.999],
+              "lr_batch_reference": None},   # lr is scaled by batch_size / lr_batch_reference when set
+    "schedule": {"name": "cosine", "warmup_iters": 0, "warmup_start_factor": 0.001, "min_lr": 0.0, "power": 0.9},
+    "loss": {"ce": 0.5, "dice": 0.5, "focal": 0.0, "ohem_ratio": None, "focal_gamma": 2.0,
+             "dice_squared": True, "dice_include_background": True, "dice_smooth": 1.0e-5,
+             "class_weights": None},
+    "train": {
+        "epochs": 10,
+        "batch_size": 8,
+        "max_iterations": None,      # caps the run (and the schedule) at this many optimizer steps
+        "accum_steps": 1,
+        "grad_clip": None,
+        "precision": "auto",         # auto (bf16 on CUDA if supported, else fp16; fp32 on CPU) | fp32 | bf16 | fp16
+        "channels_last": False,
+        "val_every": 1,              # epochs; 0 disables validation
+        "val_batch_size": 16,
+        "save_every_iters": 500,     # latest.pt also mid-epoch, so a kill loses at most this many steps
+        "early_stop_patience": None,  # validations without improvement before stopping
+        "freeze_gates_epochs": 0,    # MedT: keep the gates of gated axial attention frozen this long
+        "seed": 1234,
+        "deterministic": False,
+        "device": "auto",
+        "out_dir": "runs",
+        "tensorboard": True,
+    },
+}
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+    r"|\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value as YAML: ``3``, ``1e-4``, ``true``, ``[0.2,0.4,0.4]``, ``null``, ``abc``."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return text
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Deep-merge ``over`` into a copy of ``base`` (dicts merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def apply_override(cfg: dict, item: str) -> None:
+    """Apply one ``a.b.c=value`` override in place."""
+    if "=" not in item:
+        raise InputError(None, f"override {item!r} is not key=value (e.g. --set train.epochs=5)")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = cfg
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            if p in node and node[p] is not None:
+                raise InputError(None, f"override {key!r}: {p!r} is not a section")
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = parse_value(text)
+
+
+def find_preset(name_or_path: str | Path) -> Path:
+    """Resolve a preset name (``synapse_swin_unet``) or a YAML path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return p
+    for d in PRESET_DIRS:
+        for cand in (d / f"{name_or_path}.yaml", d / str(name_or_path)):
+            if cand.is_file():
+                return cand
+    raise InputError(name_or_path, f"no such config file or preset; presets: {', '.join(list_presets())}")
+
+
+def list_presets() -> list[str]:
+    """Names of the YAML presets shipped in ``configs/``."""
+    names = {f.stem for d in PRESET_DIRS if d.is_dir() for f in d.glob("*.yaml")}
+    return sorted(names)
+
+
+def load_config(name_or_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: dict | None = None) -> dict:
+    """Defaults, then the preset (or ``base``), then the overrides; validated and with derived fields set."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if name_or_path is not None:
+        path = find_preset(name_or_path)
+        try:
+            data = yaml.load(path.read_text(), Loader=_Loader) or {}
+        except yaml.YAMLError as e:
+            raise InputError(path, f"invalid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise InputError(path, "a config must be a mapping of sections")
+        cfg = merge(cfg, data)
+    if base is not None:
+        cfg = merge(cfg, base)
+    for item in overrides:
+        apply_override(cfg, item)
+    validate(cfg)
+    return cfg
+
+
+def _pair(v: Any) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, (int, float)) else [int(s) for s in v]
+
+
+def validate(cfg: dict) -> None:
+    """Check types and ranges; copy ``img_size``, ``in_chans`` and the class count into the model kwargs
+    (the data section is the single source of truth for them)."""
+    unknown = set(cfg) - set(DEFAULTS)
+    if unknown:
+        raise InputError(None, f"unknown config sections {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
+    for section in ("data", "optim", "schedule", "loss", "train"):
+        bad = set(cfg[section]) - set(DEFAULTS[section])
+        if bad:
+            raise InputError(None, f"unknown keys in {section}: {sorted(bad)}; valid: {sorted(DEFAULTS[section])}")
+    d, t, o, s = cfg["data"], cfg["train"], cfg["optim"], cfg["schedule"]
+    d["img_size"] = _pair(d["img_size"])
+    kw = cfg["model"].setdefault("kwargs", {})
+    kw["img_size"] = d["img_size"][0] if d["img_size"][0] == d["img_size"][1] else list(d["img_size"])
+    kw["in_chans"] = int(d["in_chans"])
+    if d["classes"] is not None:
+        kw["num_classes"] = len(d["classes"])
+    checks = [
+        (int(t["epochs"]) >= 1, "train.epochs must be >= 1"),
+        (int(t["batch_size"]) >= 1, "train.batch_size must be >= 1"),
+        (int(t["accum_steps"]) >= 1, "train.accum_steps must be >= 1"),
+        (float(o["lr"]) > 0, "optim.lr must be > 0"),
+        (o["name"] in ("sgd", "adam", "adamw"), f"optim.name {o['name']!r}: use sgd, adam or adamw"),
+        (s["name"] in ("poly", "cosine", "constant"), f"schedule.name {s['name']!r}: use poly, cosine or constant"),
+        (t["precision"] in ("auto", "fp32", "bf16", "fp16"), f"train.precision {t['precision']!r}: "
+                                                             "use auto, fp32, bf16 or fp16"),
+        (d["channel_mode"] in ("repeat", "pseudo_hdr", "none"), f"data.channel_mode {d['channel_mode']!r}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise InputError(None, msg)
+    split_val, split_test = d.get("val_split"), d.get("test_split")
+    if split_val is not None and split_val == split_test and d.get("val_cases") is None:
+        raise InputError(None, f"data.val_split and data.test_split are both {split_val!r}: the test split "
+                               "must never be used for model selection")
+
+
+def effective_lr(cfg: dict) -> float:
+    """Base learning rate, scaled by ``batch_size / lr_batch_reference`` when the preset asks for it."""
+    o = cfg["optim"]
+    lr = float(o["lr"])
+    if o.get("lr_batch_reference"):
+        lr *= int(cfg["train"]["batch_size"]) / float(o["lr_batch_reference"])
+    return lr
+
+
+def dump_config(cfg: dict, path: str | Path) -> Path:
+    """Write the resolved config as YAML."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path

@@ -1,0 +1,348 @@
+"""The training loop: AMP, gradient accumulation and clipping, per-iteration schedules, volume-level
+validation, self-describing checkpoints, exact (mid-epoch) resume and DDP through torchrun.
+
+``train(cfg)`` is the API; ``smaformer train`` only parses arguments and calls it. A run folder holds
+``config.yaml``, ``latest.pt`` (full training state, rewritten atomically at every epoch end, every
+``save_every_iters`` steps and on SIGINT/SIGTERM), ``best.pt`` (best mean validation Dice), ``train_log.csv``
+and ``curves.png``. Resuming restores model, optimizer, scheduler, scaler, the epoch and the step inside
+it (the sampler skips what was consumed), the per-rank RNG states and the log history, so on CPU in
+deterministic mode a resumed run ends with bit-identical weights.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from smaformer.checkpoint import build_checkpoint, read_checkpoint, save_checkpoint
+from smaformer.config import dump_config, validate
+from smaformer.engine import distributed as dd
+from smaformer.engine.runlog import TensorBoard, plot_curves, progress, write_csv
+from smaformer.engine.sampling import ResumableSampler, SeededItems, capture_rng, restore_rng, seed_everything
+from smaformer.engine.schedule import IterScheduler, build_optimizer
+from smaformer.engine.trainsets import TrainData, build_data
+from smaformer.engine.trainsets import validate as validate_volumes
+from smaformer.errors import InputError
+from smaformer.losses import build_loss
+from smaformer.models import create_model
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs: int
+    iterations: int
+    best_dice: float
+    last_dice: float
+    stopped: str                       # "finished" | "early_stop" | "stop_after" | "interrupted"
+    history: list[dict] = field(default_factory=list)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    """fp32 on CPU unless asked otherwise; ``auto`` on CUDA is bf16 where supported, else fp16."""
+    if name == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if name == "fp16" and device.type != "cuda":
+        raise InputError(None, "train.precision=fp16 needs CUDA; use fp32 or bf16 on CPU")
+    return name
+
+
+def set_gates_trainable(model: torch.nn.Module, trainable: bool) -> int:
+    """MedT: (un)freeze the gates of gated axial attention; returns how many gate tensors were touched."""
+    fn = getattr(model, "set_gates_trainable", None)
+    if fn is not None:
+        return int(fn(trainable) or 0)
+    n = 0
+    for name, p in model.named_parameters():
+        if name.rsplit(".", 1)[-1].startswith("f_"):   # gate parameters are named f_q, f_k, f_v, f_o...
+            p.requires_grad_(trainable)
+            n += 1
+    return n
+
+
+def _new_run_dir(cfg: dict, dist: dd.Dist) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = dd.gather_objects(str(Path(cfg["train"]["out_dir"]) / f"{cfg['name']}-{stamp}"), dist)[0]
+    return Path(path)
+
+
+class Trainer:
+    """One training run; see the module docstring. Build it, then call ``fit``."""
+
+    def __init__(self, cfg: dict, run_dir: Path | None = None, resume: Path | None = None,
+                 data: TrainData | None = None, progress_bar: bool = True, log=print):
+        t = cfg["train"]
+        self.device = pick_device(t["device"])
+        self.dist = dd.init_distributed(self.device.type)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.precision = pick_precision(t["precision"], self.device)
+        self.log = log if self.dist.main else (lambda *a, **k: None)
+        self.show_bar = progress_bar and self.dist.main
+        state = None
+        if resume is not None:
+            ckpt = read_checkpoint(Path(resume) / "latest.pt")
+            cfg, state, run_dir = ckpt["config"], ckpt, Path(resume)
+            validate(cfg)
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(cfg, self.dist)
+        if t["deterministic"]:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        seed = int(t["seed"])
+        seed_everything(seed)
+        self.data = data or build_data(cfg)
+        self.classes = list(self.data.classes)
+        cfg["model"]["kwargs"]["num_classes"] = len(self.classes)
+        self.model = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"])
+        if cfg["model"].get("pretrained") and state is None:
+            from smaformer.weights import load_pretrained
+            self.log(str(load_pretrained(self.model, cfg["model"]["pretrained"])))
+        self.memory_format = torch.channels_last if t["channels_last"] else torch.contiguous_format
+        self.model.to(self.device, memory_format=self.memory_format)
+        self.net = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        seed_everything(seed + self.dist.rank)     # dropout/drop-path streams differ per rank
+        self.loss_fn = build_loss(cfg, len(self.classes)).to(self.device)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.batch, self.accum = int(t["batch_size"]), int(t["accum_steps"])
+        self.sampler = ResumableSampler(len(self.data.train), seed=seed, rank=self.dist.rank,
+                                        world_size=self.dist.world_size)
+        self.steps_per_epoch = (self.sampler.per_rank // self.batch) // self.accum
+        if self.steps_per_epoch < 1:
+            raise InputError(None, f"{len(self.data.train)} training slices give no full step of batch_size "
+                                   f"{self.batch} x accum_steps {self.accum} x {self.dist.world_size} rank(s)")
+        self.total_steps = int(t["epochs"]) * self.steps_per_epoch
+        if t["max_iterations"]:
+            self.total_steps = min(self.total_steps, int(t["max_iterations"]))
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.scheduler = IterScheduler(self.optimizer, cfg, self.total_steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.epoch = self.step_in_epoch = self.iteration = 0
+        self.loss_sum, self.loss_count, self.elapsed = 0.0, 0, 0.0
+        self.best, self.bad_vals, self.history = -1.0, 0, []
+        if state is not None:
+            self._load_state(state)
+
+    # ---- checkpoint state -------------------------------------------------------------------------
+    def _train_state(self, rng: list) -> dict:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "iteration": self.iteration,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rng, "world_size": self.dist.world_size,
+                "loss_sum": self.loss_sum, "loss_count": self.loss_count, "elapsed": self.elapsed,
+                "best_dice": self.best, "bad_validations": self.bad_vals, "history": self.history}
+
+    def _load_state(self, ckpt: dict) -> None:
+        st = ckpt["train_state"]
+        if st.get("world_size", 1) != self.dist.world_size:
+            raise InputError(self.run_dir, f"run was trained on {st['world_size']} process(es); resume it with "
+                                           f"the same number (got {self.dist.world_size})")
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        self.epoch, self.step_in_epoch, self.iteration = st["epoch"], st["step_in_epoch"], st["iteration"]
+        self.loss_sum, self.loss_count, self.elapsed = st["loss_sum"], st["loss_count"], st["elapsed"]
+        self.best, self.bad_vals, self.history = st["best_dice"], st["bad_validations"], list(st["history"])
+        restore_rng(st["rng"][self.dist.rank])
+
+    def save(self, best: bool = False, metrics: dict | None = None) -> None:
+        """latest.pt (and best.pt); collective in DDP because every rank's RNG state is stored."""
+        rng = dd.gather_objects(capture_rng(), self.dist)
+        if not self.dist.main:
+            return
+        ckpt = build_checkpoint(self.model, self.classes, self.data.preprocessing, self.cfg,
+                                self._train_state(rng), metrics)
+        save_checkpoint(ckpt, self.run_dir / "latest.pt")
+        if best:
+            ckpt["train_state"] = {"epoch": self.epoch, "iteration": self.iteration}
+            save_checkpoint(ckpt, self.run_dir / "best.pt")
+
+    # ---- loop ---------------------------------------------------------------------------------------
+    def _loader(self) -> DataLoader:
+        from smaformer.data import seed_worker
+
+        self.sampler.set_epoch(self.epoch, self.step_in_epoch * self.accum * self.batch)
+        nw = int(self.cfg["data"]["num_workers"])
+        seed = int(self.cfg["train"]["seed"])
+        # the loader's own generator: creating an iterator must not draw from the global torch RNG, or a
+        # resumed run (which creates one mid-epoch) would shift the dropout stream
+        gen = torch.Generator().manual_seed(seed * 7_919 + self.epoch * 104_729 + self.dist.rank)
+        return DataLoader(SeededItems(self.data.train, seed), batch_size=self.batch, sampler=self.sampler,
+                          drop_last=True, num_workers=nw, worker_init_fn=seed_worker, generator=gen,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+
+    def _step(self, micro: list[dict]) -> float:
+        """One optimizer step over ``accum`` micro-batches; returns the mean loss."""
+        total = 0.0
+        for i, batch in enumerate(micro):
+            x = batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            y = batch["label"].to(self.device, non_blocking=True)
+            sync = i == len(micro) - 1 or not self.dist.enabled
+            with (contextlib.nullcontext() if sync else self.net.no_sync()), self._autocast():
+                loss = self.loss_fn(self.net(x), y) / len(micro)
+            self.scaler.scale(loss).backward()
+            total += float(loss.detach())
+        if not math.isfinite(total):
+            raise FloatingPointError(f"loss is {total} at iteration {self.iteration}; lower optim.lr or use fp32")
+        clip = self.cfg["train"]["grad_clip"]
+        if clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return total
+
+    def _validate(self) -> np.ndarray:
+        t = self.cfg["train"]
+        return validate_volumes(self.model, self.data.val, self.data.preprocessing, len(self.classes),
+                                device=self.device, precision=self.precision,
+                                batch_size=int(t["val_batch_size"]), dist=self.dist)
+
+    def _end_epoch(self, epoch_s: float) -> bool:
+        """Reduce the loss, validate, log, checkpoint; True when early stopping triggers."""
+        t = self.cfg["train"]
+        agg = dd.all_reduce_sum(torch.tensor([self.loss_sum, float(self.loss_count)], dtype=torch.float64),
+                                self.dist)
+        row = {"epoch": self.epoch + 1, "iterations": self.iteration, "lr": self.scheduler.get_last_lr()[0],
+               "train_loss": float(agg[0] / max(agg[1], 1)), "epoch_s": round(epoch_s, 2)}
+        every, last = int(t["val_every"]), self.iteration >= self.total_steps
+        dice = np.full(len(self.classes) - 1, np.nan)
+        if self.data.val and every > 0 and ((self.epoch + 1) % every == 0 or last):
+            dice = self._validate()
+        mean = float(np.nanmean(dice)) if not np.isnan(dice).all() else math.nan
+        row.update({f"dice_{c}": float(v) for c, v in zip(self.classes[1:], dice, strict=True)})
+        row["mean_dice"] = mean
+        row["elapsed_s"] = round(self.elapsed, 2)
+        self.history.append(row)
+        improved = not math.isnan(mean) and mean > self.best
+        if improved:
+            self.best, self.bad_vals = mean, 0
+        elif not math.isnan(mean):
+            self.bad_vals += 1
+        self.epoch, self.step_in_epoch, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
+        metrics = {"val_dice": dict(zip(self.classes[1:], map(float, dice), strict=True)), "mean_dice": mean,
+                   "epoch": self.epoch, "iteration": self.iteration}
+        self.save(best=improved, metrics=metrics)
+        if self.dist.main:
+            write_csv(self.history, self.run_dir / "train_log.csv", self.classes)
+            if not math.isnan(mean) or last or time.monotonic() - self._plotted > 60:   # plotting costs ~1 s
+                plot_curves(self.history, self.run_dir / "curves.png", self.classes)
+                self._plotted = time.monotonic()
+            self.tb.scalars(row, self.iteration)
+            val = "" if math.isnan(mean) else f"  val Dice {mean:.4f}{' (best)' if improved else ''}"
+            self.log(f"epoch {self.epoch}/{self.epochs}  it {self.iteration}  loss {row['train_loss']:.4f}  "
+                     f"lr {row['lr']:.2e}{val}  {epoch_s:.1f}s")
+        patience = t["early_stop_patience"]
+        return dd.broadcast_flag(bool(patience) and self.bad_vals >= int(patience), self.dist)
+
+    def _install_signals(self) -> dict:
+        self._stop_signal = False
+
+        def handler(signum, frame):
+            self._stop_signal = True
+
+        old = {}
+        with contextlib.suppress(ValueError):      # not in the main thread: no handlers
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, handler)
+        return old
+
+    def fit(self, stop_after: int | None = None) -> TrainResult:
+        """Train to the end (or to ``stop_after`` optimizer steps, saving latest.pt there)."""
+        t = self.cfg["train"]
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(self.cfg, self.run_dir / "config.yaml")
+        self.tb = TensorBoard(self.run_dir, bool(t["tensorboard"]) and self.dist.main)
+        self._plotted = time.monotonic()
+        old = self._install_signals()
+        stopped, save_every = "finished", int(t["save_every_iters"] or 0)
+        freeze = int(t["freeze_gates_epochs"] or 0)
+        bar = progress(self.total_steps, self.iteration, self.show_bar)
+        try:
+            while self.iteration < self.total_steps and stopped == "finished":
+                if freeze:
+                    set_gates_trainable(self.model, self.epoch >= freeze)
+                self.net.train()
+                epoch_t0 = last_t = time.perf_counter()
+                micro, steps_left = [], self.steps_per_epoch - self.step_in_epoch
+                images_per_step = self.batch * self.accum * self.dist.world_size
+                for batch in self._loader():
+                    micro.append(batch)
+                    if len(micro) < self.accum:
+                        continue
+                    loss = self._step(micro)
+                    micro = []
+                    self.iteration += 1
+                    self.step_in_epoch += 1
+                    self.loss_sum, self.loss_count = self.loss_sum + loss, self.loss_count + 1
+                    now = time.perf_counter()
+                    self.elapsed, last_t, dt = self.elapsed + now - last_t, now, now - last_t
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                                    img_s=f"{images_per_step / max(dt, 1e-9):.1f}")
+                    if dd.broadcast_flag(self._stop_signal, self.dist):
+                        stopped = "interrupted"
+                    elif stop_after is not None and self.iteration >= stop_after:
+                        stopped = "stop_after"
+                    if stopped != "finished" or (save_every and self.iteration % save_every == 0):
+                        self.save()
+                    steps_left -= 1
+                    if stopped != "finished" or steps_left == 0 or self.iteration >= self.total_steps:
+                        break
+                if stopped == "finished" and self._end_epoch(time.perf_counter() - epoch_t0):
+                    stopped = "early_stop"
+                    self.log(f"early stopping: no improvement in {t['early_stop_patience']} validations")
+        finally:
+            bar.close()
+            self.tb.close()
+            for sig, h in old.items():
+                signal.signal(sig, h)
+        last = self.history[-1]["mean_dice"] if self.history else math.nan
+        if self.dist.main:
+            self.log(f"run folder: {self.run_dir}" + (f"  (stopped: {stopped}; resume with "
+                                                      f"`smaformer train --resume {self.run_dir}`)"
+                                                      if stopped in ("interrupted", "stop_after") else ""))
+        return TrainResult(self.run_dir, self.epoch, self.iteration, self.best, last, stopped, list(self.history))
+
+
+def train(cfg: dict, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
+          stop_after: int | None = None, data: TrainData | None = None, progress_bar: bool = True,
+          log=print) -> TrainResult:
+    """Train from a resolved config (``smaformer.config.load_config``), or resume a run folder."""
+    trainer = Trainer(cfg, run_dir=None if run_dir is None else Path(run_dir),
+                      resume=None if resume is None else Path(resume), data=data,
+                      progress_bar=progress_bar, log=log)
+    try:
+        return trainer.fit(stop_after=stop_after)
+    finally:
+        dd.shutdown(trainer.dist)
