@@ -61,13 +61,13 @@ def _size(x: torch.Tensor) -> tuple[int, int]:
 class _AxialNet(nn.Module):
     """Shared pieces: input check, the gate switch and official-checkpoint conversion."""
 
-    img_size: tuple[int, int]
+    __jit_unused_properties__ = ["gates_trainable"]
     export_flags = {"onnx": True, "torchscript": False, "compile": True, "dynamic_hw": False}
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or (x.shape[-2], x.shape[-1]) != self.img_size:
-            raise ValueError(f"{type(self).__name__} was built for img_size {self.img_size} and takes "
-                             f"(B, C, {self.img_size[0]}, {self.img_size[1]}); got {tuple(x.shape)}. "
+        if x.dim() != 4 or x.shape[-2] != self.img_size[0] or x.shape[-1] != self.img_size[1]:
+            raise ValueError(f"this model was built for img_size {self.img_size} and takes "
+                             f"(B, C, {self.img_size[0]}, {self.img_size[1]}); got {list(x.shape)}. "
                              f"Resize the input or build the model with img_size matching it")
 
     @property
@@ -117,12 +117,6 @@ def _stem(in_chans: int, planes: int, mid: int = 128) -> list[nn.Module]:
             nn.Conv2d(mid, planes, 3, padding=1, bias=False), nn.BatchNorm2d(planes)]
 
 
-def _run_stem(x: torch.Tensor, mods: list[nn.Module]) -> torch.Tensor:
-    for conv, bn in zip(mods[0::2], mods[1::2], strict=True):
-        x = F.relu(bn(conv(x)))
-    return x
-
-
 def _decoders(widths: list[int]) -> list[nn.Conv2d]:
     """decoder1 (3x3 stride 2) .. decoder5 (3x3): 2w4 -> 2w4 -> w4 -> w3 -> w2 -> w1, all with bias."""
     w1, w2, w3, w4 = widths
@@ -160,7 +154,9 @@ class AxialUNet(_AxialNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        x = _run_stem(x, [self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3])
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.relu(self.bn3(self.conv3(x)))
         x1 = self.layer1(x)
         x2 = self.layer2(x1)
         x3 = self.layer3(x2)
@@ -224,7 +220,9 @@ class MedTNet(_AxialNet):
         b, c, h, w = x.shape
         ph, pw = h // 4, w // 4
         p = x.reshape(b, c, 4, ph, 4, pw).permute(0, 2, 4, 1, 3, 5).reshape(b * 16, c, ph, pw)
-        p = _run_stem(p, [self.conv1_p, self.bn1_p, self.conv2_p, self.bn2_p, self.conv3_p, self.bn3_p])
+        p = F.relu(self.bn1_p(self.conv1_p(p)))
+        p = F.relu(self.bn2_p(self.conv2_p(p)))
+        p = F.relu(self.bn3_p(self.conv3_p(p)))
         p1 = self.layer1_p(p)
         p2 = self.layer2_p(p1)
         p3 = self.layer3_p(p2)
@@ -240,7 +238,9 @@ class MedTNet(_AxialNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         xin = x
-        x = _run_stem(x, [self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3])
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.relu(self.bn3(self.conv3(x)))
         x1 = self.layer1(x)
         x2 = self.layer2(x1)
         x = _up(self.decoder4(x2), _size(x1)) + x1

@@ -39,6 +39,8 @@ class AxialAttention(nn.Module):
     sized to it). ``stride`` 2 average-pools both axes by 2 afterwards (used only on the width pass).
     """
 
+    __constants__ = ["positional", "gated", "width"]
+
     def __init__(self, dim: int, kernel_size: int, groups: int = 8, stride: int = 1, width: bool = False,
                  positional: bool = True, gated: bool = False):
         super().__init__()
