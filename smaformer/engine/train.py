@@ -34,6 +34,7 @@ from smaformer.engine.trainsets import validate as validate_volumes
 from smaformer.errors import InputError
 from smaformer.losses import build_loss
 from smaformer.models import create_model
+from smaformer.models.layers.axial import set_gates_trainable
 
 
 @dataclass
@@ -64,19 +65,6 @@ def pick_precision(name: str, device: torch.device) -> str:
     return name
 
 
-def set_gates_trainable(model: torch.nn.Module, trainable: bool) -> int:
-    """MedT: (un)freeze the gates of gated axial attention; returns how many gate tensors were touched."""
-    fn = getattr(model, "set_gates_trainable", None)
-    if fn is not None:
-        return int(fn(trainable) or 0)
-    n = 0
-    for name, p in model.named_parameters():
-        if name.rsplit(".", 1)[-1].startswith("f_"):   # gate parameters are named f_q, f_k, f_v, f_o...
-            p.requires_grad_(trainable)
-            n += 1
-    return n
-
-
 def _new_run_dir(cfg: dict, dist: dd.Dist) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     path = dd.gather_objects(str(Path(cfg["train"]["out_dir"]) / f"{cfg['name']}-{stamp}"), dist)[0]
@@ -86,8 +74,13 @@ def _new_run_dir(cfg: dict, dist: dd.Dist) -> Path:
 class Trainer:
     """One training run; see the module docstring. Build it, then call ``fit``."""
 
-    def __init__(self, cfg: dict, run_dir: Path | None = None, resume: Path | None = None,
+    def __init__(self, cfg: dict | None, run_dir: Path | None = None, resume: Path | None = None,
                  data: TrainData | None = None, progress_bar: bool = True, log=print):
+        state = None
+        if resume is not None:
+            state = read_checkpoint(Path(resume) / "latest.pt")
+            cfg, run_dir = state["config"], Path(resume)
+            validate(cfg)
         t = cfg["train"]
         self.device = pick_device(t["device"])
         self.dist = dd.init_distributed(self.device.type)
@@ -96,11 +89,6 @@ class Trainer:
         self.precision = pick_precision(t["precision"], self.device)
         self.log = log if self.dist.main else (lambda *a, **k: None)
         self.show_bar = progress_bar and self.dist.main
-        state = None
-        if resume is not None:
-            ckpt = read_checkpoint(Path(resume) / "latest.pt")
-            cfg, state, run_dir = ckpt["config"], ckpt, Path(resume)
-            validate(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(cfg, self.dist)
         if t["deterministic"]:
@@ -113,7 +101,10 @@ class Trainer:
         self.data = data or build_data(cfg)
         self.classes = list(self.data.classes)
         cfg["model"]["kwargs"]["num_classes"] = len(self.classes)
-        self.model = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"])
+        try:
+            self.model = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"])
+        except (ValueError, TypeError) as e:
+            raise InputError(None, f"model {cfg['model']['name']!r} {cfg['model']['kwargs']}: {e}") from None
         if cfg["model"].get("pretrained") and state is None:
             from smaformer.weights import load_pretrained
             self.log(str(load_pretrained(self.model, cfg["model"]["pretrained"])))
@@ -290,7 +281,7 @@ class Trainer:
         bar = progress(self.total_steps, self.iteration, self.show_bar)
         try:
             while self.iteration < self.total_steps and stopped == "finished":
-                if freeze:
+                if freeze:     # MedT recipe: gates of gated axial attention train only after `freeze` epochs
                     set_gates_trainable(self.model, self.epoch >= freeze)
                 self.net.train()
                 epoch_t0 = last_t = time.perf_counter()
@@ -335,7 +326,7 @@ class Trainer:
         return TrainResult(self.run_dir, self.epoch, self.iteration, self.best, last, stopped, list(self.history))
 
 
-def train(cfg: dict, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
+def train(cfg: dict | None, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
           stop_after: int | None = None, data: TrainData | None = None, progress_bar: bool = True,
           log=print) -> TrainResult:
     """Train from a resolved config (``smaformer.config.load_config``), or resume a run folder."""

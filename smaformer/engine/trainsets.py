@@ -8,6 +8,7 @@ with ``infer_volume`` and scored per class in 3D.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from smaformer.checkpoint import default_preprocessing
+from smaformer.data.sample import Reader, Sample
 from smaformer.engine.distributed import Dist, all_reduce_sum
 from smaformer.errors import InputError
 
@@ -32,11 +34,11 @@ class TrainData:
     preprocessing: dict
 
 
-class CaseSubset:
+class CaseSubset(Reader):
     """A reader restricted to some of its cases (hold-out validation from the training split)."""
 
-    def __init__(self, reader, cases: list[str]):
-        self.reader, self._cases = reader, list(cases)
+    def __init__(self, reader: Reader, cases: list[str]):
+        self.reader, self._cases, self.layout, self.split = reader, list(cases), reader.layout, reader.split
         self.classes, self.root, self.skipped = reader.classes, getattr(reader, "root", None), []
 
     def cases(self) -> list[str]:
@@ -45,8 +47,45 @@ class CaseSubset:
     def num_slices(self, case: str) -> int:
         return self.reader.num_slices(case)
 
-    def load_case(self, case: str):
+    def load_case(self, case: str) -> Sample:
         return self.reader.load_case(case)
+
+
+class StackedCases(Reader):
+    """Held-out 2D training slices (``case0005_slice012``...) regrouped into one volume per case, so that
+    validation stays volume-level on layouts whose training split holds slices (Synapse npz, ACDC h5)."""
+
+    def __init__(self, reader: Reader, names: list[str]):
+        self.reader, self.layout, self.split = reader, reader.layout, "val"
+        self.classes, self.root, self.skipped = reader.classes, getattr(reader, "root", None), []
+        self.groups: dict[str, list[str]] = {}
+        for n in sorted(names, key=_slice_order):
+            self.groups.setdefault(case_key(n), []).append(n)
+
+    def cases(self) -> list[str]:
+        return list(self.groups)
+
+    def load_case(self, case: str) -> Sample:
+        parts = [self.reader.load_case(n) for n in self.groups[case]]
+        image = np.stack([p.image[0] if p.image.ndim == 3 else p.image for p in parts])
+        label = np.stack([p.label for p in parts])
+        return Sample(image, label, {**parts[0].meta, "case": case, "is_volume": True})
+
+
+_SLICE = re.compile(r"_slice_?(\d+)$")
+
+
+def _slice_order(name: str) -> tuple[str, int]:
+    m = _SLICE.search(name)
+    return (name[: m.start()], int(m.group(1))) if m else (name, 0)
+
+
+def case_key(name: str) -> str:
+    """The case (for ACDC: the patient) a slice or volume name belongs to: ``case0005_slice012`` ->
+    ``case0005``, ``patient001_frame01_slice_3`` -> ``patient001``; used for hold-outs and leak checks."""
+    base = _SLICE.sub("", name)
+    m = re.match(r"(patient\d+)_frame\d+$", base)
+    return m.group(1) if m else base
 
 
 def preprocessing_of(cfg: dict) -> dict:
@@ -59,10 +98,10 @@ def _names(source) -> list[str]:
 
 
 def check_no_leak(train_cases: list[str], val_cases: list[str], test_cases: list[str], where: Any) -> None:
-    """Refuse validation or training cases that are also test cases (DESIGN.md §4, no leakage)."""
-    test = set(test_cases)
+    """Refuse validation or training cases whose case (patient) is also in the test split (DESIGN.md §4)."""
+    test = {case_key(c) for c in test_cases}
     for what, cases in (("validation", val_cases), ("training", train_cases)):
-        both = sorted(test.intersection(cases))
+        both = sorted(test.intersection(case_key(c) for c in cases))
         if both:
             raise InputError(where, f"{len(both)} {what} case(s) are also in the test split "
                                     f"({', '.join(both[:5])}); the test split is never used for training "
@@ -87,12 +126,15 @@ def build_data(cfg: dict) -> TrainData:
         layout = None if d["layout"] in (None, "auto") else d["layout"]
         train_reader = open_dataset(d["root"], layout=layout, split=d["train_split"])
         if d["val_cases"]:
-            missing = sorted(set(d["val_cases"]) - set(train_reader.cases()))
+            want = {str(c) for c in d["val_cases"]}
+            names = train_reader.cases()
+            held = [n for n in names if n in want or case_key(n) in want]
+            missing = sorted(want - {n for n in held} - {case_key(n) for n in held})
             if missing:
                 raise InputError(d["root"], f"data.val_cases not in the training split: {', '.join(missing[:5])}")
-            held = [c for c in train_reader.cases() if c not in set(d["val_cases"])]
-            val = CaseSubset(train_reader, list(d["val_cases"]))
-            train_reader = CaseSubset(train_reader, held)
+            slices = any(_SLICE.search(n) for n in held)
+            val = StackedCases(train_reader, held) if slices else CaseSubset(train_reader, held)
+            train_reader = CaseSubset(train_reader, [n for n in names if n not in set(held)])
         elif d["val_split"]:
             val = open_dataset(d["root"], layout=layout, split=d["val_split"])
         else:
