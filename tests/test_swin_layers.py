@@ -84,7 +84,7 @@ def test_block_pads_and_crops(hw):
     assert y.shape == x.shape and torch.isfinite(y).all()
 
 
-def test_block_is_translation_consistent_per_window():
+def test_unshifted_block_keeps_windows_independent():
     """An unshifted block treats windows independently: changing one window leaves the others untouched."""
     torch.manual_seed(0)
     block = SwinBlock(8, 2, 4, shift=False).eval()
