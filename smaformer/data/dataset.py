@@ -55,6 +55,7 @@ class SliceDataset(Dataset):
         self.augment: Augment | None = augment or None
         self.cache_bytes = int(cache_bytes)
         self._cache: OrderedDict[str, Sample] = OrderedDict()
+        self._cached_bytes = 0
         self.skipped: list[tuple[str, str]] = []
         self._bad: set[str] = set()
         if isinstance(source, Reader):
@@ -100,9 +101,10 @@ class SliceDataset(Dataset):
             raise InputError(raw.meta.get("path", case), "no label: a training/validation slice needs one")
         sample = Sample(normalize_intensity(raw.image, self.intensity), raw.label, raw.meta)
         self._cache[case] = sample
-        while len(self._cache) > 1 and sum(s.image.nbytes + s.label.nbytes
-                                           for s in self._cache.values()) > self.cache_bytes:
-            self._cache.popitem(last=False)
+        self._cached_bytes += sample.image.nbytes + sample.label.nbytes
+        while len(self._cache) > 1 and self._cached_bytes > self.cache_bytes:
+            old = self._cache.popitem(last=False)[1]
+            self._cached_bytes -= old.image.nbytes + old.label.nbytes
         return sample
 
     def _has_foreground(self, case: str, index: int) -> bool:

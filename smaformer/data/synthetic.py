@@ -35,9 +35,10 @@ def _smooth_field(rng: np.random.Generator, z: np.ndarray, y: np.ndarray, x: np.
 
 
 def _organ_levels(n: int) -> np.ndarray:
-    """Evenly spread organ intensities (HU) in [-110, -40] and [80, 260], away from the body (~0-40 HU)."""
-    t = np.linspace(0.0, 250.0, n) if n > 1 else np.array([150.0])
-    return np.where(t <= 70.0, -110.0 + t, 80.0 + (t - 70.0)).astype(np.float64)
+    """Evenly spread organ intensities (HU) in [-100, -50] and [80, 230]: away from the body (~0-40 HU),
+    from air and the spine (both clipped to the window's ends)."""
+    t = np.linspace(0.0, 200.0, n) if n > 1 else np.array([120.0])
+    return np.where(t <= 50.0, -100.0 + t, 80.0 + (t - 50.0)).astype(np.float64)
 
 
 def _render(rng: np.random.Generator, zc: np.ndarray, shape_hw: tuple[int, int],
@@ -58,7 +59,7 @@ def _render(rng: np.random.Generator, zc: np.ndarray, shape_hw: tuple[int, int],
 
     n_org = num_classes - 1
     scale = float(np.sqrt(4.0 / max(n_org, 4)))
-    levels = _organ_levels(n_org) + rng.uniform(-8, 8, n_org)
+    levels = _organ_levels(n_org) + rng.uniform(-5, 5, n_org)
     start = rng.uniform(0, 2 * np.pi)
     order = rng.permutation(n_org)  # which class sits in which sector varies between phantoms
     for slot, k in enumerate(order):
@@ -82,8 +83,8 @@ def _render(rng: np.random.Generator, zc: np.ndarray, shape_hw: tuple[int, int],
     image[spine & (label == 0)] = 400.0
 
     image = ndimage.gaussian_filter(image, sigma=(0, 0.8, 0.8))  # partial volume at edges
-    image += _smooth_field(rng, z, y, x, 25.0) * body  # bias field inside the body
-    image += rng.normal(0.0, 18.0, image.shape).astype(np.float32)
+    image += _smooth_field(rng, z, y, x, 15.0) * body  # bias field inside the body
+    image += rng.normal(0.0, 15.0, image.shape).astype(np.float32)
     return image.astype(np.float32), label
 
 

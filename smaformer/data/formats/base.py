@@ -31,8 +31,8 @@ def read_arrays(path: str | Path, keys: tuple[str, ...] = ("image", "label"),
             import h5py
 
             with h5py.File(path, "r") as f:
-                have = list(f.keys())
-                out = {k: np.asarray(f[k][()]) for k in keys + optional if k in have}
+                out = {k: f[k][()] for k in keys + optional if k in f}
+                have = list(f.keys()) if len(out) < len(keys) else list(out)
     except Exception as e:  # zipfile.BadZipFile, OSError from h5py, ValueError for pickled arrays
         raise InputError(path, f"cannot read {path.suffix} file, truncated or not {path.suffix}? "
                                f"({_first_line(e)})") from None
