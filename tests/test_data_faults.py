@@ -75,6 +75,12 @@ def test_each_fault_is_one_line_naming_the_file(bad_nnunet):
         assert fname in msg and fault in msg and "\n" not in msg, (case, msg)
 
 
+def test_iter_samples_skips_and_records(bad_nnunet):
+    r = open_dataset(bad_nnunet)
+    assert [s.case for s in r.iter_samples()] == ["good"]
+    assert {c for c, _ in r.skipped} == set(EXPECTED)
+
+
 def test_check_data_reports_every_fault_and_fails(bad_nnunet, capsys):
     report = check_dataset(bad_nnunet, split="train")
     assert report.layout == "nnunet" and report.num_faults == len(EXPECTED)

@@ -156,6 +156,7 @@ def test_png_tiff_images_and_label_writing(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "a.png")
     arr, props = read_image(tmp_path / "a.png")
     assert arr.shape == (3, 20, 30) and not props["is_volume"] and np.array_equal(arr[1], rgb[..., 1])
+    np.testing.assert_allclose(read_image(tmp_path / "a.png", scale_8bit=True)[0], arr / 255)
     Image.fromarray(rgb[..., 0]).save(tmp_path / "g.jpg")
     assert read_image(tmp_path / "g.jpg")[0].shape == (1, 20, 30)
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((7, 20, 30), np.uint16))

@@ -213,15 +213,17 @@ def _read_2d(path: Path) -> tuple[np.ndarray, dict]:
         raise InputError(path, f"expected a 2D image or a 3D stack, got shape {data.shape}")
     spacing = (1.0, 1.0, 1.0) if is_volume else (1.0, 1.0)
     props = {"format": path.suffix.lower().lstrip("."), "path": str(path), "is_volume": is_volume,
-             "affine": None, "spacing": spacing, "file_shape": data.shape}
+             "affine": None, "spacing": spacing, "file_shape": data.shape, "dtype": str(data.dtype)}
     return np.ascontiguousarray(data, dtype=np.float32), props
 
 
-def read_image(path: str | Path, frame: int | None = None, allow_nonfinite: bool = False) -> tuple[np.ndarray, dict]:
+def read_image(path: str | Path, frame: int | None = None, allow_nonfinite: bool = False,
+               scale_8bit: bool = False) -> tuple[np.ndarray, dict]:
     """Read a NIfTI file, a DICOM series folder or a 2D image; returns ``(array float32, props)``.
 
     Volumes are (D,H,W); 2D images (C,H,W) with ``props["is_volume"] = False``. ``frame`` picks a time
-    point of a 4D NIfTI. NaN/inf voxels are a fault unless ``allow_nonfinite``.
+    point of a 4D NIfTI. NaN/inf voxels are a fault unless ``allow_nonfinite``. ``scale_8bit`` divides
+    8-bit 2D images by 255, as the 2D dataset readers (and the official 2D loaders) do.
     """
     path = Path(path)
     if path.is_dir():
@@ -239,6 +241,8 @@ def read_image(path: str | Path, frame: int | None = None, allow_nonfinite: bool
                                f"or {'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)}")
     if not allow_nonfinite and not np.isfinite(data).all():
         raise InputError(path, f"image has {int((~np.isfinite(data)).sum())} NaN/inf values")
+    if scale_8bit and props.get("dtype") == "uint8":
+        data = data / np.float32(255.0)
     return data, props
 
 

@@ -130,9 +130,7 @@ class PairedReader(Reader):
 
     def load_case(self, case: str) -> Sample:
         img_path, lab_path = self.pairs()[case]
-        image, props = read_image(img_path, frame=self.frame)
-        if not props["is_volume"] and self.scale_8bit and image.max() > 1.0 and image.max() <= 255.0:
-            image = image / np.float32(255.0)
+        image, props = read_image(img_path, frame=self.frame, scale_8bit=self.scale_8bit)
         label = None
         if lab_path is not None:
             lab, lab_props = read_image(lab_path, frame=self.frame)
