@@ -57,7 +57,7 @@ def test_drive_real(data_dir):
     r = open_dataset(root, split="test")
     assert len(r.cases()) == 20
     s = r.load_case(r.cases()[0])
-    assert s.image.shape == (3, 584, 565) and s.image.max() <= 1.0 and set(np.unique(s.label)) == {0, 1}
+    assert s.image.shape == (3, 584, 565) and s.image.max() == 255.0 and set(np.unique(s.label)) == {0, 1}
     assert s.meta["fov"].shape == (584, 565) and 0.5 < s.meta["fov"].mean() < 0.8
 
 
@@ -101,7 +101,7 @@ def test_lits_raw_and_png(tmp_path):
     r = open_dataset(png)
     assert r.cases() == ["12_40", "12_41"] and "13_0.png: missing pair" in r.skipped[0][1]
     s = r.load_case("12_40")
-    assert np.bincount(s.label.ravel()).tolist() == [1200 - 375, 375 - 16, 16] and s.image.max() <= 1.0
+    assert np.bincount(s.label.ravel()).tolist() == [1200 - 375, 375 - 16, 16] and 1.0 < s.image.max() <= 255.0
     _png(png / "trainMask_lits2017_png" / "12_41.png", mask // 2 + 1)
     with pytest.raises(InputError, match="12_41.png: mask value 1 is not one of 0/150/255"):
         r.load_case("12_41")

@@ -223,7 +223,7 @@ def read_image(path: str | Path, frame: int | None = None, allow_nonfinite: bool
 
     Volumes are (D,H,W); 2D images (C,H,W) with ``props["is_volume"] = False``. ``frame`` picks a time
     point of a 4D NIfTI. NaN/inf voxels are a fault unless ``allow_nonfinite``. ``scale_8bit`` divides
-    8-bit 2D images by 255, as the 2D dataset readers (and the official 2D loaders) do.
+    8-bit 2D images by 255 (the dataset readers leave that to the intensity spec instead).
     """
     path = Path(path)
     if path.is_dir():

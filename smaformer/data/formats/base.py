@@ -85,7 +85,6 @@ class PairedReader(Reader):
     """
 
     labeled = True
-    scale_8bit = True  # 2D 8-bit images are divided by 255, as the official 2D loaders do
 
     def __init__(self, root, split=None, classes=None, frame: int | None = None):
         super().__init__(root, split, classes)
@@ -130,7 +129,7 @@ class PairedReader(Reader):
 
     def load_case(self, case: str) -> Sample:
         img_path, lab_path = self.pairs()[case]
-        image, props = read_image(img_path, frame=self.frame, scale_8bit=self.scale_8bit)
+        image, props = read_image(img_path, frame=self.frame)
         label = None
         if lab_path is not None:
             lab, lab_props = read_image(lab_path, frame=self.frame)

@@ -3,7 +3,8 @@
 - raw: ``volume-N.nii[.gz]`` + ``segmentation-N.nii[.gz]`` anywhere under the root (e.g. in
   ``Training Batch 1/``); cases ``volume-N``; HU intensities, spacing from the header.
 - PNG slices (SMAFormer's preprocessing): ``trainImage_lits2017_png/`` + ``trainMask_lits2017_png/``
-  (and ``test*``), same file names; 8-bit images scaled to [0, 1]; mask values 0/150/255 -> 0/1/2.
+  (and ``test*``), same file names; mask values 0/150/255 -> 0/1/2. Images keep their 0..255 values;
+  the intensity spec ``{mode: window, lo: 0, hi: 255}`` gives the official /255.
   The official loader splits train/val 80/20 over shuffled *slices*, which mixes patients; here
   ``train`` and ``test`` are the two folders and validation is the caller's (patient-level) choice.
 """

@@ -75,6 +75,6 @@ class NnUNetReader(PairedReader):
             chans = [sample.image]
             for c in range(1, self.num_channels):
                 path = img_path.with_name(f"{case}_{c:04d}{self.file_ending}")
-                chans.append(read_image(path, scale_8bit=self.scale_8bit)[0])
+                chans.append(read_image(path)[0])
             sample.image = np.concatenate(chans)
         return sample
