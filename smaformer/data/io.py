@@ -72,7 +72,7 @@ def nifti_header_props(path: str | Path) -> dict[str, Any]:
             "frames": shape[3] if len(shape) == 4 else None}
 
 
-def _read_nifti(path: Path, frame: int | None) -> tuple[np.ndarray, dict]:
+def _read_nifti(path: Path, frame: int | None, dtype) -> tuple[np.ndarray, dict]:
     img = _load_nifti(path)
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4:
@@ -87,7 +87,7 @@ def _read_nifti(path: Path, frame: int | None) -> tuple[np.ndarray, dict]:
         raise InputError(path, f"expected a 3D image, got {len(shape)} dimensions {shape}")
     try:
         data = img.dataobj[..., frame] if len(shape) == 4 else img.dataobj[...]
-        data = np.asarray(data, dtype=np.float32)
+        data = np.asarray(data, dtype=dtype)
     except Exception as e:  # truncated gzip streams, short files
         raise InputError(path, f"cannot read voxel data, file truncated? ({_first_line(e)})") from None
     if data.ndim == 2:
@@ -108,7 +108,7 @@ def _sitk():
     return sitk
 
 
-def _read_dicom_series(folder: Path) -> tuple[np.ndarray, dict]:
+def _read_dicom_series(folder: Path, dtype=np.float32) -> tuple[np.ndarray, dict]:
     sitk = _sitk()
     if not any(folder.iterdir()):
         raise InputError(folder, "empty folder")
@@ -132,7 +132,8 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, dict]:
         raise InputError(folder, f"expected a 3D DICOM series, got {img.GetDimension()} dimensions")
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(folder, "colour DICOM series are not supported")
-    data = sitk.GetArrayFromImage(img).astype(np.float32)  # (z, y, x)
+    data = sitk.GetArrayFromImage(img)  # (z, y, x)
+    data = data if dtype is None else data.astype(dtype)
     spacing, origin = np.array(img.GetSpacing()), np.array(img.GetOrigin())
     direction = np.array(img.GetDirection()).reshape(3, 3)
     lps_to_ras = np.diag([-1.0, -1.0, 1.0])
@@ -180,7 +181,7 @@ def _check_series_slices(folder: Path, files: list[str]) -> None:
                                        "a slice of the series is missing")
 
 
-def _read_2d(path: Path) -> tuple[np.ndarray, dict]:
+def _read_2d(path: Path, dtype) -> tuple[np.ndarray, dict]:
     _check_file(path)
     try:
         data = None
@@ -214,12 +215,13 @@ def _read_2d(path: Path) -> tuple[np.ndarray, dict]:
     spacing = (1.0, 1.0, 1.0) if is_volume else (1.0, 1.0)
     props = {"format": path.suffix.lower().lstrip("."), "path": str(path), "is_volume": is_volume,
              "affine": None, "spacing": spacing, "file_shape": data.shape, "dtype": str(data.dtype)}
-    return np.ascontiguousarray(data, dtype=np.float32), props
+    return np.ascontiguousarray(data, dtype=dtype), props
 
 
 def read_image(path: str | Path, frame: int | None = None, allow_nonfinite: bool = False,
-               scale_8bit: bool = False) -> tuple[np.ndarray, dict]:
-    """Read a NIfTI file, a DICOM series folder or a 2D image; returns ``(array float32, props)``.
+               scale_8bit: bool = False, dtype=np.float32) -> tuple[np.ndarray, dict]:
+    """Read a NIfTI file, a DICOM series folder or a 2D image; returns ``(array, props)``, the array float32
+    unless ``dtype`` says otherwise (``None`` keeps the stored type, e.g. for label maps).
 
     Volumes are (D,H,W); 2D images (C,H,W) with ``props["is_volume"] = False``. ``frame`` picks a time
     point of a 4D NIfTI. NaN/inf voxels are a fault unless ``allow_nonfinite``. ``scale_8bit`` divides
@@ -227,19 +229,19 @@ def read_image(path: str | Path, frame: int | None = None, allow_nonfinite: bool
     """
     path = Path(path)
     if path.is_dir():
-        data, props = _read_dicom_series(path)
+        data, props = _read_dicom_series(path, dtype)
     elif is_nifti(path):
-        data, props = _read_nifti(path, frame)
+        data, props = _read_nifti(path, frame, dtype)
     elif path.suffix.lower() in IMAGE_SUFFIXES:
-        data, props = _read_2d(path)
+        data, props = _read_2d(path, dtype)
     elif path.suffix.lower() in (".dcm", "") and path.is_file():
         _check_file(path)
-        data, props = _read_dicom_series(path.parent)
+        data, props = _read_dicom_series(path.parent, dtype)
     else:
         _check_file(path)
         raise InputError(path, "unsupported file type; use NIfTI (.nii/.nii.gz), a DICOM folder, "
                                f"or {'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)}")
-    if not allow_nonfinite and not np.isfinite(data).all():
+    if not allow_nonfinite and np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise InputError(path, f"image has {int((~np.isfinite(data)).sum())} NaN/inf values")
     if scale_8bit and props.get("dtype") == "uint8":
         data = data / np.float32(255.0)

@@ -132,7 +132,7 @@ class PairedReader(Reader):
         image, props = read_image(img_path, frame=self.frame)
         label = None
         if lab_path is not None:
-            lab, lab_props = read_image(lab_path, frame=self.frame)
+            lab, lab_props = read_image(lab_path, frame=self.frame, dtype=None)
             if lab_props["is_volume"] != props["is_volume"]:
                 raise InputError(lab_path, "label is a volume but the image is 2D (or the other way round)")
             if not props["is_volume"]:  # 2D masks: one channel (colour masks carry the same value thrice)
