@@ -113,7 +113,7 @@ class SMAFormer(nn.Module):
                    what="resize_to" if self.resize_to else "img_size")
         self.window_size = window_size or auto_window(self.resize_to or self.img_size)
         dims = [embed_dim * 2 ** i for i in range(4)]
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         starts = [sum(depths[:i]) for i in range(5)]
 
         self.patch_embed = PatchEmbed(in_chans, embed_dim)
