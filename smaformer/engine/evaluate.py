@@ -176,7 +176,7 @@ def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: s
         "format": FORMAT, "version": 1,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": {"path": str(checkpoint), "sha256": file_sha256(checkpoint), "model": info["model"]},
-        "data": {"path": str(getattr(reader, "root", data)), "layout": getattr(reader, "layout", layout),
+        "data": {"path": str(getattr(reader, "root", None) or reader), "layout": getattr(reader, "layout", layout),
                  "split": getattr(reader, "split", split), "n_cases": len(per_case), "n_failed": len(failed)},
         "config": config,
         "classes": {str(k): v for k, v in class_map.items()},
