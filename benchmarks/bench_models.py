@@ -1,0 +1,218 @@
+"""Benchmark: forward latency/throughput (eager and ONNX Runtime), train-step throughput and peak RSS per model.
+
+Each (model, phase) runs in a fresh subprocess so its peak RSS (``ru_maxrss``, which includes the Python
+interpreter and the torch import) belongs to that phase alone. Phases:
+
+- ``eager``: ``torch.inference_mode`` forward; latency at batch 1 (median ms) and throughput at batch 16 (img/s);
+- ``onnx``: export with a dynamic batch axis, then the same two numbers with ONNX Runtime (CPU provider,
+  ``intra_op_num_threads`` = threads); the outputs are checked against eager;
+- ``train``: AdamW step (forward, cross-entropy, backward, step) at batch 4, samples/s.
+
+Every row records the 1-minute load average at its end: on a shared machine the numbers are only as good
+as that reading.
+
+    python benchmarks/bench_models.py                          # all models, all phases, 2 threads
+    python benchmarks/bench_models.py --models medt --phases eager train --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# name -> (registry name, constructor kwargs, input side)
+SPECS: dict[str, tuple[str, dict, int]] = {
+    "swin_unet": ("swin_unet", {"img_size": 224}, 224),
+    "smaformer_compat": ("smaformer", {"img_size": 224, "resize_to": 224}, 224),
+    "smaformer_native": ("smaformer", {"img_size": 256}, 256),
+    "medt": ("medt", {"img_size": 128}, 128),
+}
+PHASES = ("eager", "onnx", "train")
+
+
+def build(spec: str, tiny: bool) -> tuple[torch.nn.Module, int]:
+    """The model of ``spec`` (its tiny variant at 64x64 when ``tiny``) and its input side."""
+    from smaformer import create_model
+    from smaformer.models.registry import tiny_kwargs
+
+    name, kwargs, side = SPECS[spec]
+    if tiny:
+        kwargs = {**kwargs, **tiny_kwargs(name), "img_size": 64}
+        kwargs.update({"resize_to": 64} if "resize_to" in kwargs else {})
+        side = 64
+    torch.manual_seed(0)
+    return create_model(name, **kwargs), side
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run_eager(model: torch.nn.Module, side: int, repeats: int, batch: int) -> dict[str, float]:
+    model.eval()
+    x1, xb = torch.randn(1, model.in_chans, side, side), torch.randn(batch, model.in_chans, side, side)
+    with torch.inference_mode():
+        lat = median_time(lambda: model(x1), repeats)
+        big = median_time(lambda: model(xb), max(1, repeats // 2))
+    return {"latency_b1_ms": 1e3 * lat, f"throughput_b{batch}_img_s": batch / big}
+
+
+def export_onnx(model: torch.nn.Module, side: int, path: Path, dynamo: bool) -> None:
+    """Export with a dynamic batch axis, with the torch.export-based exporter or the TorchScript-based one."""
+    x = torch.randn(2, model.in_chans, side, side)
+    names = {"input_names": ["image"], "output_names": ["logits"], "verbose": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            torch.onnx.export(model, (x,), str(path), dynamo=True, external_data=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},), **names)
+        else:
+            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
+                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, **names)
+
+
+def ort_session(model: torch.nn.Module, side: int, threads: int, tmp: Path):
+    """An ONNX Runtime session of ``model`` (dynamic batch) and a note naming the exporter that worked:
+    torch.export-based first, TorchScript-based when that fails (as ``smaformer export`` does)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    failed = ""
+    for dynamo in (True, False):
+        path = tmp / f"model_{dynamo}.onnx"
+        try:
+            export_onnx(model, side, path, dynamo)
+        except Exception as exc:  # noqa: BLE001 - any exporter failure: try the other one, and say so
+            failed = f" (dynamo exporter failed: {type(exc).__name__})"
+            continue
+        note = ("torch.export exporter" if dynamo else "TorchScript exporter") + failed
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), note
+    raise RuntimeError("both ONNX exporters failed" + failed)
+
+
+def run_onnx(model: torch.nn.Module, side: int, repeats: int, batch: int, threads: int) -> dict:
+    model.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        sess, note = ort_session(model, side, threads, Path(tmp))
+        export_s = time.perf_counter() - t0
+    x1 = np.random.default_rng(0).standard_normal((1, model.in_chans, side, side), dtype=np.float32)
+    xb = np.random.default_rng(1).standard_normal((batch, model.in_chans, side, side), dtype=np.float32)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x1)).numpy()
+    diff = float(np.abs(sess.run(None, {"image": x1})[0] - ref).max())
+    lat = median_time(lambda: sess.run(None, {"image": x1}), repeats)
+    big = median_time(lambda: sess.run(None, {"image": xb}), max(1, repeats // 2))
+    return {"latency_b1_ms": 1e3 * lat, f"throughput_b{batch}_img_s": batch / big, "export_s": export_s,
+            "max_abs_diff_vs_eager": diff, "export": note}
+
+
+def run_train(model: torch.nn.Module, side: int, repeats: int, batch: int = 4) -> dict[str, float]:
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    num_classes = getattr(model, "num_classes", 2)
+    x = torch.randn(batch, model.in_chans, side, side)
+    y = torch.randint(0, num_classes, (batch, side, side))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return {f"train_b{batch}_samples_s": batch / median_time(step, repeats)}
+
+
+def worker(spec: str, phase: str, repeats: int, threads: int, tiny: bool) -> dict:
+    """Run one phase of one model in this process; returns its numbers plus peak RSS and load."""
+    torch.set_num_threads(threads)
+    model, side = build(spec, tiny)
+    batch = 2 if tiny else 16
+    if phase == "eager":
+        out = run_eager(model, side, repeats, batch)
+    elif phase == "onnx":
+        out = run_onnx(model, side, repeats, batch, threads)
+    else:
+        out = run_train(model, side, repeats)
+    out.update(model=spec, phase=phase, input=f"{side}x{side}", params=sum(p.numel() for p in model.parameters()),
+               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, threads=threads,
+               load_1min=os.getloadavg()[0])
+    return out
+
+
+def spawn(spec: str, phase: str, repeats: int, threads: int, tiny: bool) -> dict:
+    """Run :func:`worker` in a fresh interpreter (clean peak RSS); errors come back as ``{"error": ...}``."""
+    cmd = [sys.executable, __file__, "--worker", spec, phase, "--repeats", str(repeats), "--threads", str(threads)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run(cmd + (["--tiny"] if tiny else []), capture_output=True, text=True, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        errors = [ln for ln in proc.stderr.splitlines() if "Error" in ln or "error:" in ln]
+        tail = (errors or proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"model": spec, "phase": phase, "error": tail[:200]}
+    return json.loads(lines[-1])
+
+
+def row(r: dict) -> str:
+    """One markdown table row."""
+    if "error" in r:
+        return f"| {r['model']} | {r['phase']} | failed: {r['error']} | | | | |"
+    speed = next((f"{v:.2f}" for k, v in r.items() if k.startswith("train_b")), "")
+    lat = f"{r['latency_b1_ms']:.1f}" if "latency_b1_ms" in r else ""
+    thr = next((f"{v:.2f}" for k, v in r.items() if k.startswith("throughput_b")), "")
+    note = ""
+    if r["phase"] == "onnx":
+        note = f"diff vs eager {r['max_abs_diff_vs_eager']:.1e}; {r['export']}, export {r['export_s']:.0f} s"
+    return (f"| {r['model']} ({r['input']}, {r['params'] / 1e6:.1f}M) | {r['phase']} | {lat} | {thr} | {speed} | "
+            f"{r['peak_rss_mb']:.0f} | {r['load_1min']:.1f} | {note} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", choices=list(SPECS), default=list(SPECS))
+    ap.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tiny", action="store_true", help="tiny variants at 64x64, batch 2 (smoke test)")
+    ap.add_argument("--json", type=Path, help="also write all results to this JSON file")
+    ap.add_argument("--worker", nargs=2, metavar=("MODEL", "PHASE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.repeats, args.threads, args.tiny)))
+        return
+    print(f"torch {torch.__version__}, {args.threads} threads, medians of {args.repeats}; "
+          f"throughput at batch {2 if args.tiny else 16}, train at batch 4")
+    print("| model (input, params) | phase | latency b1 ms | throughput img/s | train samples/s | peak RSS MB | "
+          "load 1m | note |")
+    print("|" + "---|" * 8)
+    results = []
+    for spec in args.models:
+        for phase in args.phases:
+            results.append(spawn(spec, phase, args.repeats, args.threads, args.tiny))
+            print(row(results[-1]), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
