@@ -38,12 +38,16 @@ def overlay_png(image: np.ndarray, ref: np.ndarray, pred: np.ndarray, classes: d
     from matplotlib.lines import Line2D
 
     img = np.asarray(image, dtype=np.float32)
-    if img.ndim == 3:  # (C,H,W): show the first channel
-        img = img[0]
+    if img.ndim == 3:  # (C,H,W): colour when 3 channels, else the first channel
+        img = img.transpose(1, 2, 0) if img.shape[0] == 3 else img[0]
     lo, hi = np.percentile(img, (0.5, 99.5)) if img.size else (0.0, 1.0)
-    h, w = img.shape
+    hi = hi if hi > lo else lo + 1
+    h, w = img.shape[:2]
     fig, ax = plt.subplots(figsize=(6.0, 6.0 * h / max(w, 1) + 0.6), dpi=100)
-    ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+    if img.ndim == 3:
+        ax.imshow(np.clip((img - lo) / (hi - lo), 0, 1), interpolation="nearest")
+    else:
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
     handles = []
     for k, name in classes.items():
         colour = COLOURS[(k - 1) % len(COLOURS)]

@@ -83,7 +83,8 @@ def _check_schema(res: dict, out, n_cases: int, labels: list[str]) -> None:
     for case in res["metric_per_case"]:
         assert list(case["metrics"]) == labels
         for m in case["metrics"].values():
-            assert set(m) >= {"tp", "fp", "fn", "n_pred", "n_ref", "empty", "standard", "legacy", "slice"}
+            assert set(m) >= {"tp", "fp", "fn", "n_pred", "n_ref", "empty", "standard", "legacy"}
+            assert ("slice" in m) == (len(case["shape"]) == 3)
             assert set(m["standard"]) == {"dice", "iou", "hd95", "assd"} and set(m["legacy"]) == {"dice", "hd95"}
             assert m["tp"] + m["fp"] == m["n_pred"] and m["tp"] + m["fn"] == m["n_ref"]
     for k in labels:
@@ -148,3 +149,26 @@ def test_validate_volumes_matches_evaluate(acdc, tmp_path):
     got = [res["metric_per_case"][0]["metrics"][k]["standard"]["dice"] for k in ("1", "2", "3")]
     assert val["n_volumes"] == 1
     assert np.allclose([math.nan if g is None else g for g in got], val["dice_per_class"], equal_nan=True)
+
+
+def test_evaluate_2d_images(tmp_path):
+    """2D samples (C,H,W) are scored in 2D: no slice Dice, overlays still written."""
+    from smaformer.data import make_phantom_2d
+
+    class TwoD:
+        classes = ["background", "organ1", "organ2"]
+
+        def cases(self):
+            return ["a", "b"]
+
+        def load_case(self, case):
+            return make_phantom_2d(0 if case == "a" else 1, (48, 48), 3)
+
+    model = _tiny_model(3)
+    pp = default_preprocessing((SIZE, SIZE), 1, "repeat", {"mode": "window", "lo": -125, "hi": 275})
+    ckpt = save_checkpoint(build_checkpoint(model, TwoD.classes, pp), tmp_path / "tiny2d.pt")
+    res = evaluate(ckpt, TwoD(), tmp_path / "out", overlays=1, progress=False)
+    _check_schema(res, tmp_path / "out", 2, ["1", "2"])
+    assert res["conventions"]["hd95_unit"] == "mm" and res["metric_per_case"][0]["shape"] == [48, 48]
+    assert "slice" not in res["metric_per_case"][0]["metrics"]["1"]
+    assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) >= 1

@@ -157,7 +157,8 @@ def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: s
             metrics = {str(k): v for k, v in res.items()}
             entry = {"case": case, "shape": list(ref.shape[1:] if was_2d else ref.shape),
                      "spacing": None if spacing is None else [float(s) for s in spacing],
-                     "metrics": metrics, "foreground_mean": _case_fg(metrics)}
+                     "reference_file": sample.meta.get("path"), "metrics": metrics,
+                     "foreground_mean": _case_fg(metrics)}
             if save_nifti and not was_2d:
                 entry["prediction_file"] = str(_save_prediction(out / "predictions" / f"{case}.nii.gz", pred,
                                                                 sample.meta, names))
