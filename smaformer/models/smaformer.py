@@ -42,9 +42,9 @@ def pair(size: int | tuple[int, int] | list[int], what: str = "img_size") -> tup
 
 
 def auto_window(size: tuple[int, int]) -> int:
-    """A window that tiles the 1/32 feature map: 7 if both sides are multiples of 7, else 8 if both are
-    multiples of 8, else 7 (the Swin blocks then pad to window multiples)."""
-    bottom = [s // _MULTIPLE for s in size]
+    """A window that tiles the 1/32 feature map (of the input padded to multiples of 32): 7 if both sides are
+    multiples of 7, else 8 if both are multiples of 8, else 7 (the Swin blocks then pad to window multiples)."""
+    bottom = [-(-s // _MULTIPLE) for s in size]
     if all(b % 7 == 0 for b in bottom):
         return 7
     if all(b % 8 == 0 for b in bottom):
