@@ -170,13 +170,15 @@ def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: s
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             log.warning("case %s failed: %s", case, msg)
             failed.append({"case": case, "error": f"{type(e).__name__}: {msg}"})
-    failed += [{"case": c, "error": e} for c, e in getattr(reader, "skipped", [])]
+    seen = {f["case"] for f in failed}
+    failed += [{"case": c, "error": e} for c, e in getattr(reader, "skipped", []) if c not in seen]
 
     mean, fg = aggregate(per_case, labels)
     result = {
         "format": FORMAT, "version": 1,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "checkpoint": {"path": str(checkpoint), "sha256": file_sha256(checkpoint), "model": info["model"]},
+        "checkpoint": {"path": str(checkpoint), "sha256": file_sha256(checkpoint), "model": info["model"],
+                       "train_config": info.get("config", {})},
         "data": {"path": str(getattr(reader, "root", None) or reader), "layout": getattr(reader, "layout", layout),
                  "split": getattr(reader, "split", split), "n_cases": len(per_case), "n_failed": len(failed)},
         "config": config,
@@ -189,7 +191,7 @@ def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: s
         "foreground_mean": fg,
     }
     result = _nan_to_none(result)
-    (out / "metrics.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    (out / "metrics.json").write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
     write_summary_csv(result, out / "summary.csv")
     write_html(result, overlay_paths, out / "report.html")
     return result
