@@ -1,0 +1,285 @@
+"""Prediction on real scans: NIfTI files or folders, DICOM series, PNG/JPG/TIFF images (``smaformer predict``).
+
+Everything the model needs (intensity window, channel mode, input size, class names) comes from the
+checkpoint: a ``.pt`` file, a ``.safetensors`` + ``.json`` pair, or an exported ``.onnx`` file whose metadata
+carries the same block (run through ONNX Runtime or OpenVINO). Volumes run slice by slice in batches via
+``infer_volume`` (only one batch of logits in memory). A label NIfTI keeps the input's shape, affine and
+header; it is written to a temp file, re-read and compared with the input's geometry (TotalSegmentator
+does the same check) and only then moved into place. A failing case is reported and the others go on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from smaformer.data.io import IMAGE_SUFFIXES, is_nifti, read_image, write_labels
+from smaformer.engine.inference import infer_volume
+from smaformer.errors import InputError
+
+ENGINES = ("auto", "torch", "onnxruntime", "openvino")
+OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".png", ".tif", ".tiff")
+
+
+@dataclass
+class CaseResult:
+    """One input: where it went, how long it took, or why it failed."""
+
+    source: Path
+    output: Path | None = None
+    slices: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------- engines
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda, then mps, then cpu; an explicit device that is absent is an error."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError(None, "--device cuda: no CUDA device is available (use --device cpu or auto)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise InputError(None, "--device mps: MPS is not available on this machine (use --device cpu or auto)")
+    return device
+
+
+def read_onnx_metadata(path: Path) -> dict:
+    """The ``smaformer`` metadata block of an exported ONNX file (or a ``.json`` sidecar next to it)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf raises assorted types for non-ONNX files
+        raise InputError(path, f"not a readable ONNX file ({type(e).__name__})") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    if "smaformer" in props:
+        return json.loads(props["smaformer"])
+    side = path.with_suffix(".json")
+    if side.is_file():
+        return json.loads(side.read_text())
+    raise InputError(path, "ONNX file has no smaformer metadata (preprocessing); export it with "
+                           "`smaformer export --format onnx`")
+
+
+class _FixedBatch:
+    """Run a callable that only accepts batch ``n``: split, zero-pad the last chunk, trim the result."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], n: int | None):
+        self.run, self.n = run, n
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = x.detach().float().cpu().numpy()
+        if not self.n or arr.shape[0] == self.n:
+            return torch.from_numpy(np.asarray(self.run(arr)))
+        outs = []
+        for s in range(0, arr.shape[0], self.n):
+            chunk = arr[s:s + self.n]
+            pad = self.n - chunk.shape[0]
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(np.asarray(self.run(chunk))[:self.n - pad])
+        return torch.from_numpy(np.concatenate(outs))
+
+
+def _static_batch(dims: dict) -> int | None:
+    b = dims.get("batch", "dynamic")
+    return None if b == "dynamic" else int(str(b).rsplit(" ", 1)[-1])
+
+
+def onnxruntime_runner(path: Path, device: str = "cpu") -> tuple[Callable, dict]:
+    import onnxruntime as ort
+
+    meta = read_onnx_metadata(path)
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    sess = ort.InferenceSession(str(path), providers=providers)
+    name = sess.get_inputs()[0].name
+    return _FixedBatch(lambda a: sess.run(None, {name: a})[0], _static_batch(meta.get("input_dims", {}))), meta
+
+
+def openvino_runner(path: Path, device: str = "cpu") -> tuple[Callable, dict]:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise InputError(path, "--engine openvino needs the openvino package (pip install openvino)") from None
+    meta = read_onnx_metadata(path)
+    compiled = ov.Core().compile_model(str(path), "GPU" if device == "cuda" else "CPU")
+    out = compiled.output(0)
+    return _FixedBatch(lambda a: compiled(a)[out], _static_batch(meta.get("input_dims", {}))), meta
+
+
+def load_predictor(path: str | Path, engine: str = "auto", device: str = "cpu") -> tuple[Callable, dict]:
+    """``(model_or_runner, info)`` for a checkpoint (.pt, .safetensors pair) or an exported .onnx file."""
+    from smaformer.checkpoint import load_checkpoint
+
+    path = Path(path)
+    if engine == "auto":
+        engine = "onnxruntime" if path.suffix == ".onnx" else "torch"
+    if engine not in ENGINES:
+        raise InputError(path, f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if engine == "torch":
+        if path.suffix == ".onnx":
+            raise InputError(path, "an .onnx file runs with --engine onnxruntime or openvino")
+        return load_checkpoint(path, device)
+    if path.suffix != ".onnx":
+        raise InputError(path, f"--engine {engine} needs an .onnx file (smaformer export --format onnx)")
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    return (onnxruntime_runner if engine == "onnxruntime" else openvino_runner)(path, device)
+
+
+# ------------------------------------------------------------------------------------------ input/output
+def _is_case_file(p: Path) -> bool:
+    return p.is_file() and not p.name.startswith(".") and (is_nifti(p) or p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def list_cases(inp: str | Path) -> list[Path]:
+    """Cases of an input: a file; a folder of NIfTI/image files; a DICOM series folder; or a folder of
+    DICOM series folders."""
+    inp = Path(inp)
+    if not inp.exists():
+        raise InputError(inp, "input not found")
+    if inp.is_file():
+        return [inp]
+    files = sorted(p for p in inp.iterdir() if _is_case_file(p))
+    if files:
+        return files
+    if any(p.is_file() and not p.name.startswith(".") for p in inp.iterdir()):
+        return [inp]  # a DICOM series folder
+    subdirs = sorted(p for p in inp.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subdirs:
+        raise InputError(inp, "empty folder: no NIfTI, DICOM or image files")
+    return subdirs
+
+
+def case_stem(p: Path) -> str:
+    name = p.name
+    for suf in (".nii.gz", ".nii", *IMAGE_SUFFIXES, ".dcm"):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def output_path(case: Path, output: Path, single: bool, props: dict) -> Path:
+    """``output`` itself for one case named like a label file; else ``output/<case>.nii.gz`` (volumes),
+    ``output/<case>.png`` (2D images) or ``output/<case>.tif`` (TIFF stacks), nnU-Net style."""
+    if single and output.name.lower().endswith(OUTPUT_SUFFIXES) and not output.is_dir():
+        return output
+    if not props.get("is_volume", True):
+        suffix = ".png"
+    else:
+        suffix = ".nii.gz" if props.get("affine") is not None else ".tif"
+    return output / (case_stem(case) + suffix)
+
+
+def check_geometry(written: Path, props: dict) -> None:
+    """Re-read a written label NIfTI: shape and affine must equal the input's (exactly for NIfTI input,
+    to float32 precision for DICOM, whose affine is derived)."""
+    out = nib.load(str(written))
+    ref_shape = tuple(int(s) for s in props["file_shape"])
+    if props["format"] == "nifti":
+        ref = nib.load(props["path"])
+        ref_shape, ref_affine, exact = tuple(ref.shape[:3]), ref.affine, True
+    else:
+        ref_affine, exact = props["affine"], False
+    same = np.array_equal(out.affine, ref_affine) if exact else np.allclose(out.affine, ref_affine, atol=1e-4)
+    if tuple(out.shape) != ref_shape or not same:
+        raise InputError(props["path"], f"output geometry differs from the input (shape {out.shape} vs "
+                                        f"{ref_shape}, affine equal: {same}); nothing written")
+
+
+def _write_case(out: Path, labels: np.ndarray, props: dict, classes: list[str]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not props.get("is_volume", True):
+        write_labels(out, labels[0], props, classes)
+        return
+    if props.get("affine") is None:  # a TIFF stack: no geometry to keep
+        import tifffile
+
+        tifffile.imwrite(str(out), labels.astype(np.uint8))
+        return
+    tmp = out.with_name(f".{out.name}.tmp.nii.gz" if out.name.endswith(".gz") else f".{out.name}.tmp.nii")
+    try:
+        write_labels(tmp, labels, props, classes)
+        check_geometry(tmp, props)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _as_volume(image: np.ndarray, props: dict, in_chans: int) -> np.ndarray:
+    """(D,H,W) or (D,C,H,W) for ``infer_volume``; a 2D (C,H,W) image is one slice."""
+    if props.get("is_volume", True):
+        return image
+    if image.shape[0] == 1:
+        return image
+    if in_chans == 1:  # colour image into a grey model: luminance-style mean
+        return image.mean(axis=0, keepdims=True)
+    return image[None]
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def predict_case(model: Callable, info: dict, case: Path, output: Path, *, single: bool = True,
+                 batch_size: int = 16, device: str = "cpu", precision: str = "fp32", save_probabilities: bool = False,
+                 progress: bool = False) -> tuple[Path, int]:
+    """Segment one case and write it (see ``output_path``); returns ``(written path, slices)``."""
+    pre = info["preprocessing"]
+    image, props = read_image(case)
+    out = output_path(case, Path(output), single, props)
+    vol = _as_volume(image, props, int(pre.get("in_chans", 1)))
+    try:
+        result = infer_volume(model, vol, pre, batch_size=batch_size, device=device, precision=precision,
+                              return_probabilities=save_probabilities, progress=progress)
+    except ValueError as e:
+        raise InputError(case, str(e)) from None
+    labels, probs = result if save_probabilities else (result, None)
+    _write_case(out, labels, props, list(info.get("classes") or []))
+    if probs is not None:
+        stem = out.name[: -len(".nii.gz")] if out.name.endswith(".nii.gz") else out.stem
+        np.savez_compressed(out.with_name(stem + "_probabilities.npz"), probabilities=probs,
+                            classes=np.array(info.get("classes") or []))
+    return out, int(vol.shape[0])
+
+
+def predict(inp: str | Path, output: str | Path, checkpoint: str | Path, *, engine: str = "auto",
+            device: str = "auto", precision: str = "fp32", batch_size: int = 16, save_probabilities: bool = False,
+            progress: bool = True, log: Callable[[str], None] = print) -> list[CaseResult]:
+    """Segment every case of ``inp`` into ``output``; failing cases are reported and skipped."""
+    device = resolve_device(device)
+    model, info = load_predictor(checkpoint, engine, device)
+    if not isinstance(model, torch.nn.Module) and precision != "fp32":
+        raise InputError(checkpoint, f"--precision {precision} runs with --engine torch; exported files run fp32")
+    cases, output = list_cases(inp), Path(output)
+    single = cases == [Path(inp)]
+    bar = cases
+    if progress and len(cases) > 1:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(cases, desc="cases", unit="case")
+    results = []
+    for case in bar:
+        res = CaseResult(case)
+        t0 = time.perf_counter()
+        try:
+            res.output, res.slices = predict_case(model, info, case, output, single=single, batch_size=batch_size,
+                                                  device=device, precision=precision,
+                                                  save_probabilities=save_probabilities, progress=progress)
+        except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch; reported below
+            res.output, res.error = None, str(e).splitlines()[0] if str(e) else type(e).__name__
+            log(f"FAILED {case}: {res.error}")
+        res.seconds = time.perf_counter() - t0
+        if res.error is None:
+            log(f"{case} -> {res.output} ({res.slices} slices, {res.seconds:.1f} s)")
+        results.append(res)
+    return results

@@ -1,0 +1,48 @@
+"""``smaformer predict -i INPUT -o OUTPUT -c CHECKPOINT`` (nnU-Net / TotalSegmentator-style flags)."""
+from __future__ import annotations
+
+import argparse
+
+from smaformer.engine.inference import PRECISIONS
+from smaformer.engine.predict import ENGINES, predict
+
+EPILOG = """examples:
+  smaformer predict -i ct.nii.gz -o ct_seg.nii.gz -c runs/synapse/best.pt
+  smaformer predict -i scans/ -o segs/ -c best.pt --device auto --precision bf16
+  smaformer predict -i dicom_series/ -o seg.nii.gz -c model.safetensors        # + model.json sidecar
+  smaformer predict -i slice.png -o mask.png -c model.onnx --engine onnxruntime
+  smaformer predict -i ct.nii.gz -o seg.nii.gz -c model.onnx --engine openvino --save-probabilities
+
+INPUT is a NIfTI file, a folder of NIfTI files, a DICOM series folder (or a folder of them), a PNG/JPG/
+TIFF image or a folder of them. Volumes give a uint8 label NIfTI with the input's shape, affine and header
+(checked before writing) and the class names in the header; 2D images give PNG masks of class ids.
+Preprocessing (window, channels, size) comes from the checkpoint. Exit status 1 when any case failed.
+"""
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.epilog = EPILOG
+    p.add_argument("-i", "--input", required=True, help="file or folder to segment")
+    p.add_argument("-o", "--output", required=True, help="output file (one case) or folder")
+    p.add_argument("-c", "--checkpoint", required=True, help=".pt checkpoint, .safetensors (+ .json) or .onnx")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="auto: onnxruntime for .onnx files, torch otherwise")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                   help="autocast dtype for the torch engine (default fp32)")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write <case>_probabilities.npz: float16 softmax (K, D, H, W)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    results = predict(args.input, args.output, args.checkpoint, engine=args.engine, device=args.device,
+                      precision=args.precision, batch_size=args.batch_size,
+                      save_probabilities=args.save_probabilities, progress=not args.quiet)
+    failed = [r for r in results if r.error]
+    slices = sum(r.slices for r in results)
+    seconds = sum(r.seconds for r in results)
+    print(f"{len(results) - len(failed)}/{len(results)} cases segmented, {slices} slices in {seconds:.1f} s"
+          + (f"; {len(failed)} failed" if failed else ""))
+    return 1 if failed else 0
