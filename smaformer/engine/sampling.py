@@ -68,7 +68,7 @@ class SeededItems(Dataset):
         s = _item_seed(self.seed, epoch, index)
         random.seed(s)
         np.random.seed(s)
-        torch.manual_seed(s)
+        torch.default_generator.manual_seed(s)    # CPU only: torch.manual_seed also queues lazy CUDA seeding
         try:
             return self.dataset[index]
         finally:

@@ -35,7 +35,7 @@ def lr_factor(step: int, total: int, name: str, warmup: int = 0, warmup_start: f
     end of warm-up; ``t`` and ``T`` count the steps after warm-up.
     """
     if warmup > 0 and step < warmup:
-        end = lr_factor(warmup, total, name, 0, warmup_start, min_ratio, power)
+        end = lr_factor(warmup, total, name, warmup, warmup_start, min_ratio, power)
         return warmup_start + (end - warmup_start) * step / warmup
     t, span = step - warmup, max(total - warmup, 1)
     frac = min(t / span, 1.0)

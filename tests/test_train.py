@@ -1,0 +1,174 @@
+"""Training engine: overfitting a small batch, exact resume, checkpoint contents, leak refusal."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from smaformer.checkpoint import default_preprocessing, load_checkpoint, read_checkpoint
+from smaformer.config import load_config
+from smaformer.data import Sample
+from smaformer.engine.schedule import lr_factor
+from smaformer.engine.train import train
+from smaformer.engine.trainsets import TrainData, case_key, check_no_leak
+from smaformer.errors import InputError
+
+
+class Blobs(torch.utils.data.Dataset):
+    """Noisy discs with a bar inside (3 classes); flips at random, so augmentation RNG matters."""
+
+    def __init__(self, n: int, size: int, seed: int = 0):
+        g = np.random.default_rng(seed)
+        yy, xx = np.mgrid[:size, :size]
+        self.items = []
+        for _ in range(n):
+            cy, cx = g.uniform(size * 0.3, size * 0.7, 2)
+            r = g.uniform(size * 0.2, size * 0.3)
+            lab = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).astype(np.int64)
+            lab[(np.abs(yy - cy) < max(1, size // 16)) & (lab == 1)] = 2
+            self.items.append(((lab * 0.5 + g.normal(0, 0.15, lab.shape)).astype(np.float32), lab))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        img, lab = self.items[i]
+        if np.random.rand() < 0.5:
+            img, lab = img[:, ::-1], lab[:, ::-1]
+        x = torch.from_numpy(np.ascontiguousarray(img))[None].repeat(3, 1, 1)
+        return {"image": x, "label": torch.from_numpy(np.ascontiguousarray(lab))}
+
+    def volume(self, idx):
+        return Sample(np.stack([self.items[i][0] for i in idx]), np.stack([self.items[i][1] for i in idx]),
+                      {"case": "vol", "is_volume": True})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """A tiny model gains nothing from threads, and OpenMP spinning hurts on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_cfg(size: int, *overrides: str) -> dict:
+    return load_config(None, [f"data.img_size={size}", "model.name=unet",
+                              "model.kwargs={base: 4, depth: 2, dropout: 0.1}", "data.num_workers=0",
+                              "train.deterministic=true", "train.tensorboard=false", *overrides])
+
+
+def _data(ds, val, size):
+    return TrainData(ds, val, ["background", "disc", "bar"], default_preprocessing((size, size), 3, "repeat"))
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+def test_overfits_small_batch(tmp_path):
+    ds = Blobs(4, 32)
+    cfg = tiny_cfg(32, "model.kwargs.dropout=0.0", "model.kwargs.base=8", "train.batch_size=4", "train.epochs=80",
+                   "train.val_every=40", "optim.lr=1e-2", "schedule.name=constant", "train.save_every_iters=0")
+    res = train(cfg, run_dir=tmp_path / "run", data=_data(ds, [ds.volume(range(4))], 32), progress_bar=False,
+                log=quiet)
+    losses = [r["train_loss"] for r in res.history]
+    assert res.iterations == 80 and res.stopped == "finished"
+    assert losses[-1] < 0.3 * losses[0]
+    dice = [r["mean_dice"] for r in res.history if not np.isnan(r["mean_dice"])]
+    assert len(dice) == 2 and dice[-1] > 0.85
+    rows = list(csv.DictReader(open(tmp_path / "run" / "train_log.csv")))
+    assert len(rows) == 80 and set(rows[0]) >= {"epoch", "iterations", "lr", "train_loss", "dice_disc", "dice_bar",
+                                                "mean_dice", "epoch_s"}
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_checkpoint_contents(tmp_path):
+    ds = Blobs(6, 16)
+    cfg = tiny_cfg(16, "train.batch_size=2", "train.epochs=2", "train.val_every=1")
+    train(cfg, run_dir=tmp_path, data=_data(ds, [ds.volume(range(3))], 16), progress_bar=False, log=quiet)
+    raw = torch.load(tmp_path / "latest.pt", weights_only=True)      # no pickle code needed
+    assert raw["model"]["name"] == "unet" and raw["model"]["kwargs"]["num_classes"] == 3
+    assert raw["classes"] == ["background", "disc", "bar"]
+    assert raw["preprocessing"]["img_size"] == [16, 16] and raw["config"]["train"]["epochs"] == 2
+    st = raw["train_state"]
+    assert (st["epoch"], st["iteration"], st["step_in_epoch"]) == (2, 6, 0)
+    assert {"optimizer", "scheduler", "scaler", "rng", "history"} <= set(st)
+    rng = st["rng"][0]
+    assert isinstance(rng["torch"], torch.Tensor) and isinstance(rng["numpy"][1], torch.Tensor)
+    assert set(raw["metrics"]) >= {"val_dice", "mean_dice"}
+    model, info = load_checkpoint(tmp_path / "best.pt")
+    assert not model.training and info["classes"] == raw["classes"]
+    assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 3, 16, 16)
+    best = read_checkpoint(tmp_path / "best.pt")
+    assert "optimizer" not in best["train_state"]                   # best.pt is for inference
+
+
+def test_resume_is_bit_identical(tmp_path):
+    """600 steps straight == 377 steps, stop (mid-epoch), resume to 600: identical weights and optimizer.
+
+    Exercises shuffling, random flips, dropout, gradient clipping, the schedule and AdamW state. (600 rather
+    than 2000 steps keeps the test at a few seconds on a shared 2-core CI machine; the mechanism does not
+    depend on the length.)
+    """
+    total, stop = 600, 377
+    ds = Blobs(64, 16)
+    cfg = tiny_cfg(16, "train.batch_size=2", "train.epochs=1000", f"train.max_iterations={total}",
+                   "train.val_every=0", "optim.lr=3e-3", "train.grad_clip=1.0", "train.save_every_iters=0")
+    data = _data(ds, [], 16)
+    a = train(cfg, run_dir=tmp_path / "a", data=data, progress_bar=False, log=quiet)
+    b = train(cfg, run_dir=tmp_path / "b", data=data, progress_bar=False, log=quiet, stop_after=stop)
+    assert b.stopped == "stop_after" and b.iterations == stop and stop % 32 != 0     # mid-epoch
+    b = train(None, resume=tmp_path / "b", data=data, progress_bar=False, log=quiet)
+    assert a.iterations == b.iterations == total
+    ca, cb = read_checkpoint(tmp_path / "a" / "latest.pt"), read_checkpoint(tmp_path / "b" / "latest.pt")
+    for k, v in ca["state_dict"].items():
+        assert torch.equal(v, cb["state_dict"][k]), k
+    for sa, sb in zip(ca["train_state"]["optimizer"]["state"].values(),
+                      cb["train_state"]["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+
+
+def test_schedules():
+    assert lr_factor(0, 100, "poly") == 1.0
+    assert lr_factor(50, 100, "poly", power=0.9) == pytest.approx(0.5 ** 0.9)
+    assert lr_factor(100, 100, "cosine", min_ratio=0.01) == pytest.approx(0.01)
+    assert lr_factor(50, 100, "cosine") == pytest.approx(0.5)
+    # linear warm-up from warmup_start to the value the schedule has at the end of the warm-up
+    assert lr_factor(0, 100, "cosine", warmup=10, warmup_start=0.1) == pytest.approx(0.1)
+    assert lr_factor(5, 100, "cosine", warmup=10, warmup_start=0.0) == pytest.approx(0.5)
+    assert lr_factor(10, 100, "cosine", warmup=10) == pytest.approx(1.0)
+
+
+def test_grad_accumulation_matches_bigger_batch(tmp_path):
+    """accum_steps=2 at batch 2 takes the same optimizer steps as batch 4 (no dropout, BN in eval-free model)."""
+    ds = Blobs(8, 16)
+    common = ["model.kwargs.dropout=0.0", "train.epochs=1", "train.val_every=0", "optim.name=sgd",
+              "schedule.name=constant", "data.augment=false"]
+    res = []
+    for i, extra in enumerate((["train.batch_size=4"], ["train.batch_size=2", "train.accum_steps=2"])):
+        r = train(tiny_cfg(16, *common, *extra), run_dir=tmp_path / str(i), data=_data(ds, [], 16),
+                  progress_bar=False, log=quiet)
+        res.append(read_checkpoint(r.run_dir / "latest.pt"))
+        assert r.iterations == 2
+    # BatchNorm statistics differ between 2 half batches and 1 full batch, so compare the head only loosely
+    a, b = res[0]["state_dict"]["head.weight"], res[1]["state_dict"]["head.weight"]
+    assert torch.allclose(a, b, atol=5e-3)
+
+
+def test_leak_checks():
+    assert case_key("case0005_slice012") == "case0005"
+    assert case_key("patient001_frame01_slice_3") == case_key("patient001_frame12") == "patient001"
+    check_no_leak(["case0005_slice000"], ["case0006"], ["case0001"], "x")
+    with pytest.raises(InputError, match="validation case"):
+        check_no_leak(["case0005_slice000"], ["case0001"], ["case0001"], "x")
+    with pytest.raises(InputError, match="training case"):
+        check_no_leak(["patient001_frame01_slice_2"], [], ["patient001_frame12"], "x")
+
+
+def test_refuses_too_little_data(tmp_path):
+    ds = Blobs(3, 16)
+    with pytest.raises(InputError, match="no full step"):
+        train(tiny_cfg(16, "train.batch_size=4"), run_dir=tmp_path, data=_data(ds, [], 16), log=quiet)
