@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,14 @@ def read_any_checkpoint(path: str | Path) -> dict:
     return read_checkpoint(path)
 
 
+def _unpickling_reason(e: Exception) -> str:
+    """The informative line of torch's weights-only error (e.g. ``Unsupported global: GLOBAL os.system``)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(e).splitlines()]
+    hit = next((ln for ln in lines if "Unsupported global" in ln or "Unsupported operand" in ln), None)
+    reason = (hit or next((ln for ln in lines if ln), type(e).__name__)).removeprefix("WeightsUnpickler error: ")
+    return reason.split(" was not an allowed global")[0]  # not torch's advice to allow-list the global
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint dict with ``weights_only=True``; refuse anything that needs pickle code."""
     path = Path(path)
@@ -156,9 +165,8 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(path, "refused: the file needs pickle code to load (only weights_only=True "
-                                    f"checkpoints are accepted): {first}") from None
+                                    f"checkpoints are accepted): {_unpickling_reason(e)}") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(path, f"not a readable torch checkpoint ({type(e).__name__}: "
                                     f"{str(e).splitlines()[0] if str(e) else 'truncated?'})") from None
