@@ -94,7 +94,7 @@ class SMAFormer(nn.Module):
         "sma": ("sma_encoder.", "sma_decoder."),
         "head": ("decoder_norms.", "final_expand."),
     }
-    export_flags = {"onnx": True, "torchscript": False, "compile": True, "dynamic_hw": False}
+    export_flags = {"onnx": True, "torchscript": True, "compile": True, "dynamic_hw": False}  # torchscript: jit.trace
 
     def __init__(self, num_classes: int = 9, in_chans: int = 3, img_size: int | tuple[int, int] = 256,
                  resize_to: int | tuple[int, int] | None = None, window_size: int | None = None,

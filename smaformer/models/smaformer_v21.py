@@ -71,7 +71,7 @@ class SMAFormerV21(nn.Module):
         "decoder": ("decoders.",),
         "head": ("final_upsample.", "output."),
     }
-    export_flags = {"onnx": True, "torchscript": False, "compile": True, "dynamic_hw": False}
+    export_flags = {"onnx": True, "torchscript": True, "compile": True, "dynamic_hw": False}  # torchscript: jit.trace
 
     def __init__(self, num_classes: int = 9, in_chans: int = 3, img_size: int | tuple[int, int] = 256,
                  embed_dims: tuple[int, ...] = (96, 192, 384, 768), depths: tuple[int, ...] = (2, 2, 6, 2),
