@@ -62,7 +62,7 @@ class _AxialNet(nn.Module):
     """Shared pieces: input check, the gate switch and official-checkpoint conversion."""
 
     __jit_unused_properties__ = ["gates_trainable"]
-    export_flags = {"onnx": True, "torchscript": False, "compile": True, "dynamic_hw": False}
+    export_flags = {"onnx": True, "torchscript": True, "compile": True, "dynamic_hw": False}
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[-2] != self.img_size[0] or x.shape[-1] != self.img_size[1]:
