@@ -1,0 +1,166 @@
+"""``smaformer predict``: geometry kept exactly (RAS, LPS, oblique, DICOM), 2D masks, engines, failures."""
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from smaformer.checkpoint import (
+    build_checkpoint,
+    default_preprocessing,
+    read_checkpoint,
+    save_checkpoint,
+    save_safetensors_pair,
+)
+from smaformer.cli import main
+from smaformer.data.io import read_label_names
+from smaformer.engine.predict import check_geometry, list_cases, predict
+from smaformer.errors import InputError
+from smaformer.models import create_model
+from smaformer.models.registry import tiny_kwargs
+
+CLASSES = ["background", "liver", "spleen"]
+CT = "totalseg_sample/example_ct_sm.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny untrained U-Net checkpoint at 32x32 with the Synapse CT window."""
+    torch.manual_seed(0)
+    model = create_model("unet", **tiny_kwargs("unet"), num_classes=3, in_chans=3, img_size=32)
+    pre = default_preprocessing((32, 32), 3, "repeat", {"mode": "window", "lo": -125, "hi": 275})
+    return save_checkpoint(build_checkpoint(model, CLASSES, pre), tmp_path_factory.mktemp("ck") / "tiny.pt")
+
+
+def _same_geometry(src, out):
+    a, b = nib.load(str(src)), nib.load(str(out))
+    assert b.shape == a.shape
+    assert np.array_equal(b.affine, a.affine)
+    for key in ("qform_code", "sform_code", "pixdim", "srow_x", "srow_y", "srow_z", "quatern_b", "quatern_c"):
+        assert np.array_equal(b.header[key], a.header[key]), key
+    assert b.get_data_dtype() == np.uint8
+    assert read_label_names(out) == CLASSES
+
+
+def _reoriented(src, tmp_path, kind):
+    img = nib.load(str(src))
+    if kind == "lps":
+        ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(img.affine),
+                                               nib.orientations.axcodes2ornt("LPS"))
+        out = img.as_reoriented(ornt)
+        assert nib.aff2axcodes(out.affine) == ("L", "P", "S")
+    else:  # oblique: rotate 20 degrees about x and 10 about z
+        a, b = math.radians(20), math.radians(10)
+        rx = np.array([[1, 0, 0, 0], [0, math.cos(a), -math.sin(a), 0], [0, math.sin(a), math.cos(a), 0], [0, 0, 0, 1]])
+        rz = np.array([[math.cos(b), -math.sin(b), 0, 0], [math.sin(b), math.cos(b), 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+        out = nib.Nifti1Image(np.asanyarray(img.dataobj), rz @ rx @ img.affine, header=img.header)
+        out.set_qform(out.affine, code=1)
+    path = tmp_path / f"ct_{kind}.nii.gz"
+    nib.save(out, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["ras", "lps", "oblique"])
+def test_real_ct_geometry_exact(data_dir, ckpt, tmp_path, kind):
+    src = data_dir / CT
+    if kind != "ras":
+        src = _reoriented(src, tmp_path, kind)
+    out = tmp_path / "seg.nii.gz"
+    assert main(["predict", "-i", str(src), "-o", str(out), "-c", str(ckpt), "--quiet", "--device", "cpu"]) == 0
+    _same_geometry(src, out)
+    labels = np.asanyarray(nib.load(str(out)).dataobj)
+    assert labels.max() < len(CLASSES)
+    assert not list(tmp_path.glob(".*tmp*")), "temp file left behind"
+
+
+def test_probabilities_and_engines_agree(data_dir, ckpt, tmp_path):
+    """.pt, the safetensors pair and ONNX Runtime give the same probabilities; OpenVINO too when installed."""
+    from smaformer.engine.export import export_checkpoint
+
+    src = data_dir / CT
+    weights, _ = save_safetensors_pair(read_checkpoint(ckpt), tmp_path / "tiny.safetensors")
+    export_checkpoint(ckpt, tmp_path / "tiny.onnx", "onnx")
+    runs = {"torch": (ckpt, "torch"), "safetensors": (weights, "auto"), "onnxruntime": (tmp_path / "tiny.onnx", "auto")}
+    try:
+        import openvino  # noqa: F401
+        runs["openvino"] = (tmp_path / "tiny.onnx", "openvino")
+    except ImportError:
+        pass
+    probs = {}
+    for name, (path, engine) in runs.items():
+        res = predict(src, tmp_path / name, path, engine=engine, device="cpu", save_probabilities=True,
+                      progress=False, log=lambda s: None)
+        assert res[0].error is None, res[0].error
+        _same_geometry(src, res[0].output)
+        probs[name] = np.load(tmp_path / name / "example_ct_sm_probabilities.npz")["probabilities"]
+    assert probs["torch"].shape == (3, 30, 101, 122) and probs["torch"].dtype == np.float16
+    for name, p in probs.items():
+        assert np.abs(p.astype(np.float32) - probs["torch"]).max() < 2e-3, name
+
+
+def test_bf16_runs_and_keeps_geometry(data_dir, ckpt, tmp_path):
+    src = data_dir / CT
+    res = predict(src, tmp_path / "o.nii.gz", ckpt, precision="bf16", device="cpu", progress=False, log=print)
+    assert res[0].error is None
+    _same_geometry(src, tmp_path / "o.nii.gz")
+
+
+def test_folder_with_a_bad_case_continues(ckpt, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    vol = np.random.default_rng(0).integers(-200, 300, size=(20, 24, 5)).astype(np.int16)
+    nib.save(nib.Nifti1Image(vol, np.diag([0.8, 0.8, 3.0, 1.0])), str(folder / "a_good.nii.gz"))
+    (folder / "b_bad.nii.gz").write_bytes(b"not a nifti at all")
+    assert main(["predict", "-i", str(folder), "-o", str(tmp_path / "out"), "-c", str(ckpt), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "b_bad.nii.gz" in out and "1/2 cases" in out
+    assert (tmp_path / "out" / "a_good.nii.gz").is_file() and not (tmp_path / "out" / "b_bad.nii.gz").exists()
+    _same_geometry(folder / "a_good.nii.gz", tmp_path / "out" / "a_good.nii.gz")
+
+
+def test_png_inputs_give_png_masks(ckpt, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(folder / "grey.png")
+    Image.fromarray(rng.integers(0, 255, (30, 20, 3), dtype=np.uint8)).save(folder / "rgb.png")
+    res = predict(folder, tmp_path / "masks", ckpt, device="cpu", progress=False, log=lambda s: None)
+    assert [r.error for r in res] == [None, None]
+    for name, shape in (("grey.png", (40, 50)), ("rgb.png", (30, 20))):
+        mask = np.asarray(Image.open(tmp_path / "masks" / name))
+        assert mask.shape == shape and mask.dtype == np.uint8 and mask.max() < 3
+
+
+def test_dicom_series_gives_nifti_with_its_geometry(ckpt, tmp_path):
+    from test_data_io import write_dicom_series  # the data team's DICOM writer (real position tags)
+
+    vol = np.random.default_rng(2).integers(-100, 200, size=(6, 24, 20)).astype(np.int16)
+    write_dicom_series(tmp_path / "series", vol)
+    res = predict(tmp_path / "series", tmp_path / "seg.nii.gz", ckpt, device="cpu", progress=False, log=print)
+    assert res[0].error is None
+    out = nib.load(str(tmp_path / "seg.nii.gz"))
+    assert out.shape == (20, 24, 6)
+    assert np.allclose(np.diag(out.affine)[:3], [-0.7, -0.8, 2.5], atol=1e-4)  # LPS spacing -> RAS affine
+
+
+def test_geometry_check_refuses_a_mismatch(data_dir, tmp_path):
+    src = data_dir / CT
+    img = nib.load(str(src))
+    props = {"format": "nifti", "path": str(src), "file_shape": img.shape}
+    check_geometry(src, props)
+    moved = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine + np.eye(4) * 0.01, header=img.header)
+    nib.save(moved, str(tmp_path / "moved.nii.gz"))
+    with pytest.raises(InputError, match="geometry differs"):
+        check_geometry(tmp_path / "moved.nii.gz", props)
+
+
+def test_input_faults_are_one_line(ckpt, tmp_path, capsys):
+    assert main(["predict", "-i", str(tmp_path / "nope.nii.gz"), "-o", str(tmp_path), "-c", str(ckpt)]) == 2
+    assert "input not found" in capsys.readouterr().err
+    with pytest.raises(InputError, match="empty folder"):
+        list_cases(tmp_path)
+    if not torch.cuda.is_available():
+        assert main(["predict", "-i", str(tmp_path), "-o", str(tmp_path), "-c", str(ckpt), "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
