@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from scipy import ndimage
+from scipy import ndimage, sparse
 
 # Named CT windows (HU). "synapse" is the TransUNet preprocessing; the others are the radiology
 # presets as (level - width/2, level + width/2): abdomen L40/W400, liver L30/W150, lung L-600/W1500.
@@ -52,10 +52,12 @@ def _size2(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=64)
-def _cubic_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) operator equal to ``scipy.ndimage.zoom(order=3)`` along one axis (built by zooming the
-    identity). Zoom is separable, so ``A_h @ x @ A_w.T`` equals the 2D zoom to float precision, ~8x faster."""
-    return ndimage.zoom(np.eye(n_in), (n_out / n_in, 1), order=3).astype(np.float32)
+def _cubic_matrix(n_in: int, n_out: int) -> sparse.csr_matrix:
+    """(n_out, n_in) operator equal to ``scipy.ndimage.zoom(order=3)`` along one axis, built by zooming the
+    identity. Zoom is separable, so ``A_h @ x @ A_w.T`` equals the 2D zoom (to 1e-6; weights under 1e-7
+    of the spline prefilter's geometric tail are dropped, leaving ~24 per row), several times faster."""
+    a = ndimage.zoom(np.eye(n_in), (n_out / n_in, 1), order=3)
+    return sparse.csr_matrix(np.where(np.abs(a) > 1e-7, a, 0.0).astype(np.float32))
 
 
 @lru_cache(maxsize=64)
@@ -77,7 +79,8 @@ def resize_pair(image: np.ndarray, label: np.ndarray | None, size: int | tuple[i
         return image, label
     if image_order == 3:
         ah, aw = _cubic_matrix(h, oh), _cubic_matrix(w, ow)
-        image = np.stack([ah @ ch.astype(np.float32, copy=False) @ aw.T for ch in image])
+        image = np.ascontiguousarray(np.stack([(aw @ (ah @ ch.astype(np.float32, copy=False)).T).T
+                                               for ch in image]))
     else:
         image = np.stack([ndimage.zoom(ch, (oh / h, ow / w), order=image_order) for ch in image])
     if label is not None:
