@@ -93,16 +93,17 @@ class RandomGenerator:
     noise and gamma. Call with a (C,H,W) float image and an (H,W) integer label; returns numpy arrays at
     ``output_size``.
 
+    ``image_zoom_order``: 3 as Swin-Unet/TransUNet; SSL4MIS's ACDC loader zooms the image with 0.
     ``noise_std``: std of additive Gaussian noise (in normalised intensity units), applied with p=0.5.
     ``gamma``: (lo, hi) range; with p=0.5 the image is min-max scaled, raised to a random power, scaled back.
     """
 
     def __init__(self, output_size: int | tuple[int, int], p_rot90: float = 0.5, p_rotate: float = 0.5,
-                 max_angle: int = 20, image_rotate_order: int = 0, noise_std: float = 0.0,
-                 gamma: tuple[float, float] | None = None):
+                 max_angle: int = 20, image_rotate_order: int = 0, image_zoom_order: int = 3,
+                 noise_std: float = 0.0, gamma: tuple[float, float] | None = None):
         self.output_size = _size2(output_size)
         self.p_rot90, self.p_rotate, self.max_angle = p_rot90, p_rotate, int(max_angle)
-        self.image_rotate_order = image_rotate_order
+        self.image_rotate_order, self.image_zoom_order = image_rotate_order, image_zoom_order
         self.noise_std, self.gamma = float(noise_std), gamma
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +117,7 @@ class RandomGenerator:
             image = ndimage.rotate(image, angle, axes=(2, 1), order=self.image_rotate_order, reshape=False)
             label = ndimage.rotate(label, angle, axes=(1, 0), order=0, reshape=False)
         image, label = resize_pair(np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label),
-                                   self.output_size)
+                                   self.output_size, self.image_zoom_order)
         if self.gamma is not None and random.random() < 0.5:
             lo, hi = float(image.min()), float(image.max())
             if hi > lo:
