@@ -107,12 +107,12 @@ class RandomGenerator:
         self.noise_std, self.gamma = float(noise_std), gamma
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if random.random() < self.p_rot90:
+        if random.random() > 1.0 - self.p_rot90:  # written as the official '> 0.5': same draws, same branch
             k = np.random.randint(0, 4)
             image, label = np.rot90(image, k, axes=(1, 2)), np.rot90(label, k)
             axis = np.random.randint(0, 2)
             image, label = np.flip(image, axis=axis + 1), np.flip(label, axis=axis)
-        elif random.random() < self.p_rotate:
+        elif random.random() > 1.0 - self.p_rotate:
             angle = np.random.randint(-self.max_angle, self.max_angle)
             image = ndimage.rotate(image, angle, axes=(2, 1), order=self.image_rotate_order, reshape=False)
             label = ndimage.rotate(label, angle, axes=(1, 0), order=0, reshape=False)
