@@ -76,3 +76,18 @@ def test_html_page_is_self_contained_and_renders(tmp_path):
                     f"--screenshot={png}", "--window-size=1000,1200", page.as_uri()],
                    check=True, capture_output=True, timeout=60)
     assert png.stat().st_size > 10_000
+
+
+def test_pretrained_coverage_is_printed(golden_dir, tmp_path, capsys):
+    """A Swin-T file in the Microsoft layout, zeros with the real key names/shapes (no real weights exist)."""
+    import json
+
+    keys = json.loads((golden_dir / "swin_tiny_imagenet" / "keys.json").read_text())
+    sd = {}
+    for name, shape, _dtype, _buffer in keys:
+        sd[name] = (torch.zeros(shape, dtype=torch.long) if name.endswith("relative_position_index")
+                    else torch.zeros(shape))
+    torch.save({"model": sd}, tmp_path / "swin_t.pth")
+    assert main(["info", "swin_unet", "--no-flops", "--pretrained", str(tmp_path / "swin_t.pth")]) == 0
+    out = capsys.readouterr().out
+    assert "pretrained coverage" in out and "encoder" in out.split("pretrained coverage")[1]

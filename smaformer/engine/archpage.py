@@ -64,12 +64,16 @@ def trace_modules(model: nn.Module, x: torch.Tensor) -> tuple[list[ModuleRecord]
     finally:
         for h in handles:
             h.remove()
+    for rec in records.values():  # a module whose forward never ran but whose children did is a container too
+        if rec.order < 0 and rec.name and any(r.order >= 0 for n, r in records.items() if n.startswith(rec.name + ".")):
+            rec.container = True
     return list(records.values()), _shape(out)
 
 
 def flow_nodes(records: list[ModuleRecord]) -> list[ModuleRecord]:
-    """Stages of the data flow: modules that ran whose parent is the root or a container (ModuleList /
-    ModuleDict have no forward of their own), sorted by when their forward *finished* first."""
+    """Stages of the data flow: modules that ran whose ancestors are all the root or containers (ModuleList /
+    ModuleDict, or modules whose children the model calls directly), sorted by when their forward
+    *finished* first."""
     by_name = {r.name: r for r in records}
 
     def parent(name: str) -> str:
