@@ -162,6 +162,8 @@ def test_png_tiff_images_and_label_writing(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((7, 20, 30), np.uint16))
     arr, props = read_image(tmp_path / "stack.tif")
     assert arr.shape == (7, 20, 30) and props["is_volume"]
+    write_labels(tmp_path / "stack_seg.tif", np.ones((7, 20, 30), np.uint8), props)
+    assert tifffile.imread(tmp_path / "stack_seg.tif").shape == (7, 20, 30)
     labels = np.zeros((20, 30), np.uint8)
     labels[5:9, 3:12] = 2
     out = write_labels(tmp_path / "out.png", labels, read_image(tmp_path / "a.png")[1])

@@ -279,6 +279,15 @@ def write_labels(path: str | Path, labels: np.ndarray, props: dict, classes: lis
     path.parent.mkdir(parents=True, exist_ok=True)
     if not props.get("is_volume", True):
         return _write_2d(path, labels, props)
+    if "transpose" not in props:  # a TIFF stack: labels go back into a stack of the same shape
+        if tuple(labels.shape) != tuple(props["file_shape"]):
+            raise InputError(path, f"label shape {labels.shape} does not match the input stack {props['file_shape']}")
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            raise InputError(path, "labels of a TIFF stack are written as a TIFF stack; name the output .tif")
+        import tifffile
+
+        tifffile.imwrite(str(path), labels.astype(np.uint8))
+        return path
     if not is_nifti(path):
         raise InputError(path, "volume labels are written as NIfTI; name the output .nii.gz")
     perm = props["transpose"]
