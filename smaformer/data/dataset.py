@@ -36,7 +36,8 @@ class SliceDataset(Dataset):
             ``(image (C,H,W), label (H,W)) -> (image, label)`` at the output size, or ``False``.
         img_size: output size; ``None`` keeps each slice's own size (then batch only equal sizes).
         skip_empty: drop slices whose label is all background (some recipes train on these only).
-    Cases that fail to load are skipped while indexing; they are listed in ``self.skipped``.
+    Cases that fail while indexing are left out; a case that fails later is replaced by the next good
+    slice. Both are listed in ``self.skipped`` (per process: DataLoader workers keep their own lists).
     """
 
     def __init__(self, source: Reader | Sequence[Sample], *, preprocessing: dict | None = None,
