@@ -132,3 +132,23 @@ def test_convert_round_trip_and_errors():
     unet = tiny("gated_axial_unet")
     with pytest.raises(KeyError, match="cannot place"):
         load_official(unet, {**_as_official(unet), "extra.weight": src.adjust.weight})
+
+
+@pytest.mark.parametrize("name", ["gated_axial_unet", "medt", "logo"])
+def test_training_path_matches_eval_path(name):
+    """Training runs the official op order (BatchNorm over stacked logits); eval folds those BatchNorms. With the
+    BatchNorms in eval mode both must agree, which ties the training path to the golden-checked eval path."""
+    from smaformer.models.layers.axial import AxialAttention
+
+    torch.manual_seed(0)
+    model = tiny(name).eval()
+    with torch.no_grad():
+        for key, t in model.state_dict().items():
+            if t.is_floating_point() and t.dim() <= 1:  # non-trivial BN statistics, affine terms and gates
+                t.copy_(torch.rand_like(t) + 0.5 if key.endswith("running_var") else t + 0.3 * torch.randn_like(t))
+        x = torch.randn(2, 3, 64, 64)
+        folded = model(x)
+        for m in model.modules():
+            if isinstance(m, AxialAttention):
+                m.training = True  # its BatchNorms stay in eval mode
+        torch.testing.assert_close(model(x), folded, rtol=1e-5, atol=1e-5 * folded.abs().max().item())
