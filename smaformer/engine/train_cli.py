@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from smaformer.config import list_presets, load_config
 from smaformer.errors import InputError
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, run_dir=args.out, resume=args.resume, stop_after=args.stop_after,
                    progress_bar=not args.no_progress)
     best = "n/a (no validation)" if result.best_dice < 0 else f"{result.best_dice:.4f}"
-    print(f"done: {result.iterations} iterations, {result.epochs} epochs, best val Dice {best} ({result.stopped})")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"done: {result.iterations} iterations, {result.epochs} epochs, best val Dice {best} ({result.stopped})")
     return 0
 
 
