@@ -111,7 +111,8 @@ def main() -> None:
             f"- Workload: ACDC SSL4MIS training slices (gzip h5, mostly 256x216/256x256), official "
             f"RandomGenerator, cubic zoom to 224x224, batch {args.batch}, {args.workers} DataLoader workers, "
             f"{args.slices} slices per epoch. Target: >= 250 slices/s per core. The last column divides by "
-            "the CPU time the process used, so it does not depend on how busy the shared machine was.",
+            "the CPU time the process used, so it depends much less on how busy the shared machine was "
+            "than wall-clock rates do.",
             "",
             f"| pass | slices/s, {args.workers} workers (wall clock) | per worker core (wall clock) | "
             "per CPU-second (one process, best of 3) |",
@@ -119,7 +120,7 @@ def main() -> None:
             *rows,
             "",
             f"Resize of one 256x216 slice and label to 224x224: `scipy.ndimage.zoom` (order 3 / order 0, as the "
-            f"official code) {scipy_ms:.2f} ms; ours (the same cubic spline as two cached matrices) "
+            f"official code) {scipy_ms:.2f} ms; ours (the same cubic spline as two cached sparse matrices) "
             f"{ours_ms:.2f} ms.",
             "",
         ])
