@@ -14,16 +14,17 @@ sitk = pytest.importorskip("SimpleITK")
 
 
 def write_dicom_series(folder, volume: np.ndarray, spacing=(0.7, 0.8), thickness=2.5,
-                       origin=(-100.0, -120.0, 30.0)) -> list:
+                       origin=(-100.0, -120.0, 30.0), orientation=(1, 0, 0, 0, 1, 0)) -> list:
     """Write (D,H,W) int16 as one DICOM file per slice with real position/orientation tags."""
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for z, plane in enumerate(volume):
         img = sitk.GetImageFromArray(plane.astype(np.int16))
         img.SetSpacing((spacing[0], spacing[1]))  # (x, y)
-        pos = (origin[0], origin[1], origin[2] + thickness * z)
+        normal = np.cross(orientation[:3], orientation[3:])
+        pos = np.asarray(origin) + thickness * z * normal
         tags = {"0008|0060": "CT", "0020|000d": "1.2.3.4", "0020|000e": "1.2.3.4.5",
-                "0020|0032": "\\".join(f"{p:.3f}" for p in pos), "0020|0037": "1\\0\\0\\0\\1\\0",
+                "0020|0032": "\\".join(f"{p:.3f}" for p in pos), "0020|0037": "\\".join(str(v) for v in orientation),
                 "0028|0030": f"{spacing[1]}\\{spacing[0]}", "0018|0050": str(thickness),
                 "0020|0013": str(z + 1), "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
                 "0008|0018": f"1.2.3.4.5.{z + 1}"}
@@ -130,6 +131,18 @@ def test_dicom_series_sorted_with_geometry(tmp_path):
     back = nib.load(str(out))
     assert back.shape == (10, 12, 5) and np.allclose(back.affine, props["affine"])
     assert np.allclose(back.header.get_zooms(), (0.7, 0.8, 2.5))
+
+
+def test_dicom_oblique_orientation_matches_simpleitk_nifti_writer(tmp_path):
+    c, s = np.cos(0.3), np.sin(0.3)
+    orient = (1.0, 0.0, 0.0, 0.0, c, -s)  # rows along x, columns tilted between y and -z
+    vol = np.random.default_rng(0).integers(0, 1000, (4, 9, 11)).astype(np.int16)
+    write_dicom_series(tmp_path / "s", vol, orientation=orient)
+    arr, props = read_image(tmp_path / "s")
+    assert np.array_equal(arr, vol)
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(tmp_path / "s"))
+    sitk.WriteImage(sitk.ReadImage(files), str(tmp_path / "ref.nii.gz"))
+    assert np.allclose(props["affine"], nib.load(str(tmp_path / "ref.nii.gz")).affine, atol=1e-4)
 
 
 def test_dicom_series_with_broken_or_missing_slice(tmp_path):
