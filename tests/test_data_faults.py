@@ -98,6 +98,17 @@ def test_convert_and_slice_dataset_skip_bad_cases(bad_nnunet, tmp_path):
     assert seen == {"good"} and {c for c, _ in ds.skipped} == set(EXPECTED)
 
 
+def test_check_data_warns_on_affine_mismatch(tmp_path):
+    _nii(tmp_path / "images" / "a.nii.gz", np.zeros(SHAPE))
+    (tmp_path / "labels").mkdir()
+    label = nib.Nifti1Image(np.zeros(SHAPE, np.uint8), np.diag([2.0, 1.0, 1.0, 1.0]))
+    nib.save(label, str(tmp_path / "labels" / "a.nii.gz"))
+    report = check_dataset(tmp_path, split="train")
+    assert report.num_faults == 0
+    assert any("a.nii.gz: label affine differs from the image's (spacing 1x1x2 vs 1x1x1)" in w
+               for w in report.warnings)
+
+
 def test_npz_h5_missing_key_zero_byte_and_wrong_ndim(tmp_path):
     (tmp_path / "train_npz").mkdir()
     (tmp_path / "test_vol_h5").mkdir()

@@ -1,6 +1,7 @@
 """``smaformer check-data PATH``: detect the layout, read every case, and report shapes, spacings,
 intensity ranges, the label histogram per class and every fault (missing pairs, shape mismatches,
-labels outside the class range, NaN/inf, unreadable files, patients shared between splits).
+labels outside the class range, NaN/inf, unreadable files), plus warnings (image/label affine
+mismatches, classes never present, patients shared between splits).
 Exits 1 when there is a fault, so it can gate a training script.
 """
 from __future__ import annotations
@@ -70,6 +71,7 @@ def check_dataset(path, layout: str | None = None, split: str | None = None, lim
                 rep.faults.append((case, str(e)))
                 rep.rows.append({"case": case, "status": "FAULT"})
                 continue
+            report.warnings.extend(f"case {case}: {w}" for w in s.meta.get("warnings", []))
             img = s.image
             row = {"case": case, "shape": img.shape, "spacing": s.meta.get("spacing"),
                    "range": (float(img.min()), float(img.max())), "status": "ok"}

@@ -76,6 +76,10 @@ def stem(path: Path) -> str:
     return path.stem
 
 
+def _fmt(spacing) -> str:
+    return "x".join(f"{v:.3g}" for v in spacing)
+
+
 class PairedReader(Reader):
     """Base for layouts whose cases are (image file, label file) pairs.
 
@@ -130,7 +134,7 @@ class PairedReader(Reader):
     def load_case(self, case: str) -> Sample:
         img_path, lab_path = self.pairs()[case]
         image, props = read_image(img_path, frame=self.frame)
-        label = None
+        label, warnings = None, []
         if lab_path is not None:
             lab, lab_props = read_image(lab_path, frame=self.frame, dtype=None)
             if lab_props["is_volume"] != props["is_volume"]:
@@ -139,10 +143,11 @@ class PairedReader(Reader):
                 lab = lab[0]
             label = self._map_label(lab, lab_path)
             if props.get("affine") is not None and lab_props.get("affine") is not None \
-                    and label.shape == image.shape and not np.allclose(props["affine"], lab_props["affine"],
-                                                                       atol=1e-3):
-                log.warning("%s: label affine differs from the image's; using the image geometry", lab_path)
+                    and not np.allclose(props["affine"], lab_props["affine"], atol=1e-3):
+                warnings.append(f"{lab_path}: label affine differs from the image's (spacing "
+                                f"{_fmt(lab_props['spacing'])} vs {_fmt(props['spacing'])}); using the image geometry")
+                log.warning(warnings[-1])
         meta = {"case": case, "path": str(img_path), "label_path": str(lab_path) if lab_path else None,
                 "spacing": props["spacing"], "affine": props.get("affine"), "props": props,
-                "is_volume": props["is_volume"], **self._meta_extra(case)}
+                "is_volume": props["is_volume"], "warnings": warnings, **self._meta_extra(case)}
         return self._finish(Sample(image, label, meta), lab_path or img_path)
