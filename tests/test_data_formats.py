@@ -157,6 +157,18 @@ def test_nnunet_raw(tmp_path):
         open_dataset(tmp_path)
 
 
+def test_nnunet_2d_png_channels(tmp_path):
+    info = {"channel_names": {"0": "R", "1": "G"}, "labels": {"background": 0, "cell": 1}, "file_ending": ".png"}
+    (tmp_path / "dataset.json").write_text(json.dumps(info))
+    for c in (0, 1):
+        _png(tmp_path / "imagesTr" / f"img_001_{c:04d}.png", np.full((10, 14), 50 * (c + 1)))
+    _png(tmp_path / "labelsTr" / "img_001.png", np.eye(10, 14))
+    r = open_dataset(tmp_path, channel=None)
+    s = r.load_case("img_001")
+    assert s.image.shape == (2, 10, 14) and s.image[:, 0, 0].tolist() == [50.0, 100.0] and s.label.sum() == 10
+    assert open_dataset(tmp_path).load_case("img_001").image.shape == (1, 10, 14)  # channel 0 only
+
+
 def test_synapse_layout_files(tmp_path):
     rng = np.random.default_rng(4)
     (tmp_path / "train_npz").mkdir()
