@@ -71,12 +71,15 @@ def test_acdc_raw_with_spacing_and_missing_gt(tmp_path):
             if (pid, frame) != (2, 12):
                 _nii(d / f"patient{pid:03d}_frame{frame:02d}_gt.nii.gz", lab, (1.5, 1.5, 10.0), np.uint8)
         _nii(d / f"patient{pid:03d}_4d.nii.gz", np.zeros((20, 18, 6, 3)))
+        (d / "Info.cfg").write_text("ED: 1\nES: 12\nGroup: DCM\nNbFrame: 30\n")
     assert detect_layout(tmp_path) == "acdc_raw"
     r = open_dataset(tmp_path)
     assert r.cases() == ["patient001_frame01", "patient001_frame12", "patient002_frame01"]
     assert len(r.skipped) == 1 and "patient002_frame12.nii.gz: missing pair" in r.skipped[0][1]
     s = r.load_case("patient001_frame12")
     assert s.image.shape == (6, 18, 20) and s.meta["spacing"] == (10.0, 1.5, 1.5) and s.meta["patient"] == "patient001"
+    assert s.meta["phase"] == "ES" and s.meta["group"] == "DCM"
+    assert r.load_case("patient002_frame01").meta["phase"] == "ED"
 
 
 def test_lits_raw_and_png(tmp_path):

@@ -104,4 +104,15 @@ class ACDCRawReader(PairedReader):
         return {c: tuple(v) for c, v in found.items()}
 
     def _meta_extra(self, case: str) -> dict:
-        return {"patient": case.split("_")[0]}
+        """Patient id, and from ``Info.cfg`` the cardiac phase (ED/ES) of the frame and the patient group."""
+        patient, frame = case.split("_")
+        meta = {"patient": patient}
+        cfg = self.pairs()[case][0].parent / "Info.cfg"
+        if cfg.is_file():
+            info = dict(ln.split(":", 1) for ln in cfg.read_text().splitlines() if ":" in ln)
+            info = {k.strip(): v.strip() for k, v in info.items()}
+            num = int(frame.removeprefix("frame"))
+            meta["phase"] = next((ph for ph in ("ED", "ES") if info.get(ph, "").isdigit() and int(info[ph]) == num),
+                                 None)
+            meta["group"] = info.get("Group")
+        return meta
