@@ -1,7 +1,7 @@
 """Deterministic synthetic CT-like phantoms: the demo's data and the data of tests that must not need
 ``../shared``.
 
-Each phantom is a body ellipsoid with ``num_classes - 1`` smooth, rotated ellipsoid "organs" placed in
+Each phantom is a body (an elliptic cylinder) with ``num_classes - 1`` smooth, rotated ellipsoid "organs" placed in
 separate angular sectors, each with its own mean intensity (HU-like values inside the Synapse window
 [-125, 275]), plus an unlabeled bright "spine", a smooth random deformation of all shapes, light partial
 volume blur, an additive bias field and Gaussian noise. The same ``seed`` always gives the same phantom.
