@@ -113,7 +113,9 @@ class Trainer:
         self.net = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=ids)
+            # frozen MedT gates get no gradient for a while: DDP must not wait for them
+            self.net = DistributedDataParallel(self.model, device_ids=ids,
+                                               find_unused_parameters=bool(t["freeze_gates_epochs"]))
         seed_everything(seed + self.dist.rank)     # dropout/drop-path streams differ per rank
         self.loss_fn = build_loss(cfg, len(self.classes)).to(self.device)
         self.optimizer = build_optimizer(cfg, self.model)
@@ -330,10 +332,14 @@ def train(cfg: dict | None, *, run_dir: str | Path | None = None, resume: str | 
           stop_after: int | None = None, data: TrainData | None = None, progress_bar: bool = True,
           log=print) -> TrainResult:
     """Train from a resolved config (``smaformer.config.load_config``), or resume a run folder."""
-    trainer = Trainer(cfg, run_dir=None if run_dir is None else Path(run_dir),
-                      resume=None if resume is None else Path(resume), data=data,
-                      progress_bar=progress_bar, log=log)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        return trainer.fit(stop_after=stop_after)
+        trainer = Trainer(cfg, run_dir=None if run_dir is None else Path(run_dir),
+                          resume=None if resume is None else Path(resume), data=data,
+                          progress_bar=progress_bar, log=log)
+        try:
+            return trainer.fit(stop_after=stop_after)
+        finally:
+            dd.shutdown(trainer.dist)
     finally:
-        dd.shutdown(trainer.dist)
+        torch.use_deterministic_algorithms(deterministic)     # a global switch: leave it as it was
