@@ -172,3 +172,15 @@ def test_refuses_too_little_data(tmp_path):
     ds = Blobs(3, 16)
     with pytest.raises(InputError, match="no full step"):
         train(tiny_cfg(16, "train.batch_size=4"), run_dir=tmp_path, data=_data(ds, [], 16), log=quiet)
+
+
+def test_early_stopping_with_bf16_and_channels_last(tmp_path):
+    """lr ~ 0: validation Dice soon stops improving; training stops 2 validations after the best one."""
+    ds = Blobs(4, 16)
+    cfg = tiny_cfg(16, "train.batch_size=2", "train.epochs=20", "train.val_every=1", "optim.lr=1e-12",
+                   "train.early_stop_patience=2", "train.precision=bf16", "train.channels_last=true",
+                   "train.deterministic=false")
+    res = train(cfg, run_dir=tmp_path, data=_data(ds, [ds.volume(range(2))], 16), progress_bar=False, log=quiet)
+    dice = [r["mean_dice"] for r in res.history]
+    assert res.stopped == "early_stop" and res.epochs < 20 and res.iterations == 2 * res.epochs
+    assert len(dice) - 1 - dice.index(max(dice)) == 2
