@@ -17,6 +17,7 @@ Faithful to jeya-maria-jose/Medical-Transformer ``lib/models/axialnet.py`` @62f4
 """
 from __future__ import annotations
 
+import numbers
 import re
 
 import torch
@@ -32,7 +33,7 @@ _TINY = {"s": 0.0625, "groups": 4, "img_size": 64}
 
 
 def _hw(img_size: int | tuple[int, int], multiple: int, why: str) -> tuple[int, int]:
-    hw = (img_size, img_size) if isinstance(img_size, int) else tuple(int(v) for v in img_size)
+    hw = (int(img_size),) * 2 if isinstance(img_size, numbers.Integral) else tuple(int(v) for v in img_size)
     if len(hw) != 2 or any(v < multiple or v % multiple for v in hw):
         fix = tuple(max(multiple, round(v / multiple) * multiple) for v in hw)
         raise ValueError(f"img_size {img_size} does not work: {why} (H and W must be positive multiples of "
