@@ -226,11 +226,15 @@ class Trainer:
         agg = dd.all_reduce_sum(torch.tensor([self.loss_sum, float(self.loss_count)], dtype=torch.float64),
                                 self.dist)
         row = {"epoch": self.epoch + 1, "iterations": self.iteration, "lr": self.scheduler.get_last_lr()[0],
-               "train_loss": float(agg[0] / max(agg[1], 1)), "epoch_s": round(epoch_s, 2)}
+               "train_loss": float(agg[0] / max(agg[1], 1))}
         every, last = int(t["val_every"]), self.iteration >= self.total_steps
         dice = np.full(len(self.classes) - 1, np.nan)
+        v0 = time.perf_counter()
         if self.data.val and every > 0 and ((self.epoch + 1) % every == 0 or last):
             dice = self._validate()
+        val_s = time.perf_counter() - v0
+        self.elapsed += val_s
+        row["epoch_s"] = round(epoch_s + val_s, 2)
         mean = float(np.nanmean(dice)) if not np.isnan(dice).all() else math.nan
         row.update({f"dice_{c}": float(v) for c, v in zip(self.classes[1:], dice, strict=True)})
         row["mean_dice"] = mean
@@ -253,7 +257,7 @@ class Trainer:
             self.tb.scalars(row, self.iteration)
             val = "" if math.isnan(mean) else f"  val Dice {mean:.4f}{' (best)' if improved else ''}"
             self.log(f"epoch {self.epoch}/{self.epochs}  it {self.iteration}  loss {row['train_loss']:.4f}  "
-                     f"lr {row['lr']:.2e}{val}  {epoch_s:.1f}s")
+                     f"lr {row['lr']:.2e}{val}  {row['epoch_s']:.1f}s")
         patience = t["early_stop_patience"]
         return dd.broadcast_flag(bool(patience) and self.bad_vals >= int(patience), self.dist)
 
