@@ -11,7 +11,8 @@ Faithful to jeya-maria-jose/Medical-Transformer ``lib/models/axialnet.py`` @62f4
 - **Gates** are trainable by default; the official schedule (frozen until epoch 10) is the training option
   ``freeze_gates_epochs``, which calls ``smaformer.models.layers.axial.set_gates_trainable``.
 - **Local branch** runs the 16 patches as one batch instead of a Python loop. Eval outputs are identical; in
-  training, BatchNorm batch statistics pool all patches (the official loop normalises each patch position alone).
+  training, BatchNorm batch statistics pool all patches and running statistics update once per step (the official
+  loop normalises each patch position alone and updates them 16 times per step).
 - ``num_classes`` and ``in_chans`` are free; decoder upsampling targets the skip's size (same as x2 wherever the
   official code runs).
 """
