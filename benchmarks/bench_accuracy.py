@@ -1,0 +1,162 @@
+"""Accuracy runs on real data: train a preset with ``smaformer train``, evaluate it with ``smaformer evaluate``,
+and keep the small records (commands, resolved config, metrics.json, training log) under ``docs/accuracy/<run>/``.
+
+The ``cpu-reduced`` budget is what fits in ~10-15 minutes of a shared 2-core CPU: a narrower model
+(embed_dim 32 instead of 96, heads 1/2/4/8, window 8) at 128x128 for a fixed number of iterations, from
+scratch (no ImageNet weights), no validation during training (the final weights are evaluated, so no model
+selection touches the evaluated volumes). ``full`` is the preset's own recipe (for a GPU).
+
+    python benchmarks/bench_accuracy.py acdc_swin_unet                  # cpu-reduced budget
+    python benchmarks/bench_accuracy.py acdc_smaformer --budget full --device cuda
+    python benchmarks/bench_accuracy.py --list
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SMAFORMER_SHARED", REPO.parent / "shared")) / "data"
+_SMALL_SWIN = "{embed_dim: 32, num_heads: [1, 2, 4, 8], window_size: 8}"
+_CPU = ["data.num_workers=1", "train.val_every=0", "train.tensorboard=false", "train.save_every_iters=200"]
+
+# run name -> (preset, data folder, evaluated split, {budget: overrides})
+RUNS: dict[str, tuple[str, str, str, dict[str, list[str]]]] = {
+    "acdc_swin_unet": ("acdc_swin_unet", "acdc", "val", {
+        "full": [],
+        "cpu-reduced": ["data.img_size=128", f"model.kwargs={_SMALL_SWIN}", "train.batch_size=8",
+                        "train.max_iterations=800", *_CPU]}),
+    "acdc_smaformer": ("acdc_smaformer", "acdc", "val", {
+        "full": [],
+        "cpu-reduced": ["data.img_size=128", f"model.kwargs={_SMALL_SWIN}", "train.batch_size=8",
+                        "train.max_iterations=800", *_CPU]}),
+    "drive_medt": ("medt_drive", "drive", "test", {
+        "full": [],
+        "cpu-reduced": ["data.img_size=128", "train.max_iterations=100", "train.freeze_gates_epochs=2", *_CPU]}),
+    "drive_unet": ("medt_drive", "drive", "test", {
+        "full": ["model.name=unet", "name=unet_drive"],
+        "cpu-reduced": ["model.name=unet", "name=unet_drive", "data.img_size=128", "train.max_iterations=100",
+                        "train.freeze_gates_epochs=0", *_CPU]}),
+}
+
+
+def machine() -> str:
+    """CPU model name and core count, e.g. 'AMD EPYC, 2 cores'."""
+    name = platform.processor() or "unknown CPU"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                name = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def timed(cmd: list[str], env: dict[str, str], log: Path) -> dict:
+    """Run ``cmd`` with stdout/stderr to ``log``; wall seconds and load averages around it. Raises on failure."""
+    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    if proc.returncode:
+        raise SystemExit(f"{shlex.join(cmd)} failed ({proc.returncode}); see {log}")
+    return {"command": shlex.join(cmd), "wall_s": round(time.perf_counter() - t0, 1),
+            "load_1min_start": round(load0, 2), "load_1min_end": round(os.getloadavg()[0], 2)}
+
+
+def fov_metrics(checkpoint: Path, root: Path, split: str) -> dict:
+    """Binary vessel metrics inside each image's field of view (DRIVE protocol): per-image Dice (= F1), IoU,
+    sensitivity, specificity, accuracy and their means, plus F1 pooled over all FOV pixels."""
+    import numpy as np
+
+    from smaformer import load_checkpoint
+    from smaformer.data import open_dataset
+    from smaformer.engine.inference import infer_volume
+
+    model, info = load_checkpoint(checkpoint)
+    data = open_dataset(root, split=split)
+    cases, pooled = [], np.zeros(3)
+    for case in data.cases():
+        sample = data.load_case(case)
+        pred = infer_volume(model, sample.image[None], info["preprocessing"])[0] == 1
+        fov = sample.meta.get("fov")
+        fov = np.ones(pred.shape, bool) if fov is None else np.asarray(fov, bool)
+        p, r = pred[fov], np.asarray(sample.label)[fov] == 1
+        tp, fp, fn, tn = (p & r).sum(), (p & ~r).sum(), (~p & r).sum(), (~p & ~r).sum()
+        pooled += (tp, fp, fn)
+        cases.append({"case": case, "dice_f1": 2 * tp / max(2 * tp + fp + fn, 1), "iou": tp / max(tp + fp + fn, 1),
+                      "sensitivity": tp / max(tp + fn, 1), "specificity": tn / max(tn + fp, 1),
+                      "accuracy": (tp + tn) / p.size})
+    keys = [k for k in cases[0] if k != "case"]
+    tp, fp, fn = pooled
+    return {"split": split, "n_images": len(cases), "region": "field of view",
+            "mean": {k: float(np.mean([c[k] for c in cases])) for k in keys},
+            "pooled_f1": float(2 * tp / max(2 * tp + fp + fn, 1)),
+            "cases": [{k: (v if k == "case" else float(v)) for k, v in c.items()} for c in cases]}
+
+
+def run(name: str, budget: str, runs_dir: Path, docs_dir: Path, device: str, threads: int) -> Path:
+    """Train + evaluate one run; returns its docs folder."""
+    preset, data, split, budgets = RUNS[name]
+    out, docs = runs_dir / f"{name}-{budget}", docs_dir / f"{name}-{budget}"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    docs.mkdir(parents=True, exist_ok=True)
+    sets = [f"data.root={DATA / data}", f"train.device={device}", *budgets[budget]]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    exe = [sys.executable, "-m", "smaformer"]
+    train_cmd = exe + ["train", "--config", preset, "--out", str(out / "train"), "--no-progress"]
+    train_cmd += [a for s in sets for a in ("--set", s)]
+    record = {"run": name, "budget": budget, "machine": machine(), "threads": threads, "device": device,
+              "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "pretrained": None}
+    record["train"] = timed(train_cmd, env, out / "train.log")
+    eval_cmd = exe + ["evaluate", "-c", str(out / "train" / "latest.pt"), "-d", str(DATA / data), "-o",
+                      str(out / "eval"), "--split", split, "--overlays", "0", "--no-progress", "--device", device]
+    record["evaluate"] = timed(eval_cmd, env, out / "eval.log")
+    if data == "drive":  # evaluate reports whole-image metrics; DRIVE is scored inside the field of view
+        t0 = time.perf_counter()
+        fov = fov_metrics(out / "train" / "latest.pt", DATA / data, split)
+        (docs / "metrics_fov.json").write_text(json.dumps(fov, indent=1) + "\n")
+        record["fov_metrics_s"] = round(time.perf_counter() - t0, 1)
+    for src, dst in ((out / "train" / "config.yaml", "config.yaml"), (out / "train" / "train_log.csv", "train_log.csv"),
+                     (out / "eval" / "metrics.json", "metrics.json")):
+        if src.exists():
+            shutil.copyfile(src, docs / dst)
+    (docs / "run.json").write_text(json.dumps(record, indent=1) + "\n")
+    return docs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="*", help=f"runs to do, one after the other: {', '.join(RUNS)}")
+    ap.add_argument("--budget", choices=("cpu-reduced", "full"), default="cpu-reduced")
+    ap.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "accuracy", help="weights and logs (not kept)")
+    ap.add_argument("--docs-dir", type=Path, default=REPO / "docs" / "accuracy", help="small records (kept)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 is faster than 2 when other jobs share the cores)")
+    ap.add_argument("--list", action="store_true", help="print the runs and their overrides")
+    args = ap.parse_args()
+    if args.list or not args.runs:
+        for name, (preset, data, split, budgets) in RUNS.items():
+            print(f"{name}: preset {preset}, data {data}, evaluated on {split}; {args.budget}: "
+                  f"{' '.join(budgets[args.budget]) or '(preset as is)'}")
+        return
+    unknown = [r for r in args.runs if r not in RUNS]
+    if unknown:
+        ap.error(f"unknown run(s) {unknown}; choose from {list(RUNS)}")
+    for name in args.runs:
+        print(f"{name}: done -> {run(name, args.budget, args.runs_dir, args.docs_dir, args.device, args.threads)}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
