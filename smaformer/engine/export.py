@@ -149,9 +149,11 @@ def _finish_onnx(path: Path, meta: dict, dims: dict[str, str]) -> None:
     onnx.save(m, str(path))
 
 
-def export_onnx(model: nn.Module, info: dict, path: str | Path) -> ExportResult:
+def export_onnx(model: nn.Module, info: dict, path: str | Path,
+                exporters: tuple[str, ...] = ("dynamo", "torchscript")) -> ExportResult:
     """ONNX with dynamic batch (and H/W where the model allows it). Tries the torch.export-based exporter
-    first and the TorchScript-based one if that fails; the first one that passes the parity check wins."""
+    ("dynamo") first and the TorchScript-based one if that fails; the first that passes the parity check
+    wins. ``exporters`` narrows the choice (the TorchScript-based one is faster but deprecated upstream)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = getattr(model, "export_flags", {})
@@ -159,7 +161,7 @@ def export_onnx(model: nn.Module, info: dict, path: str | Path) -> ExportResult:
     x = _example(info, model)
     errors = []
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    for dynamo in (True, False):
+    for dynamo in (e == "dynamo" for e in exporters):
         label = "torch.export (dynamo) exporter" if dynamo else "TorchScript-based exporter"
         result = ExportResult(path, "onnx", label)
         try:
@@ -168,7 +170,7 @@ def export_onnx(model: nn.Module, info: dict, path: str | Path) -> ExportResult:
         except Exception as e:  # noqa: BLE001 - try the next exporter, report all failures at the end
             errors.append(f"{label}: {type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e) else ''}")
             continue
-        result.notes += [f"{label.split(' ')[0]} failed: {m}" for m in errors]
+        result.notes += [f"fell back after {m}" for m in errors]
         _finish_onnx(path, export_metadata(info, result.dims), result.dims)
         return result
     path.unlink(missing_ok=True)
@@ -209,7 +211,8 @@ def export_safetensors(model: nn.Module, ckpt: dict, path: str | Path) -> Export
     return result
 
 
-def export_checkpoint(ckpt_path: str | Path, out: str | Path, fmt: str) -> ExportResult:
+def export_checkpoint(ckpt_path: str | Path, out: str | Path, fmt: str,
+                      onnx_exporters: tuple[str, ...] = ("dynamo", "torchscript")) -> ExportResult:
     """Load a checkpoint (.pt or safetensors pair) and export it to ``fmt``."""
     from smaformer.checkpoint import load_checkpoint
 
@@ -218,7 +221,7 @@ def export_checkpoint(ckpt_path: str | Path, out: str | Path, fmt: str) -> Expor
     if fmt in ("onnx", "torchscript") and flags and not flags.get(fmt, True):
         raise ExportError(f"{ckpt_path}: model {info['model']['name']!r} declares {fmt}=False in export_flags")
     if fmt == "onnx":
-        return export_onnx(model, info, out)
+        return export_onnx(model, info, out, onnx_exporters)
     if fmt == "torchscript":
         return export_torchscript(model, info, out)
     if fmt == "safetensors":

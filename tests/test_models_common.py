@@ -1,0 +1,117 @@
+"""One base test over every registered model (segmentation_models.pytorch style), tiny variants.
+
+Forward shape, backward, another input size where ``dynamic_hw`` is declared, and each ``export_flags``
+entry exercised: ONNX export + ONNX Runtime parity, TorchScript parity, ``torch.compile`` parity. Models
+registered later are picked up automatically.
+
+The export/compile tests cost 3-60 s per model on 2 shared CPU cores (the full matrix took 11 min there),
+so by default they run for ``unet`` only; ``SMAFORMER_EXPORT_MATRIX=all`` runs them for every model.
+"""
+import os
+
+import pytest
+import torch
+
+from smaformer.checkpoint import default_preprocessing
+from smaformer.engine.export import TOLERANCE, export_onnx, export_torchscript
+from smaformer.models import create_model, list_models
+from smaformer.models.registry import tiny_kwargs
+
+MODELS = list_models()
+EXPORT_MODELS = MODELS if os.environ.get("SMAFORMER_EXPORT_MATRIX") == "all" else [m for m in MODELS if m == "unet"]
+SIZE = 64
+
+
+def _tiny(name: str, num_classes: int = 3) -> tuple[torch.nn.Module, tuple[int, int]]:
+    """The tiny variant at 64x64 where the model accepts it, else at its tiny default size."""
+    torch.manual_seed(0)
+    kw = {**tiny_kwargs(name), "num_classes": num_classes}
+    if "img_size" not in kw:
+        try:
+            model = create_model(name, **kw, img_size=SIZE)
+            return model, (SIZE, SIZE)
+        except ValueError:
+            pass
+    model = create_model(name, **kw)
+    size = getattr(model, "img_size", kw.get("img_size", SIZE))
+    return model, ((size, size) if isinstance(size, int) else tuple(size))
+
+
+def _info(model, size) -> dict:
+    return {"model": {"name": model.model_name, "kwargs": model.model_kwargs}, "classes": ["a", "b", "c"],
+            "preprocessing": default_preprocessing(size, 3, "repeat", {"mode": "none"})}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_declares_parts_and_export_flags(name):
+    model = create_model(name, **tiny_kwargs(name))
+    assert set(model.export_flags) == {"onnx", "torchscript", "compile", "dynamic_hw"}
+    assert all(isinstance(v, bool) for v in model.export_flags.values())
+    assert model.parts and all(isinstance(p, tuple) for p in model.parts.values())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_backward(name):
+    model, (h, w) = _tiny(name)
+    model.train()
+    x = torch.rand(2, 3, h, w, requires_grad=True)
+    out = model(x)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    assert out.shape == (2, 3, h, w)
+    out.float().pow(2).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert sum(g is not None for g in grads) > 0.9 * len(grads)
+    assert all(torch.isfinite(g).all() for g in grads if g is not None)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_eval_output_and_other_size(name):
+    model, (h, w) = _tiny(name)
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, h, w)).shape == (1, 3, h, w)
+        if model.export_flags["dynamic_hw"]:
+            assert model(torch.rand(1, 3, h + 32, w)).shape == (1, 3, h + 32, w)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPORT_MODELS)
+def test_onnx_flag(name, tmp_path):
+    model, size = _tiny(name)
+    if not model.export_flags["onnx"]:
+        pytest.skip(f"{name} declares onnx=False")
+    res = export_onnx(model.eval(), _info(model, size), tmp_path / f"{name}.onnx")
+    assert res.max_diff <= TOLERANCE
+    assert res.dims["batch"] == "dynamic", res.summary()
+    if model.export_flags["dynamic_hw"]:
+        assert res.dims["height"] == res.dims["width"] == "dynamic", res.summary()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPORT_MODELS)
+def test_torchscript_flag(name, tmp_path):
+    model, size = _tiny(name)
+    if not model.export_flags["torchscript"]:
+        pytest.skip(f"{name} declares torchscript=False")
+    res = export_torchscript(model.eval(), _info(model, size), tmp_path / f"{name}.ts")
+    assert res.max_diff <= TOLERANCE and res.dims["batch"] == "dynamic", res.summary()
+    loaded = torch.jit.load(str(tmp_path / f"{name}.ts"))
+    x = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=TOLERANCE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPORT_MODELS)
+def test_compile_flag(name):
+    """torch.compile with the aot_eager backend: Dynamo capture + AOTAutograd, no C++ build (cheap on CPU)."""
+    model, size = _tiny(name)
+    if not model.export_flags["compile"]:
+        pytest.skip(f"{name} declares compile=False")
+    model.eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")
+    x = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x), atol=1e-4)
