@@ -54,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
         "val_batch_size": 16,
         "save_every_iters": 500,     # latest.pt also mid-epoch, so a kill loses at most this many steps
         "early_stop_patience": None,  # validations without improvement before stopping
+        "time_limit_s": None,        # stop (validate, checkpoint) at the first step after this many seconds
         "freeze_gates_epochs": 0,    # MedT: keep the gates of gated axial attention frozen this long
         "seed": 1234,
         "deterministic": False,

@@ -184,3 +184,11 @@ def test_early_stopping_with_bf16_and_channels_last(tmp_path):
     dice = [r["mean_dice"] for r in res.history]
     assert res.stopped == "early_stop" and res.epochs < 20 and res.iterations == 2 * res.epochs
     assert len(dice) - 1 - dice.index(max(dice)) == 2
+
+
+def test_time_limit_stops_after_validating(tmp_path):
+    ds = Blobs(8, 16)
+    cfg = tiny_cfg(16, "train.batch_size=2", "train.epochs=50", "train.val_every=10", "train.time_limit_s=1e-9")
+    res = train(cfg, run_dir=tmp_path, data=_data(ds, [ds.volume(range(2))], 16), progress_bar=False, log=quiet)
+    assert res.stopped == "time_limit" and res.iterations == 1
+    assert not np.isnan(res.history[-1]["mean_dice"]) and (tmp_path / "best.pt").is_file()

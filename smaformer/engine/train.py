@@ -44,7 +44,7 @@ class TrainResult:
     iterations: int
     best_dice: float
     last_dice: float
-    stopped: str                       # "finished" | "early_stop" | "stop_after" | "interrupted"
+    stopped: str     # "finished" | "early_stop" | "time_limit" | "stop_after" | "interrupted"
     history: list[dict] = field(default_factory=list)
 
 
@@ -227,7 +227,7 @@ class Trainer:
                                 self.dist)
         row = {"epoch": self.epoch + 1, "iterations": self.iteration, "lr": self.scheduler.get_last_lr()[0],
                "train_loss": float(agg[0] / max(agg[1], 1))}
-        every, last = int(t["val_every"]), self.iteration >= self.total_steps
+        every, last = int(t["val_every"]), self.iteration >= self.total_steps or self._time_up
         dice = np.full(len(self.classes) - 1, np.nan)
         v0 = time.perf_counter()
         if self.data.val and every > 0 and ((self.epoch + 1) % every == 0 or last):
@@ -284,6 +284,7 @@ class Trainer:
         old = self._install_signals()
         stopped, save_every = "finished", int(t["save_every_iters"] or 0)
         freeze = int(t["freeze_gates_epochs"] or 0)
+        limit, run_t0, self._time_up = t["time_limit_s"], time.perf_counter(), False
         bar = progress(self.total_steps, self.iteration, self.show_bar)
         try:
             while self.iteration < self.total_steps and stopped == "finished":
@@ -314,11 +315,16 @@ class Trainer:
                     if stopped != "finished" or (save_every and self.iteration % save_every == 0):
                         self.save()
                     steps_left -= 1
-                    if stopped != "finished" or steps_left == 0 or self.iteration >= self.total_steps:
+                    self._time_up = bool(limit) and dd.broadcast_flag(now - run_t0 > float(limit), self.dist)
+                    if stopped != "finished" or steps_left == 0 or self.iteration >= self.total_steps \
+                            or self._time_up:
                         break
                 if stopped == "finished" and self._end_epoch(time.perf_counter() - epoch_t0):
                     stopped = "early_stop"
                     self.log(f"early stopping: no improvement in {t['early_stop_patience']} validations")
+                if stopped == "finished" and self._time_up:
+                    stopped = "time_limit"
+                    self.log(f"time limit of {limit} s reached at iteration {self.iteration}")
         finally:
             bar.close()
             self.tb.close()
