@@ -12,7 +12,7 @@ EPILOG = """examples:
   smaformer train --config synapse_smaformer --set train.batch_size=12 --set "loss.class_weights=[1,2,2,2,1,2,1,1,1]"
   smaformer train --config acdc_smaformer --dry-run          # build model and data, print the plan, train nothing
   smaformer train --resume runs/acdc_swin_unet-20250101-120000
-  torchrun --nproc_per_node=2 -m smaformer train --config acdc_swin_unet --set data.root=../shared/data/acdc
+  torchrun --standalone --nproc_per_node=2 -m smaformer train --config acdc_swin_unet
 
 presets: """
 
@@ -25,7 +25,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where latest.pt left it")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: <train.out_dir>/<name>-<timestamp>)")
     p.add_argument("--dry-run", action="store_true", help="build the model and the data, print the plan, stop")
-    p.add_argument("--stop-after", type=int, metavar="N", help="save latest.pt and stop after N optimizer steps")
+    p.add_argument("--stop-after", type=int, metavar="N", help="save latest.pt and stop once the run has made N optimizer steps in total")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
