@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -44,7 +45,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=sorted(SMALL), default="swin_unet",
                    help="small variant to train (default swin_unet: the small SMAFormer learns these phantoms "
                         "far more slowly and needs a longer budget)")
-    p.add_argument("--threads", type=int, default=min(2, torch.get_num_threads()), help="CPU threads (default 2)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (default: 1 or 2, whichever trains faster here; on a busy machine "
+                        "OpenMP threads can slow tiny models down several times)")
     p.add_argument("--test-volumes", type=int, default=4, help="held-out phantom volumes to evaluate (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -68,8 +71,8 @@ def demo_config(model: str, out: Path, seed: int, iterations: int, time_limit_s:
     })
 
 
-def calibrate(model: str, budget_s: float) -> int:
-    """Iterations that fit in ``budget_s``: time a few steps of the demo model on a random batch."""
+def step_time(model: str) -> float:
+    """Seconds per training step of the demo model (median of 5 after 3 warm-up steps, + 15 % for data)."""
     from smaformer.models import create_model
 
     net = create_model(model, num_classes=NUM_CLASSES, img_size=SIZE, **SMALL[model])
@@ -83,27 +86,49 @@ def calibrate(model: str, budget_s: float) -> int:
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
-    per_step = sorted(times[3:])[len(times[3:]) // 2] * 1.15     # + data loading, augmentation, validation
-    return max(20, int(budget_s / per_step))
+    return sorted(times[3:])[len(times[3:]) // 2] * 1.15     # + data loading, augmentation, validation
+
+
+def calibrate(model: str, budget_s: float, threads: int) -> tuple[int, int]:
+    """(iterations that fit in ``budget_s``, threads); ``threads=0`` tries 1 and 2 and keeps the faster."""
+    options = [threads] if threads > 0 else sorted({1, min(2, os.cpu_count() or 1)})
+    timed = []
+    for n in options:
+        torch.set_num_threads(n)
+        timed.append((step_time(model), n))
+    per_step, best = min(timed)
+    torch.set_num_threads(best)
+    return max(20, int(budget_s / per_step)), best
 
 
 def run_demo(out: str | Path | None = None, minutes: float = 2.5, iterations: int | None = None,
-             model: str | None = None, threads: int = 2, test_volumes: int = 4, seed: int = 0,
+             model: str | None = None, threads: int = 0, test_volumes: int = 4, seed: int = 0,
              progress: bool = True, log=print) -> dict:
     """Train and evaluate on phantoms; returns paths, timings and the held-out Dice."""
+    model = model or "swin_unet"
+    if model not in list_models():
+        raise InputError(None, f"model {model!r} is not available; models: {', '.join(list_models())}")
+    run_dir = Path(out) if out else Path("runs") / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    saved_threads = torch.get_num_threads()
+    try:
+        return _run(run_dir, minutes, iterations, model, threads, test_volumes, seed, progress, log)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _run(run_dir: Path, minutes: float, iterations: int | None, model: str, threads: int, test_volumes: int,
+         seed: int, progress: bool, log) -> dict:
     from smaformer.data import SyntheticReader
     from smaformer.engine.evaluate import evaluate
     from smaformer.engine.train import train
 
-    model = model or "swin_unet"
-    if model not in list_models():
-        raise InputError(None, f"model {model!r} is not available; models: {', '.join(list_models())}")
-    torch.set_num_threads(max(1, threads))
-    run_dir = Path(out) if out else Path("runs") / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     t0 = time.perf_counter()
     fixed = iterations is not None
-    if not fixed:
-        iterations = calibrate(model, minutes * 60)
+    if fixed:
+        threads = threads if threads > 0 else min(2, os.cpu_count() or 1)
+        torch.set_num_threads(threads)
+    else:
+        iterations, threads = calibrate(model, minutes * 60, threads)
     log(f"demo: training a small {model} on synthetic phantoms for {iterations} iterations "
         f"({threads} thread(s)) -> {run_dir}")
     # a busy machine can be much slower than the calibration said: stop at 1.5x the budget regardless
