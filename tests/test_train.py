@@ -192,3 +192,14 @@ def test_time_limit_stops_after_validating(tmp_path):
     res = train(cfg, run_dir=tmp_path, data=_data(ds, [ds.volume(range(2))], 16), progress_bar=False, log=quiet)
     assert res.stopped == "time_limit" and res.iterations == 1
     assert not np.isnan(res.history[-1]["mean_dice"]) and (tmp_path / "best.pt").is_file()
+
+
+def test_worker_count_does_not_change_training(tmp_path):
+    """Augmentations are seeded per item, so 0 and 2 loader workers train the same weights."""
+    ds = Blobs(8, 16)
+    ckpts = []
+    for nw in (0, 2):
+        cfg = tiny_cfg(16, "train.batch_size=2", "train.epochs=2", "train.val_every=0", f"data.num_workers={nw}")
+        train(cfg, run_dir=tmp_path / str(nw), data=_data(ds, [], 16), progress_bar=False, log=quiet)
+        ckpts.append(read_checkpoint(tmp_path / str(nw) / "latest.pt")["state_dict"])
+    assert all(torch.equal(v, ckpts[1][k]) for k, v in ckpts[0].items())

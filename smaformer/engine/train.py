@@ -135,6 +135,7 @@ class Trainer:
         self.epoch = self.step_in_epoch = self.iteration = 0
         self.loss_sum, self.loss_count, self.elapsed = 0.0, 0, 0.0
         self.best, self.bad_vals, self.history = -1.0, 0, []
+        self._dl: DataLoader | None = None
         if state is not None:
             self._load_state(state)
 
@@ -174,17 +175,20 @@ class Trainer:
 
     # ---- loop ---------------------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
+        """The loader, positioned at the current epoch and step. Built once: workers persist across epochs
+        (and keep their volume caches); the sampler, read in this process, is repositioned each time."""
         from smaformer.data import seed_worker
 
         self.sampler.set_epoch(self.epoch, self.step_in_epoch * self.accum * self.batch)
-        nw = int(self.cfg["data"]["num_workers"])
-        seed = int(self.cfg["train"]["seed"])
-        # the loader's own generator: creating an iterator must not draw from the global torch RNG, or a
-        # resumed run (which creates one mid-epoch) would shift the dropout stream
-        gen = torch.Generator().manual_seed(seed * 7_919 + self.epoch * 104_729 + self.dist.rank)
-        return DataLoader(SeededItems(self.data.train, seed), batch_size=self.batch, sampler=self.sampler,
-                          drop_last=True, num_workers=nw, worker_init_fn=seed_worker, generator=gen,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+        if self._dl is None:
+            nw, seed = int(self.cfg["data"]["num_workers"]), int(self.cfg["train"]["seed"])
+            # the loader's own generator: starting an iterator must not draw from the global torch RNG, or a
+            # resumed run (which starts one mid-epoch) would shift the dropout stream
+            gen = torch.Generator().manual_seed(seed * 7_919 + self.dist.rank)
+            self._dl = DataLoader(SeededItems(self.data.train, seed), batch_size=self.batch, sampler=self.sampler,
+                                  drop_last=True, num_workers=nw, worker_init_fn=seed_worker, generator=gen,
+                                  pin_memory=self.device.type == "cuda", persistent_workers=nw > 0)
+        return self._dl
 
     def _autocast(self):
         if self.precision == "fp32":

@@ -25,7 +25,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where latest.pt left it")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: <train.out_dir>/<name>-<timestamp>)")
     p.add_argument("--dry-run", action="store_true", help="build the model and the data, print the plan, stop")
-    p.add_argument("--stop-after", type=int, metavar="N", help="save latest.pt and stop once the run has made N optimizer steps in total")
+    p.add_argument("--stop-after", type=int, metavar="N",
+                   help="save latest.pt and stop once the run has made N optimizer steps in total")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
