@@ -15,6 +15,9 @@ ours, ref, ...), so background load hits both alike. Three levels are timed per 
 - ``stage``: the whole stage (blocks with MLPs and residuals);
 - ``model``: full forward of the model with every SwinBlock switched to the reference path.
 
+A last table times the attention core alone in three tensor layouts (``sdpa_layouts``), to show where the
+SDPA path loses time on CPU.
+
     python benchmarks/bench_attention.py                  # Swin-Unet 224 and SMAFormer 256 stages, batch 4
     python benchmarks/bench_attention.py --batch 1 --repeats 20 --cached-mask
 """
@@ -219,6 +222,28 @@ def bench_model(name: str, batch: int, repeats: int, cached_mask: bool, tol: flo
     return {**t, "max_abs_diff": diff}
 
 
+def sdpa_layouts(batch: int, res: int, window: int, heads: int, head_dim: int, repeats: int) -> dict[str, float]:
+    """The attention core alone for one shifted stage, three ways: SDPA on 5D (B, nW, heads, N, d) tensors with
+    the (nW, heads, N, N) bias+mask broadcast (what ``WindowAttention`` does), SDPA on 4D tensors with the
+    mask repeated to (B*nW, heads, N, N), and explicit matmul-softmax. Median ms of each."""
+    nw, n = (res // window) ** 2, window * window
+    q, k, v = (torch.randn(batch, nw, heads, n, head_dim) for _ in range(3))
+    mask = torch.randn(nw, heads, n, n)
+    flat = [t.reshape(batch * nw, heads, n, head_dim) for t in (q, k, v)]
+
+    def explicit() -> torch.Tensor:
+        scores = (flat[0] * head_dim ** -0.5) @ flat[1].transpose(-2, -1)
+        scores = (scores.view(batch, nw, heads, n, n) + mask).view(-1, heads, n, n)
+        return scores.softmax(-1) @ flat[2]
+
+    with torch.inference_mode():
+        t = interleaved({
+            "sdpa_5d": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+            "sdpa_4d": lambda: F.scaled_dot_product_attention(*flat, attn_mask=mask.repeat(batch, 1, 1, 1)),
+            "explicit": explicit}, repeats)
+    return {k: 1e3 * v for k, v in t.items() if not k.endswith("_cpu")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=4)
@@ -240,6 +265,12 @@ def main() -> None:
             r = bench_stage(res, dim, heads, depth, window, args.batch, args.repeats, args.cached_mask, args.tol)
             print(f"| {model} | {res}x{res}, {dim}, {heads}, {depth}, {window} | {_pair(r, 'attn')} | "
                   f"{_pair(r, 'stage')} | {r['max_abs_diff']:.1e} |", flush=True)
+    print("\n| attention core of a shifted stage (B, HxW, win, heads) | SDPA 5D broadcast mask ms | "
+          "SDPA 4D repeated mask ms | explicit ms |\n|---|---|---|---|")
+    for res, window, heads in ((56, 7, 3), (64, 8, 3), (16, 8, 12)):
+        r = sdpa_layouts(args.batch, res, window, heads, 32, args.repeats)
+        print(f"| {args.batch}, {res}x{res}, {window}, {heads} | {r['sdpa_5d']:.2f} | {r['sdpa_4d']:.2f} | "
+              f"{r['explicit']:.2f} |", flush=True)
     if args.model_repeats:
         print("\n| model | ours forward ms | ref forward ms | ratio (cpu) | max abs diff |\n|---|---|---|---|---|")
         for name in ("swin_unet", "smaformer"):

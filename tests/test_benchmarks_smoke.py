@@ -54,6 +54,8 @@ def test_bench_stage_reports_both_paths(attention):
     r = attention.bench_stage(8, 16, 2, 2, 4, batch=1, repeats=1, cached_mask=False, tol=1e-4)
     assert {"ours_attn", "ref_attn", "ours_stage", "ref_stage", "ours_attn_cpu"} <= set(r)
     assert r["max_abs_diff"] < 1e-4
+    layouts = attention.sdpa_layouts(1, 8, 4, 2, 8, repeats=1)
+    assert set(layouts) == {"sdpa_5d", "sdpa_4d", "explicit"} and min(layouts.values()) > 0
 
 
 def test_bench_models_tiny_eager_and_train():
