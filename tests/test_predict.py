@@ -164,3 +164,18 @@ def test_input_faults_are_one_line(ckpt, tmp_path, capsys):
     if not torch.cuda.is_available():
         assert main(["predict", "-i", str(tmp_path), "-o", str(tmp_path), "-c", str(ckpt), "--device", "cuda"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_slabs_give_the_same_result_as_one_pass(data_dir, ckpt, tmp_path, monkeypatch):
+    """Memory bound: the volume is normalised slab by slab; for a window spec that changes nothing."""
+    import smaformer.engine.predict as pr
+    from smaformer.checkpoint import load_checkpoint
+    from smaformer.data.io import read_image
+    from smaformer.engine.inference import infer_volume
+
+    monkeypatch.setattr(pr, "SLAB", 7)
+    model, info = load_checkpoint(ckpt)
+    vol, _ = read_image(data_dir / CT, dtype=None)
+    labels, probs = pr._infer_slabs(model, vol, info["preprocessing"], return_probabilities=True, progress=False)
+    ref_labels, ref_probs = infer_volume(model, vol, info["preprocessing"], return_probabilities=True)
+    assert np.array_equal(labels, ref_labels) and np.array_equal(probs, ref_probs)
