@@ -102,15 +102,18 @@ def fov_metrics(checkpoint: Path, root: Path, split: str) -> dict:
             "cases": [{k: (v if k == "case" else float(v)) for k, v in c.items()} for c in cases]}
 
 
-def run(name: str, budget: str, runs_dir: Path, docs_dir: Path, device: str, threads: int) -> Path:
-    """Train + evaluate one run; returns its docs folder."""
+def run(name: str, budget: str, runs_dir: Path, docs_dir: Path, device: str, threads: int,
+        iterations: int | None = None) -> Path:
+    """Train + evaluate one run (``iterations`` overrides the budget's cap); returns its docs folder."""
     preset, data, split, budgets = RUNS[name]
-    out, docs = runs_dir / f"{name}-{budget}", docs_dir / f"{name}-{budget}"
+    tag = f"{name}-{budget}" + (f"-{iterations}it" if iterations else "")
+    out, docs = runs_dir / tag, docs_dir / tag
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     docs.mkdir(parents=True, exist_ok=True)
     sets = [f"data.root={DATA / data}", f"train.device={device}", *budgets[budget]]
+    sets += [f"train.max_iterations={iterations}"] if iterations else []
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     exe = [sys.executable, "-m", "smaformer"]
     train_cmd = exe + ["train", "--config", preset, "--out", str(out / "train"), "--no-progress"]
@@ -143,6 +146,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is faster than 2 when other jobs share the cores)")
+    ap.add_argument("--iterations", type=int, help="override the budget's iteration cap (run folder gets -<N>it)")
     ap.add_argument("--list", action="store_true", help="print the runs and their overrides")
     args = ap.parse_args()
     if args.list or not args.runs:
@@ -154,8 +158,8 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown run(s) {unknown}; choose from {list(RUNS)}")
     for name in args.runs:
-        print(f"{name}: done -> {run(name, args.budget, args.runs_dir, args.docs_dir, args.device, args.threads)}",
-              flush=True)
+        docs = run(name, args.budget, args.runs_dir, args.docs_dir, args.device, args.threads, args.iterations)
+        print(f"{name}: done -> {docs}", flush=True)
 
 
 if __name__ == "__main__":
