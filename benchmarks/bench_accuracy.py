@@ -63,7 +63,7 @@ def machine() -> str:
 def timed(cmd: list[str], env: dict[str, str], log: Path) -> dict:
     """Run ``cmd`` with stdout/stderr to ``log``; wall seconds and load averages around it. Raises on failure."""
     load0, t0 = os.getloadavg()[0], time.perf_counter()
-    with log.open("w") as fh:
+    with log.open("w", encoding="utf-8") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     if proc.returncode:
         raise SystemExit(f"{shlex.join(cmd)} failed ({proc.returncode}); see {log}")
@@ -127,13 +127,13 @@ def run(name: str, budget: str, runs_dir: Path, docs_dir: Path, device: str, thr
     if data == "drive":  # evaluate reports whole-image metrics; DRIVE is scored inside the field of view
         t0 = time.perf_counter()
         fov = fov_metrics(out / "train" / "latest.pt", DATA / data, split)
-        (docs / "metrics_fov.json").write_text(json.dumps(fov, indent=1) + "\n")
+        (docs / "metrics_fov.json").write_text(json.dumps(fov, indent=1) + "\n", encoding="utf-8")
         record["fov_metrics_s"] = round(time.perf_counter() - t0, 1)
     for src, dst in ((out / "train" / "config.yaml", "config.yaml"), (out / "train" / "train_log.csv", "train_log.csv"),
                      (out / "eval" / "metrics.json", "metrics.json")):
         if src.exists():
             shutil.copyfile(src, docs / dst)
-    (docs / "run.json").write_text(json.dumps(record, indent=1) + "\n")
+    (docs / "run.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return docs
 
 

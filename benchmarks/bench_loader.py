@@ -126,7 +126,7 @@ def main() -> None:
         ])
         out = REPO / "docs" / "bench" / "loader.md"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        out.write_text(text, encoding="utf-8")
         print(f"wrote {out}")
 
 

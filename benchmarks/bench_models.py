@@ -211,7 +211,7 @@ def main() -> None:
             results.append(spawn(spec, phase, args.repeats, args.threads, args.tiny))
             print(row(results[-1]), flush=True)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

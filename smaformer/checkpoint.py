@@ -121,7 +121,7 @@ def read_safetensors_pair(path: str | Path) -> dict:
         if not p.is_file():
             raise CheckpointError(p, f"{what} not found; a safetensors checkpoint is a .safetensors + .json pair")
     try:
-        meta = json.loads(side.read_text())
+        meta = json.loads(side.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(side, f"sidecar is not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:

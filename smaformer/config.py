@@ -133,7 +133,7 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | t
     if name_or_path is not None:
         path = find_preset(name_or_path)
         try:
-            data = yaml.load(path.read_text(), Loader=_Loader) or {}
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
         except yaml.YAMLError as e:
             raise InputError(path, f"invalid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
@@ -201,5 +201,5 @@ def dump_config(cfg: dict, path: str | Path) -> Path:
     """Write the resolved config as YAML."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return path

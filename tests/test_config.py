@@ -67,6 +67,6 @@ def test_unknown_preset(tmp_path):
     with pytest.raises(InputError, match="presets"):
         load_config("no_such_preset")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("train: [1, 2\n")
+    bad.write_text("train: [1, 2\n", encoding="utf-8")
     with pytest.raises(InputError, match="invalid YAML"):
         load_config(bad)

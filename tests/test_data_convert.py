@@ -60,13 +60,13 @@ def test_cli_folder_source_split_label_json_and_bad_case(tmp_path, capsys):
         _nii(src / "images" / f"p{i}.nii.gz", rng.integers(-500, 500, (16, 16, 4)), np.int16)
         _nii(src / "labels" / f"p{i}.nii.gz", rng.integers(0, 4, (16, 16, 4)), np.uint8)
     _nii(src / "labels" / "p4.nii.gz", rng.integers(0, 4, (16, 12, 4)), np.uint8)  # shape mismatch
-    (tmp_path / "map.json").write_text(json.dumps({"1": 5, "2": 7}))
+    (tmp_path / "map.json").write_text(json.dumps({"1": 5, "2": 7}), encoding="utf-8")
     rc = main(["convert", str(src), "-o", str(tmp_path / "out"), "--labels", str(tmp_path / "map.json"),
                "--test", "p0,p3", "--window", "abdomen", "--keep-names"])
     out = capsys.readouterr().out
     assert rc == 1 and "3 train" not in out and "2 train cases (8 slices), 2 test volumes" in out
     assert "skipped p4:" in out and "shape mismatch" in out
-    rec = json.loads((tmp_path / "out" / "convert.json").read_text())
+    rec = json.loads((tmp_path / "out" / "convert.json").read_text(encoding="utf-8"))
     assert rec["cases"]["p0"]["split"] == "test" and rec["intensity"]["lo"] == -160.0
     test = open_dataset(tmp_path / "out", split="test")
     assert test.cases() == ["p0", "p3"]

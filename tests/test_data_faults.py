@@ -32,7 +32,7 @@ def bad_nnunet(tmp_path):
     root = tmp_path / "Dataset001_Bad"
     root.mkdir()
     (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nii.gz",
-                                                   "labels": {"background": 0, "a": 1, "b": 2}}))
+                                                   "labels": {"background": 0, "a": 1, "b": 2}}), encoding="utf-8")
     img, lab = root / "imagesTr", root / "labelsTr"
     for case in ("good", "mismatch", "range", "nan", "trunc", "zero", "nolabel", "notnifti"):
         _nii(img / f"{case}_0000.nii.gz", rng.integers(-100, 100, SHAPE))

@@ -71,7 +71,7 @@ def test_acdc_raw_with_spacing_and_missing_gt(tmp_path):
             if (pid, frame) != (2, 12):
                 _nii(d / f"patient{pid:03d}_frame{frame:02d}_gt.nii.gz", lab, (1.5, 1.5, 10.0), np.uint8)
         _nii(d / f"patient{pid:03d}_4d.nii.gz", np.zeros((20, 18, 6, 3)))
-        (d / "Info.cfg").write_text("ED: 1\nES: 12\nGroup: DCM\nNbFrame: 30\n")
+        (d / "Info.cfg").write_text("ED: 1\nES: 12\nGroup: DCM\nNbFrame: 30\n", encoding="utf-8")
     assert detect_layout(tmp_path) == "acdc_raw"
     r = open_dataset(tmp_path)
     assert r.cases() == ["patient001_frame01", "patient001_frame12", "patient002_frame01"]
@@ -140,7 +140,7 @@ def test_nnunet_raw(tmp_path):
     info = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "spleen": 2},
             "numTraining": 3, "file_ending": ".nii.gz"}
     (tmp_path / "imagesTr").mkdir()
-    (tmp_path / "dataset.json").write_text(json.dumps(info))
+    (tmp_path / "dataset.json").write_text(json.dumps(info), encoding="utf-8")
     for case in ("abd_001", "abd_002", "abd_003"):
         img, lab = _vol(rng)
         _nii(tmp_path / "imagesTr" / f"{case}_0000.nii.gz", img)
@@ -155,14 +155,14 @@ def test_nnunet_raw(tmp_path):
     test = open_dataset(tmp_path, split="test")
     assert test.cases() == ["abd_100"] and test.load_case("abd_100").label is None
     info["labels"]["liver"] = 5
-    (tmp_path / "dataset.json").write_text(json.dumps(info))
+    (tmp_path / "dataset.json").write_text(json.dumps(info), encoding="utf-8")
     with pytest.raises(InputError, match="without gaps"):
         open_dataset(tmp_path)
 
 
 def test_nnunet_2d_png_channels(tmp_path):
     info = {"channel_names": {"0": "R", "1": "G"}, "labels": {"background": 0, "cell": 1}, "file_ending": ".png"}
-    (tmp_path / "dataset.json").write_text(json.dumps(info))
+    (tmp_path / "dataset.json").write_text(json.dumps(info), encoding="utf-8")
     for c in (0, 1):
         _png(tmp_path / "imagesTr" / f"img_001_{c:04d}.png", np.full((10, 14), 50 * (c + 1)))
     _png(tmp_path / "labelsTr" / "img_001.png", np.eye(10, 14))
@@ -194,7 +194,7 @@ def test_synapse_layout_files(tmp_path):
 def test_unknown_and_empty_folders(tmp_path):
     with pytest.raises(InputError, match="empty folder"):
         open_dataset(tmp_path)
-    (tmp_path / "x.txt").write_text("x")
+    (tmp_path / "x.txt").write_text("x", encoding="utf-8")
     with pytest.raises(InputError, match="unrecognised dataset layout"):
         open_dataset(tmp_path)
     (tmp_path / "images").mkdir()

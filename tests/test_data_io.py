@@ -114,7 +114,7 @@ def test_wrong_ndim_and_nonfinite(tmp_path):
         read_image(_nifti(tmp_path / "nan.nii.gz", data, dtype=np.float32))
     with pytest.raises(InputError, match="file not found"):
         read_image(tmp_path / "missing.nii.gz")
-    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
     with pytest.raises(InputError, match="unsupported file type"):
         read_image(tmp_path / "notes.txt")
 

@@ -26,7 +26,7 @@ TINY = {
 @pytest.fixture
 def tiny_yaml(tmp_path):
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
+    path.write_text(yaml.safe_dump(TINY), encoding="utf-8")
     return path
 
 
@@ -52,7 +52,7 @@ def test_ddp_two_processes(tiny_yaml, tmp_path):
     assert len(st["rng"]) == 2 and not torch.equal(st["rng"][0]["torch"], st["rng"][1]["torch"])
     assert [row["epoch"] for row in st["history"]] == [1, 2, 3]
     assert all(0 <= row["mean_dice"] <= 1 for row in st["history"])     # validation reduced across ranks
-    assert (out / "best.pt").is_file() and (out / "train_log.csv").read_text().count("\n") == 4
+    assert (out / "best.pt").is_file() and (out / "train_log.csv").read_text(encoding="utf-8").count("\n") == 4
     assert r.stdout.count("epoch 3/3") == 1 and r.stdout.count("done:") == 1     # rank 0 logs, once
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "tiny.yaml"]
 

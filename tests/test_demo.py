@@ -23,7 +23,7 @@ def test_demo_quick_run(tmp_path, capsys):
         assert str(out / name) in printed or name in ("config.yaml", "latest.pt", "evaluation/summary.csv")
     assert list((out / "evaluation" / "overlays").glob("*.png"))
     assert "held-out phantom Dice" in printed
-    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
+    metrics = json.loads((out / "evaluation" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["data"]["n_cases"] == 1 and metrics["data"]["n_failed"] == 0
     model, info = load_checkpoint(out / "best.pt")
     assert info["model"]["name"] in ("smaformer", "swin_unet") and len(info["classes"]) == 5

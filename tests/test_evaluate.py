@@ -75,7 +75,7 @@ def acdc(tmp_path_factory):
 def _check_schema(res: dict, out, n_cases: int, labels: list[str]) -> None:
     for name in ("metrics.json", "summary.csv", "report.html"):
         assert (out / name).is_file(), name
-    on_disk = json.loads((out / "metrics.json").read_text())
+    on_disk = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert on_disk == json.loads(json.dumps(res))
     assert res["format"] == "smaformer-evaluation" and len(res["checkpoint"]["sha256"]) == 64
     assert set(res["conventions"]) >= {"standard", "legacy", "slice", "hd95_unit"}
@@ -91,10 +91,10 @@ def _check_schema(res: dict, out, n_cases: int, labels: list[str]) -> None:
         assert set(res["mean"][k]) == {"standard", "legacy", "slice", "counts"}
         assert res["mean"][k]["counts"]["n_cases"] == n_cases
     assert set(res["foreground_mean"]) == {"standard", "legacy", "slice"}
-    with open(out / "summary.csv") as f:
+    with open(out / "summary.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == (n_cases + 1) * len(labels) and rows[-1]["case"] == "mean"
-    page = (out / "report.html").read_text()
+    page = (out / "report.html").read_text(encoding="utf-8")
     assert "<table>" in page and "http" not in page.replace("http-equiv", "")
 
 
@@ -109,7 +109,7 @@ def test_evaluate_synthetic_without_shared_data(tmp_path):
     _check_schema(res, tmp_path / "out", 2, ["1", "2"])
     assert res["checkpoint"]["sha256"] == file_sha256(ckpt)
     assert res["config"]["postprocess"] == "lcc"
-    assert "data:image/png;base64," in (tmp_path / "out" / "report.html").read_text()
+    assert "data:image/png;base64," in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
 
 
 def test_evaluate_cli_on_acdc_volumes(acdc, tmp_path, capsys):
@@ -121,7 +121,7 @@ def test_evaluate_cli_on_acdc_volumes(acdc, tmp_path, capsys):
     rc = main(["evaluate", "-c", str(ckpt), "-d", str(root), "-o", str(out), "--split", "val", "--cases", *cases,
                "no_such_case", "--overlays", "1", "--save-nifti", "--no-progress"])
     assert rc == 0
-    res = json.loads((out / "metrics.json").read_text())
+    res = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     _check_schema(res, out, 2, ["1", "2", "3"])
     assert [f["case"] for f in res["failed_cases"]] == ["no_such_case"]
     assert res["conventions"]["hd95_unit"] == "voxel"  # the h5 volumes carry no spacing

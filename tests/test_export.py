@@ -48,7 +48,7 @@ def test_torchscript_keeps_metadata(ckpt, tmp_path):
 def test_safetensors_pair_round_trip(ckpt, tmp_path, capsys):
     assert main(["export", "--format", "safetensors", "-c", str(ckpt), "-o", str(tmp_path / "u.safetensors")]) == 0
     assert "parity OK" in capsys.readouterr().out
-    side = json.loads((tmp_path / "u.json").read_text())
+    side = json.loads((tmp_path / "u.json").read_text(encoding="utf-8"))
     assert side["model"]["name"] == "unet" and side["classes"] == ["bg", "fg"] and len(side["weights_sha256"]) == 64
     a, info_a = load_checkpoint(ckpt)
     b, info_b = load_checkpoint(tmp_path / "u.safetensors")

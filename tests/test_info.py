@@ -64,7 +64,7 @@ def test_trace_records_shapes_in_run_order():
 def test_html_page_is_self_contained_and_renders(tmp_path):
     model = create_model("unet", **tiny_kwargs("unet"), img_size=64).eval()
     page = write_arch_page(model, (1, 3, 64, 64), tmp_path / "arch.html", title="unet tiny")
-    text = page.read_text()
+    text = page.read_text(encoding="utf-8")
     assert "Data flow" in text and "Module tree" in text and "(1, 9, 64, 64)" in text
     for external in ("http://", "https://", "<script", "<link", "@import", "url("):
         assert external not in text
@@ -82,7 +82,7 @@ def test_pretrained_coverage_is_printed(golden_dir, tmp_path, capsys):
     """A Swin-T file in the Microsoft layout, zeros with the real key names/shapes (no real weights exist)."""
     import json
 
-    keys = json.loads((golden_dir / "swin_tiny_imagenet" / "keys.json").read_text())
+    keys = json.loads((golden_dir / "swin_tiny_imagenet" / "keys.json").read_text(encoding="utf-8"))
     sd = {}
     for name, shape, _dtype, _buffer in keys:
         sd[name] = (torch.zeros(shape, dtype=torch.long) if name.endswith("relative_position_index")

@@ -55,7 +55,7 @@ def test_golden_parity(name, golden_dir):
     """A and B outputs match. MedT runs A in the compatibility build and B in the default build (unused official
     parameters dropped by the conversion), so both builds are shown to load official checkpoints."""
     folder = golden_dir / CASES[name]
-    keys = json.loads((folder / "keys.json").read_text())
+    keys = json.loads((folder / "keys.json").read_text(encoding="utf-8"))
     x = torch.from_numpy(np.load(folder / "input.npy"))
     for proc, compat in (("A", name == "medt"), ("B", False)):
         model = create_model(name, num_classes=2, in_chans=3, img_size=128, **({"compat": True} if compat else {}))

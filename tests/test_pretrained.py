@@ -38,7 +38,7 @@ def _mask(res: int, w: int = 7, s: int = 3) -> torch.Tensor:
 def _swin_t(keys_path: Path) -> dict[str, torch.Tensor]:
     """A Swin-T checkpoint in the Microsoft layout, values by golden procedure A (buffers computed)."""
     sd = {}
-    for name, shape, _dtype, _buffer in json.loads(keys_path.read_text()):
+    for name, shape, _dtype, _buffer in json.loads(keys_path.read_text(encoding="utf-8")):
         if name.endswith("relative_position_index"):
             sd[name] = _index(7)
         elif name.endswith("attn_mask"):
@@ -62,7 +62,7 @@ def swin_t(golden_dir) -> dict[str, torch.Tensor]:
 
 
 def test_official_layout_coverage_matches_official_loader(swin_t, golden_dir):
-    expected = json.loads((golden_dir / "coverage.json").read_text())["swin_unet"]
+    expected = json.loads((golden_dir / "coverage.json").read_text(encoding="utf-8"))["swin_unet"]
     model = SwinUnet()
     report = load_pretrained(model, {"model": swin_t})
     assert isinstance(report, CoverageReport) and report.layout == "microsoft"

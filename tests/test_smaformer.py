@@ -24,7 +24,7 @@ _KEEP = ("num_batches_tracked", "relative_position_index", "attn_mask", "flatten
 def procedure_a(keys_json) -> dict[str, torch.Tensor]:
     """Golden weights procedure A from the official names (buffers are left to the model)."""
     out = {}
-    for name, shape, _dtype, _is_buffer in json.loads(keys_json.read_text()):
+    for name, shape, _dtype, _is_buffer in json.loads(keys_json.read_text(encoding="utf-8")):
         if name.endswith(_KEEP):
             continue
         g = torch.Generator().manual_seed(zlib.crc32(name.encode("utf-8")))

@@ -41,7 +41,7 @@ def test_param_count_and_parts():
 
 def test_golden_parity(golden_dir):
     folder = golden_dir / "swin_unet"
-    keys = json.loads((folder / "keys.json").read_text())
+    keys = json.loads((folder / "keys.json").read_text(encoding="utf-8"))
     model = SwinUnet(num_classes=9, img_size=224, drop_path_rate=0.0).eval()
     official = {"swin_unet." + k: v for k, v in procedure_a(keys).items()}  # as the official trainer saves it
     for name, shape, _dtype, is_buffer in keys:  # buffers in the file must be accepted and dropped

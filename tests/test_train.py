@@ -77,7 +77,7 @@ def test_overfits_small_batch(tmp_path):
     assert losses[-1] < 0.3 * losses[0]
     dice = [r["mean_dice"] for r in res.history if not np.isnan(r["mean_dice"])]
     assert len(dice) == 2 and dice[-1] > 0.85
-    rows = list(csv.DictReader(open(tmp_path / "run" / "train_log.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "run" / "train_log.csv", encoding="utf-8")))
     assert len(rows) == 80 and set(rows[0]) >= {"epoch", "iterations", "lr", "train_loss", "dice_disc", "dice_bar",
                                                 "mean_dice", "epoch_s"}
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000

@@ -62,7 +62,7 @@ def parse_label_map(text: str | None) -> dict[int, int] | None:
         return dict(LABEL_PRESETS[text])
     if text.endswith(".json") or Path(text).is_file():
         try:
-            raw = json.loads(Path(text).read_text())
+            raw = json.loads(Path(text).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise InputError(text, f"cannot read label map JSON ({type(e).__name__}: {e})") from None
         items = list(raw.items())
@@ -178,9 +178,9 @@ def convert_to_synapse(source: str | Path | Reader, out_dir: str | Path, *, wind
         record["cases"][name] = {"source_case": case, "source_path": sample.meta.get("path"), "split": split,
                                  "shape": list(image.shape), "spacing": spacing.tolist()}
         log.info("%s -> %s (%s, %d slices)", case, name, split, image.shape[0])
-    (out / "lists_Synapse" / "train.txt").write_text("".join(f"{s}\n" for s in train_list))
-    (out / "lists_Synapse" / "test_vol.txt").write_text("".join(f"{s}\n" for s in test_list))
-    (out / "convert.json").write_text(json.dumps(record, indent=1))
+    (out / "lists_Synapse" / "train.txt").write_text("".join(f"{s}\n" for s in train_list), encoding="utf-8")
+    (out / "lists_Synapse" / "test_vol.txt").write_text("".join(f"{s}\n" for s in test_list), encoding="utf-8")
+    (out / "convert.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     return record
 
 

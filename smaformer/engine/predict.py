@@ -67,7 +67,7 @@ def read_onnx_metadata(path: Path) -> dict:
         return json.loads(props["smaformer"])
     side = path.with_suffix(".json")
     if side.is_file():
-        return json.loads(side.read_text())
+        return json.loads(side.read_text(encoding="utf-8"))
     raise InputError(path, "ONNX file has no smaformer metadata (preprocessing); export it with "
                            "`smaformer export --format onnx`")
 

@@ -39,7 +39,7 @@ class ACDCH5Reader(Reader):
         lst = self.root / self.LISTS[self.split]
         if not lst.is_file():
             raise InputError(lst, f"list file for split {self.split!r} not found")
-        self._names = [ln.strip() for ln in lst.read_text().splitlines() if ln.strip()]
+        self._names = [ln.strip() for ln in lst.read_text(encoding="utf-8").splitlines() if ln.strip()]
         if not self._names:
             raise InputError(lst, "list file is empty")
         self._dirs = ([self.root / "slices", self.root / "data" / "slices"] if self.split == "train"
@@ -109,7 +109,7 @@ class ACDCRawReader(PairedReader):
         meta = {"patient": patient}
         cfg = self.pairs()[case][0].parent / "Info.cfg"
         if cfg.is_file():
-            info = dict(ln.split(":", 1) for ln in cfg.read_text().splitlines() if ":" in ln)
+            info = dict(ln.split(":", 1) for ln in cfg.read_text(encoding="utf-8").splitlines() if ":" in ln)
             info = {k.strip(): v.strip() for k, v in info.items()}
             num = int(frame.removeprefix("frame"))
             meta["phase"] = next((ph for ph in ("ED", "ES") if info.get(ph, "").isdigit() and int(info[ph]) == num),

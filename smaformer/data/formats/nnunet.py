@@ -32,7 +32,7 @@ class NnUNetReader(PairedReader):
         super().__init__(root, split, classes, frame)
         js = self.root / "dataset.json"
         try:
-            self.info = json.loads(js.read_text())
+            self.info = json.loads(js.read_text(encoding="utf-8"))
             labels = self.info["labels"]
             self.file_ending = self.info.get("file_ending", ".nii.gz")
         except (OSError, ValueError, KeyError, TypeError) as e:

@@ -47,7 +47,7 @@ class SynapseReader(Reader):
         if list_dir and lst is None:
             raise InputError(Path(list_dir) / list_name, "list file not found")
         if lst is not None:
-            self._names = [ln.strip() for ln in lst.read_text().splitlines() if ln.strip()]
+            self._names = [ln.strip() for ln in lst.read_text(encoding="utf-8").splitlines() if ln.strip()]
         else:
             self._names = [stem(p) for p in list_files(self._folder, (self._suffix,))]
         if not self._names:
