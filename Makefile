@@ -19,8 +19,10 @@ install: $(BIN)/smaformer
 demo: install
 	$(BIN)/smaformer demo
 
+# pytest's exit code 5 ("no tests collected") counts as a failure.
 test: install
-	$(BIN)/python -m pytest -q tests
+	@$(BIN)/python -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
 
 lint: install
 	$(BIN)/ruff check smaformer tests benchmarks
