@@ -53,6 +53,21 @@ def test_unknown_target_is_one_line(capsys):
     assert "neither a checkpoint file nor a registered model" in capsys.readouterr().err
 
 
+def test_set_passes_model_arguments(capsys):
+    assert main(["info", "unet", "--tiny", "--img-size", "64", "--no-flops", "--set", "num_classes=5"]) == 0
+    assert "'num_classes': 5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, fault", [
+    (["--set", "bogus=1"], "unexpected keyword argument 'bogus'"),
+    (["--img-size", "50"], "not divisible"),
+])
+def test_bad_model_arguments_are_one_line(capsys, argv, fault):
+    assert main(["info", "unet", "--tiny", "--no-flops", *argv]) == 2
+    err = capsys.readouterr().err
+    assert fault in err and "Traceback" not in err
+
+
 def test_trace_records_shapes_in_run_order():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1))
     records, out = trace_modules(model, torch.zeros(1, 3, 8, 8))

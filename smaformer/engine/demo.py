@@ -151,8 +151,8 @@ def _run(run_dir: Path, minutes: float, iterations: int | None, model: str, thre
         f"demo finished in {time.perf_counter() - t0:.0f} s ({result.iterations} iterations of {model}"
         + (", cut short by the time limit: this machine is slower than calibrated)"
            if result.stopped == "time_limit" else ")"),
-        f"  held-out phantom Dice (mean over {NUM_CLASSES - 1} organs): {dice:.4f}",
-        "  per organ: " + ", ".join(f"{c} {v:.3f}" for c, v in per_class.items()),
+        f"  held-out phantom Dice (mean over {NUM_CLASSES - 1} organs): {_fmt(dice)}",
+        "  per organ: " + ", ".join(f"{c} {_fmt(v)}" for c, v in per_class.items()),
         f"  run folder      {run_dir}",
         f"  checkpoint      {ckpt}   (try: smaformer info {ckpt})",
         f"  training log    {run_dir / 'train_log.csv'}, curves {run_dir / 'curves.png'}",
@@ -161,6 +161,11 @@ def _run(run_dir: Path, minutes: float, iterations: int | None, model: str, thre
     ]
     log("\n".join(lines))
     return summary
+
+
+def _fmt(value: float | None) -> str:
+    """A Dice for the summary; None (the organ is absent from every held-out volume) prints as n/a."""
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def run(args: argparse.Namespace) -> int:

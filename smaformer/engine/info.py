@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from smaformer.config import apply_override
 from smaformer.errors import InputError
 from smaformer.models import create_model, list_models
 from smaformer.models.registry import tiny_kwargs
@@ -55,8 +56,10 @@ def input_shape_of(model: nn.Module, preprocessing: dict | None = None,
 
 
 def resolve(target: str, *, tiny: bool = False, img_size=None, num_classes: int | None = None,
-            in_chans: int | None = None) -> tuple[nn.Module, ModelInfo]:
-    """Build the model named by ``target`` (a registered name or a checkpoint path) in eval mode."""
+            in_chans: int | None = None, model_args: dict | None = None) -> tuple[nn.Module, ModelInfo]:
+    """Build the model named by ``target`` (a registered name or a checkpoint path) in eval mode.
+
+    ``model_args`` are further constructor keywords (e.g. ``resize_to=224``), for model names only."""
     path = Path(target)
     if path.suffix in (".pt", ".pth", ".ckpt", ".safetensors", ".json") or path.is_file():
         from smaformer.checkpoint import load_checkpoint
@@ -71,7 +74,11 @@ def resolve(target: str, *, tiny: bool = False, img_size=None, num_classes: int 
     for key, val in (("img_size", img_size), ("num_classes", num_classes), ("in_chans", in_chans)):
         if val is not None:
             kwargs[key] = val
-    model = create_model(target, **kwargs).eval()
+    kwargs.update(model_args or {})
+    try:
+        model = create_model(target, **kwargs).eval()
+    except ValueError as e:  # a size or argument the model does not take: one line, not a traceback
+        raise InputError(None, str(e)) from None
     return model, ModelInfo(target, kwargs, input_shape_of(model, None, img_size))
 
 
@@ -147,6 +154,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--img-size", type=int, nargs="+", metavar="N", help="input size H [W] (default: configured)")
     p.add_argument("--num-classes", type=int, help="classes (model names only)")
     p.add_argument("--in-chans", type=int, help="input channels (model names only)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a further model constructor argument, e.g. --set resize_to=224 (model names only)")
     p.add_argument("--tiny", action="store_true", help="use the model's tiny test variant")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count (it runs one forward pass)")
     p.add_argument("--pretrained", metavar="PATH", help="load ImageNet Swin-T weights and print the coverage")
@@ -155,8 +164,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     img_size = None if not args.img_size else args.img_size[0] if len(args.img_size) == 1 else tuple(args.img_size)
+    model_args: dict = {}
+    for item in args.set:
+        apply_override(model_args, item)
     model, meta = resolve(args.target, tiny=args.tiny, img_size=img_size, num_classes=args.num_classes,
-                          in_chans=args.in_chans)
+                          in_chans=args.in_chans, model_args=model_args)
     flops = None if args.no_flops else count_flops(model, meta.input_shape)
     print(format_info(model, meta, flops))
     if args.pretrained:

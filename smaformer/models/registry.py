@@ -40,10 +40,15 @@ def tiny_kwargs(name: str) -> dict:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model. Unknown names raise ValueError listing the valid ones."""
+    """Build a registered model. Unknown names and unknown keyword arguments raise ValueError."""
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
-    model = _MODELS[name](**kwargs)
+    try:
+        model = _MODELS[name](**kwargs)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise ValueError(f"{name}: {str(e).split(': ', 1)[-1]}") from None
     model.model_name = name
     model.model_kwargs = dict(kwargs)
     return model
