@@ -106,7 +106,7 @@ def main() -> None:
             f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
             f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_implementation()} "
             f"{platform.python_version()}, torch {torch.__version__} (1-min load average {load:.1f} while "
-            "measuring: the cores were shared with other jobs)",
+            "measuring)",
             f"- Command: `{cmd}`",
             f"- Workload: ACDC SSL4MIS training slices (gzip h5, mostly 256x216/256x256), official "
             f"RandomGenerator, cubic zoom to 224x224, batch {args.batch}, {args.workers} DataLoader workers, "
