@@ -9,44 +9,26 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
 
 import numpy as np
 import pytest
 import torch
+from golden_weights import BUFFERS, golden_state_dict
 
 from smaformer.models import create_model
 from smaformer.models.layers.axial import relative_index
 from smaformer.weights import load_official
 
-KEEP = ("num_batches_tracked", "relative_position_index", "attn_mask", "flatten_index")
 CASES = {"gated_axial_unet": "medt_gated_axial_unet", "axial_unet": "medt_axialunet", "medt": "medt"}
 
 
 def official_state_dict(keys: list, proc: str) -> dict[str, torch.Tensor]:
-    """The official state dict filled by the golden weights procedure; kept entries get their official value."""
-    out = {}
+    """The official state dict by the golden weights procedure, with buffers as the official code has them."""
+    out = golden_state_dict(keys, proc)
     for name, shape, dtype, _ in keys:
-        if name.endswith(KEEP):
-            if name.endswith("flatten_index"):
-                out[name] = relative_index(math.isqrt(shape[0]))
-            else:
-                out[name] = torch.zeros(shape, dtype=getattr(torch, dtype))
-            continue
-        t = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(zlib.crc32(name.encode("utf-8"))),
-                        dtype=torch.float32)
-        if name.endswith("running_mean"):
-            out[name] = 0.1 * t
-        elif name.endswith("running_var"):
-            out[name] = 1 + 0.1 * t.abs()
-        elif t.dim() == 1 and name.endswith(".weight"):
-            out[name] = 1 + 0.1 * t
-        elif proc == "B" and t.dim() >= 2:
-            out[name] = t / (t.numel() // t.shape[0]) ** 0.5
-        elif proc == "B" and t.dim() == 0:
-            out[name] = 1 + 0.1 * t
-        else:
-            out[name] = 0.02 * t
+        if name.endswith(BUFFERS):
+            out[name] = (relative_index(math.isqrt(shape[0])) if name.endswith("flatten_index")
+                         else torch.zeros(shape, dtype=getattr(torch, dtype)))
     return out
 
 

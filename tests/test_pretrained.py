@@ -4,11 +4,11 @@ from __future__ import annotations
 import functools
 import json
 import re
-import zlib
 from pathlib import Path
 
 import pytest
 import torch
+from golden_weights import golden_tensor
 
 from smaformer.models import create_model
 from smaformer.models.layers.swin import interpolate_rel_pos_table
@@ -44,8 +44,7 @@ def _swin_t(keys_path: Path) -> dict[str, torch.Tensor]:
         elif name.endswith("attn_mask"):
             sd[name] = _mask(int(shape[0] ** 0.5) * 7)
         else:
-            t = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(zlib.crc32(name.encode())))
-            sd[name] = 1 + 0.1 * t if t.dim() == 1 and name.endswith(".weight") else 0.02 * t
+            sd[name] = golden_tensor(name, shape)
     return sd
 
 

@@ -1,14 +1,10 @@
 """SMAFormer V2.3: official parity (compatibility mode), parameter counts, pretrained coverage, native sizes."""
 from __future__ import annotations
 
-import functools
-import json
-import zlib
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from golden_weights import golden_file_state_dict
 from torch.utils.flop_counter import FlopCounterMode
 
 from smaformer.models import create_model
@@ -18,26 +14,6 @@ from smaformer.weights import load_official, load_pretrained
 
 OFFICIAL_PARAMS = 41_432_027  # official SMAFormerV2 V2.3, 9 classes
 DEAD_SMA3 = 2 * 768 * 48 + 98  # sma_encoder[3], computed and discarded by the official forward
-_KEEP = ("num_batches_tracked", "relative_position_index", "attn_mask", "flatten_index")
-
-
-def procedure_a(keys_json) -> dict[str, torch.Tensor]:
-    """Golden weights procedure A from the official names (buffers are left to the model)."""
-    out = {}
-    for name, shape, _dtype, _is_buffer in json.loads(keys_json.read_text(encoding="utf-8")):
-        if name.endswith(_KEEP):
-            continue
-        g = torch.Generator().manual_seed(zlib.crc32(name.encode("utf-8")))
-        t = torch.randn(tuple(shape), generator=g, dtype=torch.float32)
-        if name.endswith("running_mean"):
-            out[name] = 0.1 * t
-        elif name.endswith("running_var"):
-            out[name] = 1 + 0.1 * t.abs()
-        elif t.dim() == 1 and name.endswith(".weight"):
-            out[name] = 1 + 0.1 * t
-        else:
-            out[name] = 0.02 * t
-    return out
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -54,16 +30,10 @@ def native():
     return SMAFormer(img_size=256).eval()
 
 
-@functools.lru_cache(maxsize=2)
-def cached_procedure_a(path: Path) -> dict[str, torch.Tensor]:
-    """Procedure A weights, generated once per session (about 41M random numbers each)."""
-    return procedure_a(path)
-
-
 @pytest.fixture
 def swin_t(golden_dir):
     """An official-layout Swin-T state dict filled by procedure A with the Swin-T names."""
-    return cached_procedure_a(golden_dir / "swin_tiny_imagenet" / "keys.json")
+    return golden_file_state_dict(golden_dir / "swin_tiny_imagenet" / "keys.json")
 
 
 def test_param_counts(compat):
@@ -75,7 +45,7 @@ def test_param_counts(compat):
 
 def test_golden_parity_and_flops_compat(compat, golden_dir):
     folder = golden_dir / "smaformer_v23"
-    load_official(compat, cached_procedure_a(folder / "keys.json"))
+    load_official(compat, golden_file_state_dict(folder / "keys.json"))
     x = torch.from_numpy(np.load(folder / "input.npy"))
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
@@ -88,7 +58,7 @@ def test_golden_parity_and_flops_compat(compat, golden_dir):
 
 
 def test_official_keys_native_and_errors(golden_dir):
-    sd = cached_procedure_a(golden_dir / "smaformer_v23" / "keys.json")
+    sd = golden_file_state_dict(golden_dir / "smaformer_v23" / "keys.json")
     with torch.device("meta"):
         model = SMAFormer(img_size=224)
     ours = model.convert_official_state_dict(sd)

@@ -2,28 +2,16 @@
 from __future__ import annotations
 
 import json
-import zlib
 
 import numpy as np
 import pytest
 import torch
+from golden_weights import golden_state_dict
 
 from smaformer.models import create_model
 from smaformer.models.registry import tiny_kwargs
 from smaformer.models.swin_unet import SwinUnet
 from smaformer.weights import load_official
-
-
-def procedure_a(keys: list) -> dict[str, torch.Tensor]:
-    """Golden README procedure A on official names (buffers are skipped: ours are computed)."""
-    out = {}
-    for name, shape, _dtype, is_buffer in keys:
-        if is_buffer:
-            continue
-        gen = torch.Generator().manual_seed(zlib.crc32(name.encode("utf-8")))
-        t = torch.randn(tuple(shape), generator=gen, dtype=torch.float32)
-        out[name] = 1 + 0.1 * t if t.dim() == 1 and name.endswith(".weight") else 0.02 * t
-    return out
 
 
 def _tiny(**kw) -> SwinUnet:
@@ -43,7 +31,7 @@ def test_golden_parity(golden_dir):
     folder = golden_dir / "swin_unet"
     keys = json.loads((folder / "keys.json").read_text(encoding="utf-8"))
     model = SwinUnet(num_classes=9, img_size=224, drop_path_rate=0.0).eval()
-    official = {"swin_unet." + k: v for k, v in procedure_a(keys).items()}  # as the official trainer saves it
+    official = {"swin_unet." + k: v for k, v in golden_state_dict(keys).items()}  # as the official trainer saves it
     for name, shape, _dtype, is_buffer in keys:  # buffers in the file must be accepted and dropped
         if is_buffer:
             official["swin_unet." + name] = torch.zeros(shape)
