@@ -34,7 +34,7 @@ class SwinUnet(nn.Module):
         "decoder": ("layers_up.", "concat_back_dim.", "norm_up."),
         "head": ("up.", "output."),
     }
-    export_flags = {"onnx": True, "torchscript": False, "compile": True, "dynamic_hw": False}
+    export_flags = {"onnx": True, "torchscript": True, "compile": True, "dynamic_hw": False}  # torchscript: jit.trace
 
     def __init__(self, num_classes: int = 9, in_chans: int = 3, img_size: int | tuple[int, int] = 224,
                  embed_dim: int = 96, depths: tuple[int, ...] = (2, 2, 2, 2),
