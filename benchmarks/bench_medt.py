@@ -13,10 +13,8 @@ import argparse
 import json
 import platform
 import resource
-import statistics
 import subprocess
 import sys
-import time
 
 NAMES = ("axial_unet", "gated_axial_unet", "logo", "medt")
 
@@ -28,6 +26,7 @@ def _rss_mb() -> float:
 def run_one(name: str, size: int, batch: int, mode: str, repeats: int, threads: int) -> dict:
     """Time one configuration in this process; returns seconds per step and peak memory in MiB."""
     import torch
+    from bench_models import median_time  # benchmarks/ is on sys.path when this file runs as a script
 
     from smaformer.models import create_model
 
@@ -46,14 +45,8 @@ def run_one(name: str, size: int, batch: int, mode: str, repeats: int, threads: 
             with torch.inference_mode():
                 model(x)
 
-    step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
     return {"model": name, "size": size, "batch": batch, "mode": mode, "threads": threads,
-            "params": sum(p.numel() for p in model.parameters()), "s_per_step": statistics.median(times),
+            "params": sum(p.numel() for p in model.parameters()), "s_per_step": median_time(step, repeats),
             "peak_mb": _rss_mb() - base}
 
 
