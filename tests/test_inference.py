@@ -7,7 +7,8 @@ import torch
 from scipy import ndimage
 
 from smaformer.checkpoint import default_preprocessing
-from smaformer.engine.inference import infer_volume, postprocess_labels
+from smaformer.data import Sample, SliceDataset
+from smaformer.engine.inference import _normalize, infer_volume, postprocess_labels
 
 
 def _threshold_model(x: torch.Tensor) -> torch.Tensor:
@@ -72,6 +73,23 @@ def test_infer_volume_outputs_batches_and_modes():
         infer_volume(net, vol, pp, precision="fp8")
     with pytest.raises(ValueError, match=r"\(D,H,W\)"):
         infer_volume(net, vol[0, 0], pp)
+
+
+@pytest.mark.parametrize("spec", [{"mode": "zscore", "per_slice": True}, {"mode": "minmax", "per_slice": True},
+                                  {"mode": "zscore"}, {"mode": "window", "lo": 0, "hi": 100}])
+def test_training_and_inference_normalise_alike(spec):
+    """The slices training sees equal the slices inference feeds the model, volumes and RGB images alike."""
+    rng = np.random.default_rng(3)
+    vol = rng.normal(50, 20, (4, 12, 10)).astype(np.float32) * np.arange(1, 5, dtype=np.float32)[:, None, None]
+    rgb = rng.normal(50, 20, (3, 12, 10)).astype(np.float32) * np.array([1, 2, 3], np.float32)[:, None, None]
+    lab3, lab2 = np.zeros((4, 12, 10), np.int64), np.zeros((12, 10), np.int64)
+    train_vol = SliceDataset([Sample(vol, lab3, {"case": "v"})], intensity=spec, in_chans=1)
+    for k in range(4):
+        assert np.allclose(train_vol[k]["image"][0].numpy(), _normalize(vol, spec)[k, 0], atol=1e-6)
+    train_rgb = SliceDataset([Sample(rgb, lab2, {"case": "c"})], intensity=spec, in_chans=3, channel_mode="none")
+    assert np.allclose(train_rgb[0]["image"].numpy(), _normalize(rgb[None], spec)[0], atol=1e-6)
+    if spec.get("per_slice"):  # each slice on its own statistics, over all its channels
+        assert np.allclose(_normalize(vol, spec)[3, 0], _normalize(vol[3:], spec)[0, 0], atol=1e-6)
 
 
 def test_postprocess_lcc_is_3d_and_min_size_drops_small_parts():

@@ -100,7 +100,9 @@ class SliceDataset(Dataset):
         raw = self._samples[case] if self.reader is None else self.reader.load_case(case)
         if raw.label is None:
             raise InputError(raw.meta.get("path", case), "no label: a training/validation slice needs one")
-        sample = Sample(normalize_intensity(raw.image, self.intensity), raw.label, raw.meta)
+        image = (normalize_intensity(raw.image, self.intensity) if raw.is_volume  # a 2D image is a stack of one
+                 else normalize_intensity(raw.image[None], self.intensity)[0])
+        sample = Sample(image, raw.label, raw.meta)
         self._cache[case] = sample
         self._cached_bytes += sample.image.nbytes + sample.label.nbytes
         while len(self._cache) > 1 and self._cached_bytes > self.cache_bytes:

@@ -18,7 +18,11 @@ CHANNEL_MODES = ("repeat", "pseudo_hdr", "none")
 
 
 def normalize_intensity(arr: np.ndarray, spec: dict) -> np.ndarray:
-    """Apply an intensity spec to an image or volume; returns float32. Per-slice modes use axis 0."""
+    """Apply an intensity spec to a stack of slices, (D,H,W) or (D,C,H,W); returns float32.
+
+    Training, evaluation and prediction all call this on slice stacks (a 2D image is a stack of one), so
+    ``per_slice: true`` (zscore or minmax) means the same everywhere: statistics of each axis-0 entry, over
+    all its channels and pixels."""
     x = np.asarray(arr, dtype=np.float32)
     mode = spec.get("mode", "none")
     if mode == "none":
@@ -26,14 +30,14 @@ def normalize_intensity(arr: np.ndarray, spec: dict) -> np.ndarray:
     if mode == "window":
         lo, hi = float(spec["lo"]), float(spec["hi"])
         return (np.clip(x, lo, hi) - lo) / (hi - lo)
+    if mode not in ("zscore", "minmax"):
+        raise ValueError(f"unknown intensity mode {mode!r}; use window, zscore, minmax or none")
+    axes = tuple(range(1, x.ndim)) if spec.get("per_slice") else None
     if mode == "zscore":
-        std = float(x.std())
-        return (x - float(x.mean())) / (std if std > 0 else 1.0)
-    if mode == "minmax":
-        axes = tuple(range(1, x.ndim)) if spec.get("per_slice") and x.ndim == 3 else None
-        lo, hi = x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
-        return (x - lo) / np.where(hi > lo, hi - lo, 1.0)
-    raise ValueError(f"unknown intensity mode {mode!r}; use window, zscore, minmax or none")
+        mean, std = x.mean(axis=axes, keepdims=True), x.std(axis=axes, keepdims=True)
+        return (x - mean) / np.where(std > 0, std, 1.0)
+    lo, hi = x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
+    return (x - lo) / np.where(hi > lo, hi - lo, 1.0)
 
 
 def make_channels(x: torch.Tensor, mode: str, in_chans: int) -> torch.Tensor:

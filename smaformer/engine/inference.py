@@ -30,15 +30,12 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _normalize(volume: np.ndarray, spec: dict) -> np.ndarray:
-    """Intensity spec on the whole volume, or slice by slice for per-slice modes; float32 (D,C,H,W)."""
+    """The intensity spec on a (D,H,W) or (D,C,H,W) volume; float32 (D,C,H,W)."""
     vol = np.asarray(volume)
     if vol.ndim == 3:
         vol = vol[:, None]
     if vol.ndim != 4:
         raise ValueError(f"volume must be (D,H,W) or (D,C,H,W), got shape {tuple(np.shape(volume))}")
-    if spec.get("per_slice"):
-        flat = {**spec, "per_slice": False}
-        return np.stack([normalize_intensity(s, flat) for s in vol])
     return normalize_intensity(vol, spec)
 
 
