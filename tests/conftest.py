@@ -31,3 +31,9 @@ def golden_dir():
 def data_dir():
     """``../shared/data``; skips when absent."""
     return _need(DATA)
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir():
+    """``data_dir`` for module- and session-scoped fixtures."""
+    return _need(DATA)

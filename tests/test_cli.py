@@ -8,7 +8,9 @@ def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
-    assert "COMMAND" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for command in ("demo", "train", "evaluate", "predict", "export", "info", "convert", "check-data"):
+        assert f"\n    {command}" in out, command
 
 
 def test_unknown_model_lists_valid_names():

@@ -47,14 +47,11 @@ def _train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, s
 
 
 @pytest.fixture(scope="module")
-def acdc(tmp_path_factory):
+def acdc(shared_data_dir, tmp_path_factory):
     """(ACDC root, tiny U-Net checkpoint trained for 80 steps on 96 ACDC training slices at 64x64)."""
     from smaformer.data import open_dataset
-    from tests.conftest import DATA
 
-    root = DATA / "acdc"
-    if not (root / "val.list").is_file():
-        pytest.skip(f"{root} is absent (set SMAFORMER_SHARED to the shared folder)")
+    root = shared_data_dir / "acdc"
     train = open_dataset(root, split="train")
     names = train.cases()[:: max(1, len(train.cases()) // 96)][:96]
     imgs, labs = [], []

@@ -125,7 +125,9 @@ def test_resume_is_bit_identical(tmp_path):
         assert torch.equal(v, cb["state_dict"][k]), k
     for sa, sb in zip(ca["train_state"]["optimizer"]["state"].values(),
                       cb["train_state"]["optimizer"]["state"].values(), strict=True):
-        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert torch.equal(torch.as_tensor(sa[key]), torch.as_tensor(sb[key])), key
     assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
 
 
@@ -146,14 +148,20 @@ def test_grad_accumulation_matches_bigger_batch(tmp_path):
     common = ["model.kwargs.dropout=0.0", "train.epochs=1", "train.val_every=0", "optim.name=sgd",
               "schedule.name=constant", "data.augment=false"]
     res = []
-    for i, extra in enumerate((["train.batch_size=4"], ["train.batch_size=2", "train.accum_steps=2"])):
+    runs = (["train.batch_size=4", "optim.lr=1e-12"], ["train.batch_size=4"],
+            ["train.batch_size=2", "train.accum_steps=2"])
+    for i, extra in enumerate(runs):
         r = train(tiny_cfg(16, *common, *extra), run_dir=tmp_path / str(i), data=_data(ds, [], 16),
                   progress_bar=False, log=quiet)
-        res.append(read_checkpoint(r.run_dir / "latest.pt"))
+        res.append(read_checkpoint(r.run_dir / "latest.pt")["state_dict"]["head.weight"])
         assert r.iterations == 2
-    # BatchNorm statistics differ between 2 half batches and 1 full batch, so compare the head only loosely
-    a, b = res[0]["state_dict"]["head.weight"], res[1]["state_dict"]["head.weight"]
-    assert torch.allclose(a, b, atol=5e-3)
+    # res[0] is the start (lr 1e-12). Compare the updates: summed instead of averaged gradients, a dropped
+    # micro-batch or no step at all would each differ by about the whole update. (BatchNorm statistics of half
+    # batches differ slightly.)
+    w0, a, b = res
+    update = (a - w0).abs().max()
+    assert update > 0
+    assert (b - a).abs().max() < 0.05 * update
 
 
 def test_leak_checks():
