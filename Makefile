@@ -1,5 +1,5 @@
 # Two commands a fresh machine needs:  `make demo`  and  `make test`.
-# torch is pinned to the local CPU wheel first: a plain `pip install torch` would pull a 5.5 GB CUDA build.
+# torch is installed first, pinned: here that is the local CPU wheel; elsewhere set TORCH (see README).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

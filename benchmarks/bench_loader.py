@@ -123,6 +123,11 @@ def main() -> None:
             f"official code) {scipy_ms:.2f} ms; ours (the same cubic spline as two cached sparse matrices) "
             f"{ours_ms:.2f} ms.",
             "",
+            f"Against the target (250 slices/s per core): per CPU-second of the loading process, {cpu_cold:.0f} "
+            f"(cold) and {cpu_warm:.0f} (cached); in wall-clock terms per worker core, {cold / cores:.0f} and "
+            f"{warm / cores:.0f}, which include the workers' start-up and the main process's collation at this "
+            "small epoch size.",
+            "",
         ])
         out = REPO / "docs" / "bench" / "loader.md"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -202,7 +202,7 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, {args.threads} threads, medians of {args.repeats}; "
           f"throughput at batch {2 if args.tiny else 16}, train at batch 4")
-    print("| model (input, params) | phase | latency b1 ms | throughput img/s | train samples/s | peak RSS MB | "
+    print("| model (input, params) | phase | latency b1 ms | throughput img/s | train samples/s | peak RSS MiB | "
           "load 1m | note |")
     print("|" + "---|" * 8)
     results = []

@@ -113,6 +113,9 @@ def memory(args: argparse.Namespace) -> None:
                 print(proc.stdout[-2000:], proc.stderr[-2000:])
                 continue
             _, rc, secs, peak, base = line.split()
+            if rc != "0":
+                print(f"predict failed (exit code {rc}); no row:", proc.stderr[-2000:])
+                continue
             print(f"| {args.model} | {w}x{h}x{d} int16 | {' '.join(extra) or 'labels only'} | {float(secs):.0f} "
                   f"| {int(peak) / 1024:.0f} | {int(base) / 1024:.0f} |", flush=True)
 
