@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from smaformer.checkpoint import read_any_checkpoint, save_safetensors_pair
+from smaformer.checkpoint import save_safetensors_pair
 from smaformer.errors import InputError, SmaformerError
 
 TOLERANCE = 1e-3
@@ -225,5 +225,5 @@ def export_checkpoint(ckpt_path: str | Path, out: str | Path, fmt: str,
     if fmt == "torchscript":
         return export_torchscript(model, info, out)
     if fmt == "safetensors":
-        return export_safetensors(model, read_any_checkpoint(ckpt_path), out)
+        return export_safetensors(model, {**info, "state_dict": model.state_dict()}, out)  # no second read
     raise InputError(out, f"unknown export format {fmt!r}; use onnx, torchscript or safetensors")

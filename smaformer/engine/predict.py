@@ -206,9 +206,7 @@ def _write_case(out: Path, labels: np.ndarray, props: dict, classes: list[str]) 
         write_labels(out, labels[0], props, classes)
         return
     if props.get("affine") is None:  # a TIFF stack: no geometry to keep
-        import tifffile
-
-        tifffile.imwrite(str(out), labels.astype(np.uint8))
+        write_labels(out, labels, props, classes)
         return
     tmp = out.with_name(f".{out.name}.tmp.nii.gz" if out.name.endswith(".gz") else f".{out.name}.tmp.nii")
     try:
