@@ -76,7 +76,8 @@ class SegLoss(nn.Module):
         target = target.long()
         total = logits.new_zeros(())
         if self.w_ce or self.w_focal:
-            ce_map = F.cross_entropy(logits, target, weight=self.ce_weights, reduction="none")
+            nll = F.cross_entropy(logits, target, reduction="none")   # -log p_t, once for CE and focal
+            ce_map = nll if self.ce_weights is None else nll * self.ce_weights[target]
         if self.w_ce:
             if self.ohem_ratio is not None and self.ohem_ratio < 1:
                 flat = ce_map.flatten()
@@ -90,7 +91,7 @@ class SegLoss(nn.Module):
         if self.w_dice:
             total = total + self.w_dice * self.dice(logits, target)
         if self.w_focal:
-            pt = torch.exp(-F.cross_entropy(logits, target, reduction="none"))
+            pt = torch.exp(-nll)
             total = total + self.w_focal * ((1 - pt) ** self.gamma * ce_map).mean()
         return total
 

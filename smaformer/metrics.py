@@ -140,14 +140,6 @@ def assd(pred: np.ndarray, ref: np.ndarray, spacing: float | Sequence[float] | N
     return empty if empty is not None else _assd(*surface_distances(p, r, spacing, connectivity))
 
 
-def legacy_metric(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    """TransUNet/Swin-Unet ``calculate_metric_percase``: (dice, hd95 in voxels) with their empty-mask rule."""
-    p, r = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
-    if p.any() and r.any():
-        return dice(p, r), _hd95(*surface_distances(p, r, None))
-    return (1.0, 0.0) if p.any() else (0.0, 0.0)
-
-
 def slice_dice(pred: np.ndarray, ref: np.ndarray) -> float:
     """Slice-level Dice of two binary (D,H,W) masks with SMAFormer's smoothing rule (see SLICE_DICE_RULE)."""
     p, r = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)

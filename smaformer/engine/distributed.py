@@ -76,8 +76,3 @@ def broadcast_flag(flag: bool, d: Dist) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=_comm_device(d))
     dist.broadcast(t, src=0)
     return bool(t.item())
-
-
-def barrier(d: Dist) -> None:
-    if d.enabled:
-        dist.barrier()

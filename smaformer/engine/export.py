@@ -63,7 +63,7 @@ def export_metadata(info: dict, dims: dict[str, str] | None = None) -> dict:
             "preprocessing": info["preprocessing"], "input_dims": dims or {}}
 
 
-def _example(info: dict, model: nn.Module, batch: int = 2) -> torch.Tensor:
+def _example(info: dict, batch: int = 2) -> torch.Tensor:
     pre = info["preprocessing"]
     h, w = pre["img_size"]
     return torch.rand(batch, int(pre["in_chans"]), int(h), int(w), generator=torch.Generator().manual_seed(0))
@@ -158,7 +158,7 @@ def export_onnx(model: nn.Module, info: dict, path: str | Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = getattr(model, "export_flags", {})
     dynamic_hw = bool(flags.get("dynamic_hw", False))
-    x = _example(info, model)
+    x = _example(info)
     errors = []
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     for dynamo in (e == "dynamo" for e in exporters):
@@ -182,7 +182,7 @@ def export_torchscript(model: nn.Module, info: dict, path: str | Path) -> Export
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dynamic_hw = bool(getattr(model, "export_flags", {}).get("dynamic_hw", False))
-    x = _example(info, model)
+    x = _example(info)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -203,7 +203,7 @@ def export_safetensors(model: nn.Module, ckpt: dict, path: str | Path) -> Export
     weights, side = save_safetensors_pair(ckpt, path)
     result = ExportResult(weights, "safetensors", f"sidecar {side.name}")
     reloaded, info = load_checkpoint(weights)
-    x = _example(info, model)
+    x = _example(info)
     d = _diff(lambda t: reloaded(t).detach().numpy(), model, x)
     result.checks["x".join(str(s) for s in x.shape)] = d
     if not d <= TOLERANCE:

@@ -77,7 +77,7 @@ class SeededItems(Dataset):
             torch.set_rng_state(saved[2])
 
 
-def capture_rng(cuda: bool = True) -> dict:
+def capture_rng() -> dict:
     """Python, NumPy, torch (and CUDA) RNG states as checkpoint-safe values."""
     version, state, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -86,7 +86,7 @@ def capture_rng(cuda: bool = True) -> dict:
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
     }
-    if cuda and torch.cuda.is_available():
+    if torch.cuda.is_available():
         out["cuda"] = torch.cuda.get_rng_state_all()
     return out
 

@@ -19,8 +19,6 @@ from smaformer.errors import InputError
 # DESIGN.md order (paper tables, SMAFormer's test script)
 SYNAPSE_CLASSES = ["background", "aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas",
                    "spleen", "stomach"]
-SYNAPSE_TRAIN_CASES = [5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40]
-SYNAPSE_TEST_CASES = [1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38]
 
 
 @register_layout

@@ -115,7 +115,7 @@ class SynergisticMultiAttention(nn.Module):
 class EnhancedMLP(nn.Module):
     """E-MLP on channels-last tokens: fc1 -> GELU -> depthwise 3x3 -> pointwise 1x1 -> GELU -> fc2."""
 
-    def __init__(self, dim: int, mlp_ratio: float = 4.0, drop: float = 0.0):
+    def __init__(self, dim: int, mlp_ratio: float = 4.0):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.fc1 = nn.Linear(dim, hidden)
@@ -123,12 +123,11 @@ class EnhancedMLP(nn.Module):
         self.pwconv = nn.Conv2d(hidden, hidden, 1)
         self.fc2 = nn.Linear(hidden, dim)
         self.act = nn.GELU()
-        self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.fc1(x)).permute(0, 3, 1, 2)
         x = self.act(self.pwconv(self.dwconv(x))).permute(0, 2, 3, 1)
-        return self.drop(self.fc2(self.drop(x)))
+        return self.fc2(x)
 
 
 _LAPLACIAN = ((-1.0, -1.0, -1.0), (-1.0, 8.0, -1.0), (-1.0, -1.0, -1.0))
