@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from smaformer.models.layers.swin import pixel_shuffle_tokens
+
 
 def reduced_dim(dim: int, reduction: int = 16, minimum: int = 8) -> int:
     """Hidden width of the channel-attention MLP: ``max(dim // reduction, minimum)`` as in the official code."""
@@ -158,14 +160,6 @@ class EdgeHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out_conv(self.refine(torch.cat([x, self.edge_conv(x)], dim=1)))
-
-
-def pixel_shuffle_tokens(x: torch.Tensor, scale: int) -> torch.Tensor:
-    """(B, H, W, s*s*C) -> (B, s*H, s*W, C) with the official ``(p1 p2 c)`` channel order."""
-    b, h, w, c = x.shape
-    c //= scale * scale
-    x = x.reshape(b, h, w, scale, scale, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h * scale, w * scale, c)
 
 
 class FinalExpand(nn.Module):

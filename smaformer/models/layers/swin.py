@@ -97,13 +97,10 @@ class WindowAttention(nn.Module):
 
     def relative_bias(self, window: int) -> torch.Tensor:
         """(heads, N, N) bias for a window of side ``window`` (<= the table's window: a centred sub-range)."""
-        if window == self.window_size:
-            index = self.relative_position_index
-        else:  # smaller effective window (map smaller than the window): index the same table by offset
-            rel = relative_position_index(window).to(self.relative_position_index.device)
-            dh, dw = rel // (2 * window - 1), rel % (2 * window - 1)
-            shift = self.window_size - window
-            index = (dh + shift) * (2 * self.window_size - 1) + (dw + shift)
+        index = self.relative_position_index
+        if window != self.window_size:  # map smaller than the window: the same offsets, from the top-left block
+            full = self.window_size
+            index = index.view(full, full, full, full)[:window, :window, :window, :window]
         n = window * window
         return self.relative_position_bias_table[index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
 
@@ -236,8 +233,8 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x))
 
 
-def _pixel_shuffle_last(x: torch.Tensor, p: int) -> torch.Tensor:
-    """(B, H, W, p*p*c) with channels ordered (p1 p2 c) -> (B, pH, pW, c)."""
+def pixel_shuffle_tokens(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, H, W, p*p*c) with channels ordered (p1 p2 c), as the official einops rearranges -> (B, pH, pW, c)."""
     b, h, w, c = x.shape
     c //= p * p
     return x.reshape(b, h, w, p, p, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h * p, w * p, c)
@@ -254,7 +251,7 @@ class PatchExpand(nn.Module):
         self.norm = nn.LayerNorm(dim // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(_pixel_shuffle_last(self.expand(x), 2))
+        return self.norm(pixel_shuffle_tokens(self.expand(x), 2))
 
 
 class FinalPatchExpandX4(nn.Module):
@@ -266,7 +263,7 @@ class FinalPatchExpandX4(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(_pixel_shuffle_last(self.expand(x), 4))
+        return self.norm(pixel_shuffle_tokens(self.expand(x), 4))
 
 
 class SwinStage(nn.Module):
