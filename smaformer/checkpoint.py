@@ -62,7 +62,7 @@ def build_checkpoint(model: nn.Module, classes: list[str], preprocessing: dict, 
     }
 
 
-def _atomic_write(path: Path, write) -> Path:
+def atomic_write(path: Path, write) -> Path:
     """Call ``write(binary_file)`` on a temp file next to ``path``, then move it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -80,7 +80,7 @@ def _atomic_write(path: Path, write) -> Path:
 
 def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
     """Write ``ckpt`` atomically: a temp file in the same folder, then ``os.replace``."""
-    return _atomic_write(Path(path), lambda f: torch.save(ckpt, f))
+    return atomic_write(Path(path), lambda f: torch.save(ckpt, f))
 
 
 def sidecar_path(weights_path: str | Path) -> Path:
@@ -100,12 +100,12 @@ def save_safetensors_pair(ckpt: dict, path: str | Path) -> tuple[Path, Path]:
     # safetensors refuses tensors that share storage; a contiguous copy of each makes every model storable
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in ckpt["state_dict"].items()}
     blob = st_save(tensors, metadata={"format": SIDECAR_FORMAT})
-    _atomic_write(path, lambda f: f.write(blob))
+    atomic_write(path, lambda f: f.write(blob))
     meta = {"format": SIDECAR_FORMAT, "version": VERSION, "weights": path.name,
             "weights_sha256": hashlib.sha256(blob).hexdigest()}
     meta.update({k: ckpt.get(k, {}) for k in _SIDECAR_KEYS})
     text = json.dumps(meta, indent=2, default=str).encode()
-    side = _atomic_write(sidecar_path(path), lambda f: f.write(text))
+    side = atomic_write(sidecar_path(path), lambda f: f.write(text))
     return path, side
 
 

@@ -8,17 +8,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+from smaformer.checkpoint import atomic_write
 
 
 def write_csv(history: list[dict], path: Path, classes: list[str]) -> None:
@@ -30,7 +25,7 @@ def write_csv(history: list[dict], path: Path, classes: list[str]) -> None:
     w.writeheader()
     for row in history:
         w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
-    _atomic_write(path, buf.getvalue().encode())
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
 
 
 def plot_curves(history: list[dict], path: Path, classes: list[str]) -> None:
@@ -58,7 +53,7 @@ def plot_curves(history: list[dict], path: Path, classes: list[str]) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
 class TensorBoard:
