@@ -151,3 +151,30 @@ class PairedReader(Reader):
                 "spacing": props["spacing"], "affine": props.get("affine"), "props": props,
                 "is_volume": props["is_volume"], "warnings": warnings, **self._meta_extra(case)}
         return self._finish(Sample(image, label, meta), lab_path or img_path)
+
+
+def match_by_stem(images, masks, strip=("_mask", "_seg", "_label", "_gt"), key=None):
+    """Pair image and mask files by ``key`` (default: the stem; a mask may carry one of the ``strip`` suffixes).
+    Returns ``{case: (image or None, mask or None)}``."""
+    key = key or stem
+    by_key = {}
+    for m in masks:
+        k = key(m)
+        for suf in strip:
+            if k.endswith(suf) and len(k) > len(suf):
+                k = k[: -len(suf)]
+                break
+        by_key[k] = m
+    found = {key(p): (p, by_key.pop(key(p), None)) for p in images}
+    found.update({c: (None, m) for c, m in by_key.items()})
+    return found
+
+
+def split_dir(reader: PairedReader, marker: str):
+    """``root`` when it holds ``marker`` (and the default split is asked for), else ``root/<split>``."""
+    if (reader.root / marker).is_dir() and reader.split == reader.splits[0]:
+        return reader.root
+    base = reader.root / reader.split
+    if not (base / marker).is_dir():
+        raise InputError(base / marker, f"folder for split {reader.split!r} not found")
+    return base

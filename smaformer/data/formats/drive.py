@@ -6,9 +6,14 @@ from __future__ import annotations
 import numpy as np
 
 from smaformer.data.formats import register_layout
-from smaformer.data.formats.base import PairedReader, list_files
+from smaformer.data.formats.base import PairedReader, list_files, match_by_stem
 from smaformer.data.io import read_image
 from smaformer.errors import InputError
+
+
+def _number(path) -> str:
+    """The case number DRIVE file names start with (``21_training.tif``, ``21_manual1.gif``)."""
+    return path.name.split("_")[0]
 
 
 @register_layout
@@ -24,13 +29,9 @@ class DriveReader(PairedReader):
 
     def _find_pairs(self):
         base = self.root / self.FOLDER[self.split]
-        manual = {p.name.split("_")[0]: p for p in list_files(base / "1st_manual", (".gif", ".png", ".tif"))}
-        found = {}
-        for p in list_files(base / "images", (".tif", ".tiff", ".png")):
-            case = p.name.split("_")[0]
-            found[case] = (p, manual.pop(case, None))
-        found.update({c: (None, m) for c, m in manual.items()})
-        return found
+        self._fov = {_number(p): p for p in list_files(base / "mask", (".gif", ".png", ".tif"))}
+        return match_by_stem(list_files(base / "images", (".tif", ".tiff", ".png")),
+                             list_files(base / "1st_manual", (".gif", ".png", ".tif")), strip=(), key=_number)
 
     def _map_label(self, label, path):
         if not set(np.unique(label).tolist()) <= {0.0, 255.0}:
@@ -38,6 +39,6 @@ class DriveReader(PairedReader):
         return (label > 127).astype(np.int64)
 
     def _meta_extra(self, case: str) -> dict:
-        masks = list_files(self.root / self.FOLDER[self.split] / "mask", (".gif", ".png", ".tif"))
-        fov = next((p for p in masks if p.name.split("_")[0] == case), None)
+        self.pairs()  # lists the folders once, the FOV masks included
+        fov = self._fov.get(case)
         return {"fov": None if fov is None else read_image(fov)[0][0] > 127, "fov_path": str(fov) if fov else None}

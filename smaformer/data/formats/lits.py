@@ -15,7 +15,7 @@ import re
 import numpy as np
 
 from smaformer.data.formats import register_layout
-from smaformer.data.formats.base import PairedReader, list_files, stem
+from smaformer.data.formats.base import PairedReader, list_files, match_by_stem
 from smaformer.errors import InputError
 
 LITS_CLASSES = ["background", "liver", "tumor"]
@@ -53,11 +53,8 @@ class LiTSPngReader(PairedReader):
         return (root / "trainImage_lits2017_png").is_dir() or (root / "testImage_lits2017_png").is_dir()
 
     def _find_pairs(self):
-        images = list_files(self.root / f"{self.split}Image_lits2017_png", (".png",))
-        masks = {stem(p): p for p in list_files(self.root / f"{self.split}Mask_lits2017_png", (".png",))}
-        found = {stem(p): (p, masks.pop(stem(p), None)) for p in images}
-        found.update({c: (None, m) for c, m in masks.items()})
-        return found
+        return match_by_stem(list_files(self.root / f"{self.split}Image_lits2017_png", (".png",)),
+                             list_files(self.root / f"{self.split}Mask_lits2017_png", (".png",)), strip=())
 
     def _map_label(self, label, path):
         values = np.unique(label)

@@ -6,34 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from smaformer.data.formats import register_layout
-from smaformer.data.formats.base import PairedReader, list_files, stem
+from smaformer.data.formats.base import PairedReader, list_files, match_by_stem, split_dir
 from smaformer.data.io import IMAGE_SUFFIXES
-from smaformer.errors import InputError
-
-
-def split_dir(reader: PairedReader, marker: str):
-    """``root`` when it holds ``marker`` (and the default split is asked for), else ``root/<split>``."""
-    if (reader.root / marker).is_dir() and reader.split == reader.splits[0]:
-        return reader.root
-    base = reader.root / reader.split
-    if not (base / marker).is_dir():
-        raise InputError(base / marker, f"folder for split {reader.split!r} not found")
-    return base
-
-
-def match_by_stem(images, masks, strip=("_mask", "_seg", "_label", "_gt")):
-    """Pair image and mask files by stem (a mask may carry one of the ``strip`` suffixes)."""
-    by_stem = {}
-    for m in masks:
-        s = stem(m)
-        for suf in strip:
-            if s.endswith(suf) and len(s) > len(suf):
-                s = s[: -len(suf)]
-                break
-        by_stem[s] = m
-    found = {stem(p): (p, by_stem.pop(stem(p), None)) for p in images}
-    found.update({c: (None, m) for c, m in by_stem.items()})
-    return found
 
 
 @register_layout
