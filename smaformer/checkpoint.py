@@ -3,7 +3,7 @@
 One file holds the model name and kwargs, the class names, the preprocessing, the resolved config and,
 for training checkpoints, the training state. Only plain containers, numbers, strings and tensors are
 stored, so every file loads with ``torch.load(weights_only=True)``; files that need pickle code are
-refused. Writes go to a temp file and are moved into place with ``os.replace``.
+refused. Writes go through ``io_utils.atomic_write``.
 
 A weights-only alternative is the safetensors pair: ``model.safetensors`` (tensors, no code at all) plus a
 ``model.json`` sidecar with the model name and kwargs, classes, preprocessing and the weights' SHA-256
@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from smaformer.errors import CheckpointError
+from smaformer.io_utils import atomic_write, check_readable, write_bytes
 
 FORMAT = "smaformer-checkpoint"
 VERSION = 1
@@ -62,22 +61,6 @@ def build_checkpoint(model: nn.Module, classes: list[str], preprocessing: dict, 
     }
 
 
-def atomic_write(path: Path, write) -> Path:
-    """Call ``write(binary_file)`` on a temp file next to ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
     """Write ``ckpt`` atomically: a temp file in the same folder, then ``os.replace``."""
     return atomic_write(Path(path), lambda f: torch.save(ckpt, f))
@@ -100,12 +83,12 @@ def save_safetensors_pair(ckpt: dict, path: str | Path) -> tuple[Path, Path]:
     # safetensors refuses tensors that share storage; a contiguous copy of each makes every model storable
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in ckpt["state_dict"].items()}
     blob = st_save(tensors, metadata={"format": SIDECAR_FORMAT})
-    atomic_write(path, lambda f: f.write(blob))
+    write_bytes(path, blob)
     meta = {"format": SIDECAR_FORMAT, "version": VERSION, "weights": path.name,
             "weights_sha256": hashlib.sha256(blob).hexdigest()}
     meta.update({k: ckpt.get(k, {}) for k in _SIDECAR_KEYS})
     text = json.dumps(meta, indent=2, default=str).encode()
-    side = atomic_write(sidecar_path(path), lambda f: f.write(text))
+    side = write_bytes(sidecar_path(path), text)
     return path, side
 
 
@@ -157,11 +140,7 @@ def _unpickling_reason(e: Exception) -> str:
 
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint dict with ``weights_only=True``; refuse anything that needs pickle code."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, "checkpoint file not found")
-    if path.stat().st_size == 0:
-        raise CheckpointError(path, "checkpoint file is empty (0 bytes)")
+    path = check_readable(path, "checkpoint file", CheckpointError)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from smaformer.errors import InputError
+from smaformer.io_utils import write_text
 
 PRESET_DIRS = (Path(__file__).resolve().parents[1] / "configs", Path.cwd() / "configs")
 
@@ -199,7 +200,4 @@ def effective_lr(cfg: dict) -> float:
 
 def dump_config(cfg: dict, path: str | Path) -> Path:
     """Write the resolved config as YAML."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    return path
+    return write_text(path, yaml.safe_dump(cfg, sort_keys=False))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from smaformer.io_utils import atomic_path, write_text
+
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
            "#fabed4", "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000"]
 
@@ -66,9 +68,8 @@ def overlay_png(image: np.ndarray, ref: np.ndarray, pred: np.ndarray, classes: d
     ax.axis("off")
     fig.patch.set_facecolor("black")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, facecolor="black")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, facecolor="black", format="png")
     plt.close(fig)
     return path
 
@@ -155,9 +156,7 @@ def write_html(result: dict, overlays: dict[str, list[Path]], path: str | Path) 
         if overlays.get(name):
             out.append("<div class='ov'>" + "".join(_img_tag(p) for p in overlays[name]) + "</div>")
     out.append("</body></html>")
-    path = Path(path)
-    path.write_text("\n".join(out), encoding="utf-8")
-    return path
+    return write_text(path, "\n".join(out))
 
 
 def _sort_key(v) -> float:

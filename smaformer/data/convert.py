@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from smaformer.data.preprocess import normalize_intensity
 from smaformer.data.sample import Reader
 from smaformer.data.transforms import parse_window
 from smaformer.errors import InputError
+from smaformer.io_utils import atomic_path, write_text
 
 log = logging.getLogger(__name__)
 
@@ -105,19 +105,16 @@ def split_cases(cases: list[str], test: list[str] | None, test_fraction: float, 
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
 
 
 def _save_h5(path: Path, **arrays) -> None:
     import h5py
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for k, v in arrays.items():
             f.create_dataset(k, data=v, compression="gzip" if v.ndim > 1 else None)
-    os.replace(tmp, path)
 
 
 def convert_to_synapse(source: str | Path | Reader, out_dir: str | Path, *, window: str = "synapse",
@@ -178,9 +175,9 @@ def convert_to_synapse(source: str | Path | Reader, out_dir: str | Path, *, wind
         record["cases"][name] = {"source_case": case, "source_path": sample.meta.get("path"), "split": split,
                                  "shape": list(image.shape), "spacing": spacing.tolist()}
         log.info("%s -> %s (%s, %d slices)", case, name, split, image.shape[0])
-    (out / "lists_Synapse" / "train.txt").write_text("".join(f"{s}\n" for s in train_list), encoding="utf-8")
-    (out / "lists_Synapse" / "test_vol.txt").write_text("".join(f"{s}\n" for s in test_list), encoding="utf-8")
-    (out / "convert.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+    write_text(out / "lists_Synapse" / "train.txt", "".join(f"{s}\n" for s in train_list))
+    write_text(out / "lists_Synapse" / "test_vol.txt", "".join(f"{s}\n" for s in test_list))
+    write_text(out / "convert.json", json.dumps(record, indent=1))
     return record
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from smaformer.errors import InputError
+from smaformer.io_utils import atomic_path, check_readable
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,9 @@ def is_nifti(path: str | Path) -> bool:
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise InputError(path, "file not found")
-    if path.is_file() and path.stat().st_size == 0:
-        raise InputError(path, "empty file (0 bytes)")
+    """A non-empty file, or a folder (a DICOM series)."""
+    if not path.is_dir():
+        check_readable(path)
 
 
 def _load_nifti(path: Path):
@@ -265,12 +266,14 @@ def read_label_names(path: str | Path) -> list[str] | None:
     return None
 
 
-def write_labels(path: str | Path, labels: np.ndarray, props: dict, classes: list[str] | None = None) -> Path:
+def write_labels(path: str | Path, labels: np.ndarray, props: dict, classes: list[str] | None = None,
+                 check: Callable[[Path], None] | None = None) -> Path:
     """Write a label map with the geometry ``read_image`` recorded; returns the written path.
 
     Volumes go to NIfTI (the input's shape, affine and header for NIfTI input; the equivalent RAS affine
     for DICOM), dtype uint8, intent "label", class names in the description and in a JSON header
-    extension. 2D labels go to PNG (or TIFF) as raw class ids.
+    extension. 2D labels go to PNG (or TIFF) as raw class ids. Every write is atomic; ``check(temp_path)``,
+    when given, vets a written NIfTI before it replaces ``path`` (raise to keep the old file).
     """
     path = Path(path)
     labels = np.asarray(labels)
@@ -286,7 +289,8 @@ def write_labels(path: str | Path, labels: np.ndarray, props: dict, classes: lis
             raise InputError(path, "labels of a TIFF stack are written as a TIFF stack; name the output .tif")
         import tifffile
 
-        tifffile.imwrite(str(path), labels.astype(np.uint8))
+        with atomic_path(path) as tmp:
+            tifffile.imwrite(str(tmp), labels.astype(np.uint8))
         return path
     if not is_nifti(path):
         raise InputError(path, "volume labels are written as NIfTI; name the output .nii.gz")
@@ -317,7 +321,10 @@ def write_labels(path: str | Path, labels: np.ndarray, props: dict, classes: lis
             + [nib.nifti1.Nifti1Extension(COMMENT_ECODE, label_names_json(classes).encode())])
     if not np.allclose(img.affine, props["affine"], atol=1e-4):
         raise InputError(path, "the written affine would differ from the input's; refusing to write")
-    nib.save(img, str(path))
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+        if check is not None:
+            check(tmp)
     return path
 
 
@@ -328,11 +335,13 @@ def _write_2d(path: Path, labels: np.ndarray, props: dict) -> Path:
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
-        tifffile.imwrite(str(path), labels.astype(np.uint8))
+        with atomic_path(path) as tmp:
+            tifffile.imwrite(str(tmp), labels.astype(np.uint8))
     elif path.suffix.lower() in (".png", ".bmp", ".gif"):
         from PIL import Image
 
-        Image.fromarray(labels.astype(np.uint8), mode="L").save(path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(labels.astype(np.uint8), mode="L").save(tmp)
     else:
         raise InputError(path, "2D labels are written as PNG or TIFF (JPEG would corrupt class ids)")
     return path

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from smaformer.io_utils import write_text
+
 
 @dataclass
 class ModuleRecord:
@@ -181,8 +183,4 @@ def write_arch_page(model: nn.Module, input_shape: tuple[int, ...], path: str | 
         records, out_shape = trace_modules(model, torch.zeros(input_shape, device=device))
     finally:
         model.train(was_training)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_page(records, input_shape, out_shape, title or type(model).__name__, flops),
-                    encoding="utf-8")
-    return path
+    return write_text(path, render_page(records, input_shape, out_shape, title or type(model).__name__, flops))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import hashlib
+import io
 import json
 import logging
 import math
@@ -23,6 +23,8 @@ import torch
 
 from smaformer import metrics as M
 from smaformer.engine.inference import infer_volume, postprocess_labels
+from smaformer.io_utils import atomic_path, file_sha256, write_text
+from smaformer.runtime import resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +33,6 @@ STANDARD_RULE = ("both masks empty -> NaN, left out of means (nanmean); exactly 
                  "HD95/ASSD = the volume diagonal; cases counted as pred_only / ref_only / both_empty")
 LEGACY_RULE = ("TransUNet/Swin-Unet calculate_metric_percase: both non-empty -> medpy dc and hd95 in voxels "
                "(no spacing); prediction non-empty and reference empty -> (1, 0); otherwise (0, 0)")
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _nan_to_none(obj: Any) -> Any:
@@ -101,9 +94,8 @@ def _save_prediction(path: Path, pred: np.ndarray, meta: dict, classes: list[str
 
     spacing = tuple(meta.get("spacing") or (1.0,) * pred.ndim)
     affine = np.diag([*map(float, reversed(spacing)), 1.0])  # array axes are the file's axes reversed
-    img = nib.Nifti1Image(pred.astype(np.uint8).T, affine)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
+    with atomic_path(path) as tmp:
+        nib.save(nib.Nifti1Image(pred.astype(np.uint8).T, affine), str(tmp))
     return path
 
 
@@ -121,7 +113,8 @@ def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: s
     from smaformer.data import open_dataset
     from smaformer.report import overlay_png, select_slices, write_html
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
+    precision = resolve_precision(precision, device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, info = load_checkpoint(checkpoint, device=device)
@@ -191,7 +184,7 @@ def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: s
         "foreground_mean": fg,
     }
     result = _nan_to_none(result)
-    (out / "metrics.json").write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
+    write_text(out / "metrics.json", json.dumps(result, indent=1, default=str))
     write_summary_csv(result, out / "summary.csv")
     write_html(result, overlay_paths, out / "report.html")
     return result
@@ -211,15 +204,15 @@ def write_summary_csv(result: dict, path: str | Path) -> Path:
         r.update({f: m.get(f, m.get("counts", {}).get(f)) for f in ("tp", "fp", "fn", "n_pred", "n_ref", "empty")})
         return r
 
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        for c in result["metric_per_case"]:
-            for k, m in c["metrics"].items():
-                w.writerow(row(c["case"], k, m))
-        for k, m in result["mean"].items():
-            w.writerow(row("mean", k, m))
-    return Path(path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for c in result["metric_per_case"]:
+        for k, m in c["metrics"].items():
+            w.writerow(row(c["case"], k, m))
+    for k, m in result["mean"].items():
+        w.writerow(row("mean", k, m))
+    return write_text(path, buf.getvalue())
 
 
 def validate_volumes(model: torch.nn.Module, volumes: Iterable, preprocessing: dict, num_classes: int, *,

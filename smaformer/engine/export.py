@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from smaformer.checkpoint import save_safetensors_pair
 from smaformer.errors import InputError, SmaformerError
+from smaformer.io_utils import atomic_path
 
 TOLERANCE = 1e-3
 META_KEY = "smaformer"
@@ -155,32 +156,31 @@ def export_onnx(model: nn.Module, info: dict, path: str | Path,
     ("dynamo") first and the TorchScript-based one if that fails; the first that passes the parity check
     wins. ``exporters`` narrows the choice (the TorchScript-based one is faster but deprecated upstream)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     flags = getattr(model, "export_flags", {})
     dynamic_hw = bool(flags.get("dynamic_hw", False))
     x = _example(info)
     errors = []
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    for dynamo in (e == "dynamo" for e in exporters):
-        label = "torch.export (dynamo) exporter" if dynamo else "TorchScript-based exporter"
-        result = ExportResult(path, "onnx", label)
-        try:
-            _torch_onnx_export(model, x, path, dynamo, dynamic_hw)
-            _verify(result, _onnx_run(path), model, x, dynamic_hw)
-        except Exception as e:  # noqa: BLE001 - try the next exporter, report all failures at the end
-            errors.append(f"{label}: {type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e) else ''}")
-            continue
-        result.notes += [f"fell back after {m}" for m in errors]
-        _finish_onnx(path, export_metadata(info, result.dims), result.dims)
-        return result
-    path.unlink(missing_ok=True)
-    raise ExportError(f"{path}: ONNX export failed; " + " | ".join(errors))
+    with atomic_path(path) as tmp:   # nothing replaces ``path`` unless an exporter passes the parity check
+        for dynamo in (e == "dynamo" for e in exporters):
+            label = "torch.export (dynamo) exporter" if dynamo else "TorchScript-based exporter"
+            result = ExportResult(path, "onnx", label)
+            try:
+                _torch_onnx_export(model, x, tmp, dynamo, dynamic_hw)
+                _verify(result, _onnx_run(tmp), model, x, dynamic_hw)
+            except Exception as e:  # noqa: BLE001 - try the next exporter, report all failures at the end
+                errors.append(f"{label}: {type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[-1][:300] if str(e) else ''}")
+                continue
+            result.notes += [f"fell back after {m}" for m in errors]
+            _finish_onnx(tmp, export_metadata(info, result.dims), result.dims)
+            return result
+        raise ExportError(f"{path}: ONNX export failed; " + " | ".join(errors))
 
 
 def export_torchscript(model: nn.Module, info: dict, path: str | Path) -> ExportResult:
     """TorchScript by tracing (control flow on shapes is frozen at the example, so sizes are verified)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     dynamic_hw = bool(getattr(model, "export_flags", {}).get("dynamic_hw", False))
     x = _example(info)
     with warnings.catch_warnings():
@@ -192,7 +192,8 @@ def export_torchscript(model: nn.Module, info: dict, path: str | Path) -> Export
     result = ExportResult(path, "torchscript", "torch.jit.trace")
     _verify(result, lambda t: traced(t).detach().numpy(), model, x, dynamic_hw)
     meta = export_metadata(info, result.dims)
-    torch.jit.save(traced, str(path), _extra_files={f"{META_KEY}.json": json.dumps(meta, default=str)})
+    with atomic_path(path) as tmp:
+        torch.jit.save(traced, str(tmp), _extra_files={f"{META_KEY}.json": json.dumps(meta, default=str)})
     return result
 
 

@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from smaformer.data.preprocess import make_channels, normalize_intensity
-
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+from smaformer.runtime import PRECISIONS, autocast
 
 
 def _normalize(volume: np.ndarray, spec: dict) -> np.ndarray:
@@ -94,8 +93,6 @@ def infer_volume(model: Callable[[torch.Tensor], torch.Tensor], volume: np.ndarr
         raise ValueError(f"volume is empty: shape {tuple(np.shape(volume))}")
     if isinstance(model, nn.Module):
         model.to(device)
-    dtype = PRECISIONS[precision]
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
 
     labels = np.empty((depth, *hw), dtype=np.uint8)
     probs = None
@@ -113,7 +110,7 @@ def infer_volume(model: Callable[[torch.Tensor], torch.Tensor], volume: np.ndarr
                 if hw != size:
                     x = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
             x = make_channels(x, mode, in_chans)
-            with autocast:
+            with autocast(precision, device):
                 logits = model(x)
             logits = torch.as_tensor(logits).to(device).float()
             if logits.ndim != 4 or logits.shape[0] != x.shape[0]:

@@ -10,7 +10,6 @@ does the same check) and only then moved into place. A failing case is reported 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ import torch
 from smaformer.data.io import IMAGE_SUFFIXES, is_nifti, read_image, write_labels
 from smaformer.engine.inference import infer_volume
 from smaformer.errors import InputError
+from smaformer.io_utils import atomic_path
+from smaformer.runtime import resolve_device, resolve_precision
 
 ENGINES = ("auto", "torch", "onnxruntime", "openvino")
 SLAB = 64  # slices normalised at a time when the intensity spec is per-voxel or per-slice (memory bound)
@@ -41,19 +42,6 @@ class CaseResult:
 
 
 # ---------------------------------------------------------------------------------------------- engines
-def resolve_device(device: str) -> str:
-    """``auto`` -> cuda, then mps, then cpu; an explicit device that is absent is an error."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, "--device cuda: no CUDA device is available (use --device cpu or auto)")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise InputError(None, "--device mps: MPS is not available on this machine (use --device cpu or auto)")
-    return device
-
-
 def read_onnx_metadata(path: Path) -> dict:
     """The ``smaformer`` metadata block of an exported ONNX file (or a ``.json`` sidecar next to it)."""
     import onnx
@@ -120,7 +108,7 @@ def openvino_runner(path: Path, device: str = "cpu") -> tuple[Callable, dict]:
     return _FixedBatch(lambda a: compiled(a)[out], _static_batch(meta.get("input_dims", {}))), meta
 
 
-def load_predictor(path: str | Path, engine: str = "auto", device: str = "cpu") -> tuple[Callable, dict]:
+def load_predictor(path: str | Path, engine: str = "auto", device: str | torch.device = "cpu") -> tuple[Callable, dict]:
     """``(model_or_runner, info)`` for a checkpoint (.pt, .safetensors pair) or an exported .onnx file."""
     from smaformer.checkpoint import load_checkpoint
 
@@ -137,7 +125,7 @@ def load_predictor(path: str | Path, engine: str = "auto", device: str = "cpu") 
         raise InputError(path, f"--engine {engine} needs an .onnx file (smaformer export --format onnx)")
     if not path.is_file():
         raise InputError(path, "file not found")
-    return (onnxruntime_runner if engine == "onnxruntime" else openvino_runner)(path, device)
+    return (onnxruntime_runner if engine == "onnxruntime" else openvino_runner)(path, torch.device(device).type)
 
 
 # ------------------------------------------------------------------------------------------ input/output
@@ -201,20 +189,10 @@ def check_geometry(written: Path, props: dict) -> None:
 
 
 def _write_case(out: Path, labels: np.ndarray, props: dict, classes: list[str]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
     if not props.get("is_volume", True):
         write_labels(out, labels[0], props, classes)
-        return
-    if props.get("affine") is None:  # a TIFF stack: no geometry to keep
-        write_labels(out, labels, props, classes)
-        return
-    tmp = out.with_name(f".{out.name}.tmp.nii.gz" if out.name.endswith(".gz") else f".{out.name}.tmp.nii")
-    try:
-        write_labels(tmp, labels, props, classes)
-        check_geometry(tmp, props)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    else:  # a NIfTI is re-read and vetted before it replaces anything; a TIFF stack has no geometry to keep
+        write_labels(out, labels, props, classes, check=lambda tmp: check_geometry(tmp, props))
 
 
 def _as_volume(image: np.ndarray, props: dict, in_chans: int) -> np.ndarray:
@@ -275,8 +253,8 @@ def predict_case(model: Callable, info: dict, case: Path, output: Path, *, singl
     _write_case(out, labels, props, list(info.get("classes") or []))
     if probs is not None:
         stem = out.name[: -len(".nii.gz")] if out.name.endswith(".nii.gz") else out.stem
-        np.savez_compressed(out.with_name(stem + "_probabilities.npz"), probabilities=probs,
-                            classes=np.array(info.get("classes") or []))
+        with atomic_path(out.with_name(stem + "_probabilities.npz")) as tmp:
+            np.savez_compressed(tmp, probabilities=probs, classes=np.array(info.get("classes") or []))
     return out, int(vol.shape[0])
 
 
@@ -285,6 +263,7 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path, *, engi
             progress: bool = True, log: Callable[[str], None] = print) -> list[CaseResult]:
     """Segment every case of ``inp`` into ``output``; failing cases are reported and skipped."""
     device = resolve_device(device)
+    precision = resolve_precision(precision, device)
     model, info = load_predictor(checkpoint, engine, device)
     if not isinstance(model, torch.nn.Module) and precision != "fp32":
         raise InputError(checkpoint, f"--precision {precision} runs with --engine torch; exported files run fp32")

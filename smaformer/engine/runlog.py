@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from smaformer.checkpoint import atomic_write
+from smaformer.io_utils import write_bytes, write_text
 
 
 def write_csv(history: list[dict], path: Path, classes: list[str]) -> None:
@@ -25,7 +25,7 @@ def write_csv(history: list[dict], path: Path, classes: list[str]) -> None:
     w.writeheader()
     for row in history:
         w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
-    atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
+    write_text(path, buf.getvalue())
 
 
 def plot_curves(history: list[dict], path: Path, classes: list[str]) -> None:
@@ -53,7 +53,7 @@ def plot_curves(history: list[dict], path: Path, classes: list[str]) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    write_bytes(path, buf.getvalue())
 
 
 class TensorBoard:

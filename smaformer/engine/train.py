@@ -35,6 +35,7 @@ from smaformer.errors import InputError
 from smaformer.losses import build_loss
 from smaformer.models import create_model
 from smaformer.models.layers.axial import set_gates_trainable
+from smaformer.runtime import autocast, resolve_device, resolve_precision
 
 
 @dataclass
@@ -46,23 +47,6 @@ class TrainResult:
     last_dice: float
     stopped: str     # "finished" | "early_stop" | "time_limit" | "stop_after" | "interrupted"
     history: list[dict] = field(default_factory=list)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def pick_precision(name: str, device: torch.device) -> str:
-    """fp32 on CPU unless asked otherwise; ``auto`` on CUDA is bf16 where supported, else fp16."""
-    if name == "auto":
-        if device.type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if name == "fp16" and device.type != "cuda":
-        raise InputError(None, "train.precision=fp16 needs CUDA; use fp32 or bf16 on CPU")
-    return name
 
 
 def _new_run_dir(cfg: dict, dist: dd.Dist) -> Path:
@@ -82,11 +66,11 @@ class Trainer:
             cfg, run_dir = state["config"], Path(resume)
             validate(cfg)
         t = cfg["train"]
-        self.device = pick_device(t["device"])
+        self.device = resolve_device(t["device"])
         self.dist = dd.init_distributed(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.precision = pick_precision(t["precision"], self.device)
+        self.precision = resolve_precision(t["precision"], self.device, training=True)
         self.log = log if self.dist.main else (lambda *a, **k: None)
         self.show_bar = progress_bar and self.dist.main
         self.cfg = cfg
@@ -190,11 +174,6 @@ class Trainer:
                                   pin_memory=self.device.type == "cuda", persistent_workers=nw > 0)
         return self._dl
 
-    def _autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
-
     def _step(self, micro: list[dict]) -> float:
         """One optimizer step over ``accum`` micro-batches; returns the mean loss."""
         total = 0.0
@@ -202,7 +181,7 @@ class Trainer:
             x = batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             y = batch["label"].to(self.device, non_blocking=True)
             sync = i == len(micro) - 1 or not self.dist.enabled
-            with (contextlib.nullcontext() if sync else self.net.no_sync()), self._autocast():
+            with (contextlib.nullcontext() if sync else self.net.no_sync()), autocast(self.precision, self.device):
                 loss = self.loss_fn(self.net(x), y) / len(micro)
             self.scaler.scale(loss).backward()
             total += float(loss.detach())
