@@ -15,6 +15,7 @@ import torch
 from smaformer.checkpoint import default_preprocessing
 from smaformer.engine.export import TOLERANCE, export_onnx, export_torchscript
 from smaformer.models import create_model, list_models
+from smaformer.models.base import SegmentationModel
 from smaformer.models.registry import tiny_kwargs
 
 MODELS = list_models()
@@ -48,6 +49,22 @@ def test_declares_parts_and_export_flags(name):
     assert set(model.export_flags) == {"onnx", "torchscript", "compile", "dynamic_hw"}
     assert all(isinstance(v, bool) for v in model.export_flags.values())
     assert model.parts and all(isinstance(p, tuple) for p in model.parts.values())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_base_class_refuses_bad_batches_with_the_fix(name):
+    model, (h, w) = _tiny(name)
+    assert isinstance(model, SegmentationModel)
+    with pytest.raises(ValueError, match=r"expected a \(B, C, H, W\) batch"):
+        model(torch.rand(3, h, w))
+    with pytest.raises(ValueError, match="input channels, got 2"):
+        model(torch.rand(1, 2, h, w))
+    if model.exact_size:
+        with pytest.raises(ValueError, match="built for img_size"):
+            model(torch.rand(1, 3, h + 32, w))
+    elif model.size_multiple > 1 and not model.pads_input:
+        with pytest.raises(ValueError, match=rf"not divisible by {model.size_multiple}; resize it to"):
+            model(torch.rand(1, 3, h + 1, w))
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -7,10 +7,12 @@ import torch
 from golden_weights import golden_file_state_dict
 from torch.utils.flop_counter import FlopCounterMode
 
+from smaformer.errors import CheckpointError
 from smaformer.models import create_model
 from smaformer.models.registry import tiny_kwargs
 from smaformer.models.smaformer import SMAFormer, auto_window
 from smaformer.weights import load_official, load_pretrained
+from smaformer.weights.official import convert_official
 
 OFFICIAL_PARAMS = 41_432_027  # official SMAFormerV2 V2.3, 9 classes
 DEAD_SMA3 = 2 * 768 * 48 + 98  # sma_encoder[3], computed and discarded by the official forward
@@ -61,15 +63,15 @@ def test_official_keys_native_and_errors(golden_dir):
     sd = golden_file_state_dict(golden_dir / "smaformer_v23" / "keys.json")
     with torch.device("meta"):
         model = SMAFormer(img_size=224)
-    ours = model.convert_official_state_dict(sd)
+    ours = convert_official(model, sd)
     assert not any(k.startswith("sma_encoder.3.") for k in ours)
     assert set(ours) == set(model.state_dict())
-    with pytest.raises(KeyError, match="bogus"):
-        model.convert_official_state_dict({**sd, "bogus.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="bogus"):
+        convert_official(model, {**sd, "bogus.weight": torch.zeros(1)})
     with torch.device("meta"):
         window8 = SMAFormer(img_size=256)
-    with pytest.raises(KeyError, match="relative_position_bias_table"):
-        window8.convert_official_state_dict(sd)
+    with pytest.raises(CheckpointError, match="relative_position_bias_table.*need resize_to=224"):
+        convert_official(window8, sd)
 
 
 def test_pretrained_coverage_compat(compat, swin_t):

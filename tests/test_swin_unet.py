@@ -8,10 +8,12 @@ import pytest
 import torch
 from golden_weights import golden_state_dict
 
+from smaformer.errors import CheckpointError
 from smaformer.models import create_model
 from smaformer.models.registry import tiny_kwargs
 from smaformer.models.swin_unet import SwinUnet
 from smaformer.weights import load_official
+from smaformer.weights.official import convert_official
 
 
 def _tiny(**kw) -> SwinUnet:
@@ -90,9 +92,12 @@ def test_bad_size_and_unknown_model_errors():
 def test_convert_official_prefixes_and_unknown_keys():
     model = _tiny(num_classes=2, img_size=64)
     sd = model.state_dict()
-    converted = model.convert_official_state_dict({"module.swin_unet." + k: v for k, v in sd.items()})
-    assert converted.keys() == sd.keys()
-    with pytest.raises(KeyError, match="bogus"):
-        model.convert_official_state_dict({**sd, "bogus.weight": torch.zeros(1)})
-    with pytest.raises(KeyError, match="shape"):
-        model.convert_official_state_dict({**sd, "output.weight": torch.zeros(5, 16, 1, 1)})
+    load_official(model, {"module.swin_unet." + k: v for k, v in sd.items()})
+    assert convert_official(model, {"swin_unet." + k: v for k, v in sd.items()}).keys() == sd.keys()
+    with pytest.raises(CheckpointError, match="cannot place.*bogus"):
+        load_official(model, {**sd, "bogus.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="output.weight has shape"):
+        load_official(model, {**sd, "output.weight": torch.zeros(5, 16, 1, 1)})
+    partial = {k: v for k, v in sd.items() if not k.startswith("output.")}
+    with pytest.raises(CheckpointError, match="missing.*output.weight"):
+        load_official(model, partial)

@@ -18,15 +18,15 @@ Faithful to jeya-maria-jose/Medical-Transformer ``lib/models/axialnet.py`` @62f4
 """
 from __future__ import annotations
 
-import numbers
 import re
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from smaformer.errors import CheckpointError
+from smaformer.models.base import SegmentationModel
 from smaformer.models.layers.axial import gates_trainable, make_axial_layer, set_gates_trainable
+from smaformer.models.layers.sizing import check_multiple, to_2tuple
 from smaformer.models.registry import register_model
 
 _UNUSED_OFFICIAL = re.compile(r"^(layer\d_p\.\d+\.conv1|adjust_p)\.(weight|bias)$")
@@ -34,11 +34,8 @@ _TINY = {"s": 0.0625, "groups": 4, "img_size": 64}
 
 
 def _hw(img_size: int | tuple[int, int], multiple: int, why: str) -> tuple[int, int]:
-    hw = (int(img_size),) * 2 if isinstance(img_size, numbers.Integral) else tuple(int(v) for v in img_size)
-    if len(hw) != 2 or any(v < multiple or v % multiple for v in hw):
-        fix = tuple(max(multiple, round(v / multiple) * multiple) for v in hw)
-        raise ValueError(f"img_size {img_size} does not work: {why} (H and W must be positive multiples of "
-                         f"{multiple}); use img_size={fix[0] if fix[0] == fix[1] else fix}")
+    hw = to_2tuple(img_size)
+    check_multiple(hw, multiple, why=f" ({why})")
     return hw
 
 
@@ -60,17 +57,12 @@ def _size(x: torch.Tensor) -> tuple[int, int]:
     return x.shape[-2], x.shape[-1]
 
 
-class _AxialNet(nn.Module):
-    """Shared pieces: input check, the gate switch and official-checkpoint conversion."""
+class _AxialNet(SegmentationModel):
+    """Shared pieces: the gate switch and the official key names."""
 
     __jit_unused_properties__ = ["gates_trainable"]
-    export_flags = {"onnx": True, "torchscript": True, "compile": True, "dynamic_hw": False}
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[-2] != self.img_size[0] or x.shape[-1] != self.img_size[1]:
-            raise ValueError(f"this model was built for img_size {self.img_size} and takes "
-                             f"(B, C, {self.img_size[0]}, {self.img_size[1]}); got {list(x.shape)}. "
-                             f"Resize the input or build the model with img_size matching it")
+    official_layout = "jeya-maria-jose/Medical-Transformer lib/models/axialnet.py @ 62f40a5"
+    exact_size = True   # the axial attention kernels are sized to img_size
 
     @property
     def gates_trainable(self) -> bool | None:
@@ -81,30 +73,14 @@ class _AxialNet(nn.Module):
     def gates_trainable(self, flag: bool) -> None:
         set_gates_trainable(self, flag)
 
-    def convert_official_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Official ``axialnet.py`` state_dict -> ours: ``hight_block`` -> ``height_block``, drops the computed
-        ``flatten_index`` buffers and, unless built with ``compat=True``, the parameters the official forward
-        never uses. Raises KeyError on unknown keys and CheckpointError when the image size differs."""
-        ours = self.state_dict()
-        out, unknown = {}, []
-        for key, value in sd.items():
-            if key.endswith("flatten_index"):
-                continue
-            new = key.replace(".hight_block.", ".height_block.")
-            if new not in ours:
-                if not _UNUSED_OFFICIAL.match(key):
-                    unknown.append(key)
-                continue
-            if ours[new].shape != value.shape:
-                raise CheckpointError(None, f"official tensor {key} has shape {tuple(value.shape)}, this model "
-                                            f"expects {tuple(ours[new].shape)}{self._size_hint(sd)}")
-            out[new] = value
-        if unknown:
-            raise KeyError(f"official checkpoint keys that {type(self).__name__} cannot place: {unknown[:5]}"
-                           f"{'...' if len(unknown) > 5 else ''}")
-        return out
+    def official_key(self, key: str) -> str | None:
+        """``hight_block`` -> ``height_block``; the parameters the official forward never uses are dropped
+        unless this model was built with ``compat=True``."""
+        if _UNUSED_OFFICIAL.match(key) and not getattr(self, "compat", False):
+            return None
+        return key.replace(".hight_block.", ".height_block.")
 
-    def _size_hint(self, sd: dict[str, torch.Tensor]) -> str:
+    def official_shape_hint(self, sd: dict[str, torch.Tensor]) -> str:
         rel_h, rel_w = sd.get("layer1.0.hight_block.relative"), sd.get("layer1.0.width_block.relative")
         if rel_h is None or rel_w is None:
             return ""
@@ -155,7 +131,7 @@ class AxialUNet(_AxialNet):
         self.adjust = nn.Conv2d(w[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        self.check_input(x)
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         x = F.relu(self.bn3(self.conv3(x)))
@@ -238,7 +214,7 @@ class MedTNet(_AxialNet):
         return y.reshape(b, 4, 4, k, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(b, k, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        self.check_input(x)
         xin = x
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))

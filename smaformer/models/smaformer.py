@@ -22,48 +22,25 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from smaformer.models.base import SegmentationModel
+from smaformer.models.layers.sizing import check_multiple, pad_to_multiple, to_2tuple
 from smaformer.models.layers.sma import CBAM, FinalExpand, resize_bilinear
 from smaformer.models.layers.swin import PatchEmbed, PatchExpand, SwinBlock, SwinStage, init_swin_weights
 from smaformer.models.registry import register_model
 
-_COMPUTED_BUFFERS = ("relative_position_index", "attn_mask")
-_MULTIPLE = 32  # patch 4 x three 2x merges
-
-
-def pair(size: int | tuple[int, int] | list[int], what: str = "img_size") -> tuple[int, int]:
-    """An int or (H, W) as an (H, W) tuple of ints."""
-    if isinstance(size, int):
-        return size, size
-    if len(size) != 2:
-        raise ValueError(f"{what} must be an int or (H, W), got {size!r}")
-    return int(size[0]), int(size[1])
+MULTIPLE = 32  # patch 4 x three 2x merges
 
 
 def auto_window(size: tuple[int, int]) -> int:
     """A window that tiles the 1/32 feature map (of the input padded to multiples of 32): 7 if both sides are
     multiples of 7, else 8 if both are multiples of 8, else 7 (the Swin blocks then pad to window multiples)."""
-    bottom = [-(-s // _MULTIPLE) for s in size]
+    bottom = [-(-s // MULTIPLE) for s in size]
     if all(b % 7 == 0 for b in bottom):
         return 7
     if all(b % 8 == 0 for b in bottom):
         return 8
     return 7
-
-
-def check_size(size: tuple[int, int], pad: bool, what: str = "img_size") -> None:
-    """Raise a ValueError with the fix when a side is not a positive multiple of 32 (and padding is off)."""
-    for side in size:
-        if side <= 0 or (side % _MULTIPLE and not pad):
-            good = max(_MULTIPLE, round(side / _MULTIPLE) * _MULTIPLE)
-            raise ValueError(f"{what} {side} is not divisible by {_MULTIPLE}; use {good} or pass pad=True")
-
-
-def pad_to_multiple(x: torch.Tensor) -> torch.Tensor:
-    """Zero-pad (B, C, H, W) bottom/right to multiples of 32."""
-    ph, pw = (-x.shape[2]) % _MULTIPLE, (-x.shape[3]) % _MULTIPLE
-    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
 
 
 class DecoderLayer(nn.Module):
@@ -85,7 +62,7 @@ class DecoderLayer(nn.Module):
         return x
 
 
-class SMAFormer(nn.Module):
+class SMAFormer(SegmentationModel):
     """SMAFormer V2.3: (B, in_chans, H, W) -> (B, num_classes, H, W) logits."""
 
     parts = {
@@ -94,7 +71,9 @@ class SMAFormer(nn.Module):
         "sma": ("sma_encoder.", "sma_decoder."),
         "head": ("decoder_norms.", "final_expand."),
     }
-    export_flags = {"onnx": True, "torchscript": True, "compile": True, "dynamic_hw": False}  # torchscript: jit.trace
+    official_layout = "lzeeorno/SMAFormer models/SMAFormerV2.py @ abca72e"
+    size_multiple = MULTIPLE
+    size_hint = " or build with pad=True"
 
     def __init__(self, num_classes: int = 9, in_chans: int = 3, img_size: int | tuple[int, int] = 256,
                  resize_to: int | tuple[int, int] | None = None, window_size: int | None = None,
@@ -107,10 +86,12 @@ class SMAFormer(nn.Module):
         if num_classes < 1 or in_chans < 1:
             raise ValueError("num_classes and in_chans must be positive")
         self.num_classes, self.in_chans, self.use_sma, self.pad = num_classes, in_chans, use_sma, pad
-        self.img_size = pair(img_size)
-        self.resize_to = None if resize_to is None else pair(resize_to, "resize_to")
-        check_size(self.resize_to or self.img_size, pad=pad and self.resize_to is None,
-                   what="resize_to" if self.resize_to else "img_size")
+        self.img_size = to_2tuple(img_size)
+        self.resize_to = None if resize_to is None else to_2tuple(resize_to, "resize_to")
+        self.pads_input = pad or self.resize_to is not None
+        if self.resize_to is not None or not pad:
+            check_multiple(self.resize_to or self.img_size, MULTIPLE, "resize_to" if self.resize_to else "img_size",
+                           hint="" if self.resize_to else " or pass pad=True")
         self.window_size = window_size or auto_window(self.resize_to or self.img_size)
         dims = [embed_dim * 2 ** i for i in range(4)]
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
@@ -137,15 +118,12 @@ class SMAFormer(nn.Module):
         self.apply(init_swin_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]}")
+        self.check_input(x)
         size = x.shape[-2:]
         if self.resize_to is not None:
             x = resize_bilinear(x, self.resize_to)
         elif self.pad:
-            x = pad_to_multiple(x)
-        elif size[0] % _MULTIPLE or size[1] % _MULTIPLE:
-            raise ValueError(f"input {tuple(size)} is not divisible by {_MULTIPLE}; resize it or build with pad=True")
+            x = pad_to_multiple(x, MULTIPLE)
         out = self.final_expand(self.forward_features(x))
         if self.resize_to is not None:
             return resize_bilinear(out, (size[0], size[1]))
@@ -168,23 +146,14 @@ class SMAFormer(nn.Module):
                 x = self.sma_decoder[i].forward_tokens(x)
         return x
 
-    def convert_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Official V2.3 keys -> ours. Computed buffers are dropped, and so is the dead ``sma_encoder.3`` when
-        this model does not have it (native mode). Unknown keys or shapes raise KeyError naming them."""
-        ours = self.state_dict()
-        out = {}
-        for key, value in state_dict.items():
-            if key.endswith(_COMPUTED_BUFFERS):
-                continue
-            if key.startswith("sma_encoder.3.") and key not in ours:
-                continue  # dead in the official forward: dropping it changes no output
-            if key not in ours:
-                raise KeyError(f"official key {key!r} has no place in SMAFormer")
-            if ours[key].shape != value.shape:
-                raise KeyError(f"official key {key!r} has shape {tuple(value.shape)}, the model expects "
-                               f"{tuple(ours[key].shape)} (official checkpoints need resize_to=224 or window 7)")
-            out[key] = value
-        return out
+    def official_key(self, key: str) -> str | None:
+        """Official names are ours; the dead ``sma_encoder.3`` is dropped when this model lacks it (native)."""
+        if key.startswith("sma_encoder.3.") and not (self.use_sma and len(self.sma_encoder) == 4):
+            return None
+        return key
+
+    def official_shape_hint(self, state_dict: dict[str, torch.Tensor]) -> str:
+        return " (official checkpoints need resize_to=224 or window 7)"
 
     def pretrained_mapping(self) -> dict[str, str]:
         """Our parameter name -> Swin-T name (Microsoft layout), as the official ``_load_pretrained_weights``:

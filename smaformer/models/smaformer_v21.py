@@ -21,10 +21,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from smaformer.models.base import SegmentationModel
+from smaformer.models.layers.sizing import check_multiple, pad_to_multiple, to_2tuple
 from smaformer.models.layers.sma import EdgeHead, EnhancedMLP, SynergisticMultiAttention
 from smaformer.models.layers.swin import DropPath, PatchEmbed, SwinStage, init_swin_weights
 from smaformer.models.registry import register_model
-from smaformer.models.smaformer import auto_window, check_size, pad_to_multiple, pair
+from smaformer.models.smaformer import MULTIPLE, auto_window
 
 
 class SMATransformerBlock(nn.Module):
@@ -61,7 +63,7 @@ class DecoderStage(nn.Module):
         return self.norm(x).permute(0, 3, 1, 2)
 
 
-class SMAFormerV21(nn.Module):
+class SMAFormerV21(SegmentationModel):
     """SMAFormer V2.1: (B, in_chans, H, W) -> (B, num_classes, H, W) logits, at the input resolution."""
 
     parts = {
@@ -71,7 +73,8 @@ class SMAFormerV21(nn.Module):
         "decoder": ("decoders.",),
         "head": ("final_upsample.", "output."),
     }
-    export_flags = {"onnx": True, "torchscript": True, "compile": True, "dynamic_hw": False}  # torchscript: jit.trace
+    size_multiple = MULTIPLE
+    size_hint = " or build with pad=True"
 
     def __init__(self, num_classes: int = 9, in_chans: int = 3, img_size: int | tuple[int, int] = 256,
                  embed_dims: tuple[int, ...] = (96, 192, 384, 768), depths: tuple[int, ...] = (2, 2, 6, 2),
@@ -88,8 +91,10 @@ class SMAFormerV21(nn.Module):
             raise ValueError("num_classes and in_chans must be positive and decoder_blocks >= 0")
         self.num_classes, self.in_chans, self.use_sma, self.pad = num_classes, in_chans, use_sma, pad
         self.use_edge_enhancement = use_edge_enhancement
-        self.img_size = pair(img_size)
-        check_size(self.img_size, pad)
+        self.img_size = to_2tuple(img_size)
+        self.pads_input = pad
+        if not pad:
+            check_multiple(self.img_size, MULTIPLE, hint=" or pass pad=True")
         self.window_size = window_size or auto_window(self.img_size)
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         starts = [sum(depths[:i]) for i in range(5)]
@@ -110,13 +115,10 @@ class SMAFormerV21(nn.Module):
         self.apply(init_swin_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]}")
+        self.check_input(x)
         h, w = x.shape[-2:]
         if self.pad:
-            x = pad_to_multiple(x)
-        elif h % 32 or w % 32:
-            raise ValueError(f"input {(h, w)} is not divisible by 32; resize it or build with pad=True")
+            x = pad_to_multiple(x, MULTIPLE)
         x = self.patch_embed(self.input_proj(x))
         feats = []
         for i, stage in enumerate(self.layers):

@@ -12,21 +12,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from smaformer.models.base import SegmentationModel
+from smaformer.models.layers.sizing import check_multiple, to_2tuple
 from smaformer.models.layers.swin import FinalPatchExpandX4, PatchEmbed, PatchExpand, SwinStage, init_swin_weights
 from smaformer.models.registry import register_model
 
-_BUFFERS = ("relative_position_index", "attn_mask")
 
-
-def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    if len(size) != 2:
-        raise ValueError(f"img_size must be an int or (H, W), got {size!r}")
-    return int(size[0]), int(size[1])
-
-
-class SwinUnet(nn.Module):
+class SwinUnet(SegmentationModel):
     """U-shaped pure Swin Transformer for 2D segmentation: (B, in_chans, H, W) -> (B, num_classes, H, W)."""
 
     parts = {
@@ -34,7 +26,7 @@ class SwinUnet(nn.Module):
         "decoder": ("layers_up.", "concat_back_dim.", "norm_up."),
         "head": ("up.", "output."),
     }
-    export_flags = {"onnx": True, "torchscript": True, "compile": True, "dynamic_hw": False}  # torchscript: jit.trace
+    official_layout = "HuCaoFighting/Swin-Unet @ 7d80541"
 
     def __init__(self, num_classes: int = 9, in_chans: int = 3, img_size: int | tuple[int, int] = 224,
                  embed_dim: int = 96, depths: tuple[int, ...] = (2, 2, 2, 2),
@@ -47,13 +39,10 @@ class SwinUnet(nn.Module):
             raise ValueError("num_classes, in_chans and window_size must be positive")
         n = len(depths)
         self.num_classes, self.in_chans, self.window_size = num_classes, in_chans, window_size
-        self.img_size = _pair(img_size)
-        self.multiple = 4 * 2 ** (n - 1)
-        for side in self.img_size:
-            if side % self.multiple or side <= 0:
-                good = max(self.multiple, round(side / self.multiple) * self.multiple)
-                raise ValueError(f"img_size {side} is not divisible by {self.multiple}; use {good} "
-                                 f"(e.g. 224 with window_size 7, 256 or 512 with window_size 8)")
+        self.img_size = to_2tuple(img_size)
+        self.size_multiple = 4 * 2 ** (n - 1)
+        check_multiple(self.img_size, self.size_multiple,
+                       hint=" (e.g. 224 with window_size 7, 256 or 512 with window_size 8)")
         dims = [embed_dim * 2 ** i for i in range(n)]
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         starts = [sum(depths[:i]) for i in range(n + 1)]
@@ -78,12 +67,9 @@ class SwinUnet(nn.Module):
         self.apply(init_swin_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1 and self.patch_embed.proj.in_channels == 3:
+        self.check_input(x)
+        if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
-        if x.shape[1] != self.patch_embed.proj.in_channels:
-            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]}")
-        if x.shape[2] % self.multiple or x.shape[3] % self.multiple:
-            raise ValueError(f"input {tuple(x.shape[2:])} is not divisible by {self.multiple}; resize or pad it")
         x = self.patch_embed(x)
         skips = []
         for layer in self.layers:
@@ -98,25 +84,13 @@ class SwinUnet(nn.Module):
         x = self.up(self.norm_up(x))
         return self.output(x.permute(0, 3, 1, 2))
 
-    def convert_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Official Swin-Unet keys (optionally ``module.``/``swin_unet.``-prefixed) -> ours; computed buffers
-        are dropped; a key we cannot place raises KeyError naming it."""
-        ours = self.state_dict()
-        out = {}
-        for key, value in state_dict.items():
-            name = key
-            for prefix in ("module.", "swin_unet."):
-                if name.startswith(prefix):
-                    name = name[len(prefix):]
-            if name.endswith(_BUFFERS):
-                continue
-            if name not in ours:
-                raise KeyError(f"official key {key!r} has no place in SwinUnet")
-            if ours[name].shape != value.shape:
-                raise KeyError(f"official key {key!r} has shape {tuple(value.shape)}, "
-                               f"the model expects {tuple(ours[name].shape)}")
-            out[name] = value
-        return out
+    @property
+    def accepted_channels(self) -> tuple[int, ...]:
+        return (1, 3) if self.in_chans == 1 else (self.in_chans,)
+
+    def official_key(self, key: str) -> str | None:
+        """Official keys may carry the wrapper's ``swin_unet.`` prefix."""
+        return key.removeprefix("swin_unet.")
 
     def pretrained_mapping(self) -> dict[str, str]:
         """Our parameter name -> Swin-T name (Microsoft layout), as the official ``load_from`` maps them:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from smaformer.models.base import EXPORT_FLAGS, SegmentationModel
+from smaformer.models.layers.sizing import check_multiple, to_2tuple
 from smaformer.models.registry import register_model
 
 
@@ -18,23 +20,21 @@ def _double_conv(cin: int, cout: int) -> nn.Sequential:
     )
 
 
-class UNet(nn.Module):
+class UNet(SegmentationModel):
     """U-Net: (B, in_chans, H, W) -> logits (B, num_classes, H, W); H and W divisible by 2**depth."""
 
     parts = {"encoder": ("encoder.",), "bottleneck": ("bottleneck.",), "decoder": ("up.", "decoder."),
              "head": ("head.",)}
-    export_flags = {"onnx": True, "torchscript": True, "compile": True, "dynamic_hw": True}
+    export_flags = {**EXPORT_FLAGS, "dynamic_hw": True}
 
     def __init__(self, num_classes: int = 9, in_chans: int = 3, img_size: int | tuple[int, int] = 224,
                  base: int = 32, depth: int = 4, dropout: float = 0.0):
         super().__init__()
         if num_classes < 1 or in_chans < 1 or base < 1 or depth < 1:
             raise ValueError("num_classes, in_chans, base and depth must all be >= 1")
-        hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        step = 2 ** depth
-        if any(s % step for s in hw):
-            fix = tuple(-(-s // step) * step for s in hw)
-            raise ValueError(f"img_size {hw} is not divisible by 2**depth={step}; use {fix} or a smaller depth")
+        hw = to_2tuple(img_size)
+        self.size_multiple = 2 ** depth
+        check_multiple(hw, self.size_multiple, why=f" (2**depth, depth={depth})", hint=" or a smaller depth")
         self.num_classes, self.in_chans, self.img_size, self.depth = num_classes, in_chans, hw, depth
         chans = [base * 2 ** i for i in range(depth + 1)]
         self.encoder = nn.ModuleList([_double_conv(in_chans if i == 0 else chans[i - 1], chans[i])
@@ -47,6 +47,7 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(chans[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
         skips = []
         for block in self.encoder:
             x = block(x)

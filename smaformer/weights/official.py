@@ -1,9 +1,9 @@
 """Load full-model checkpoints saved by the official repositories (Swin-Unet 7d80541, SMAFormer V2.3, MedT).
 
-Protocol: a model that has an official layout implements ``convert_official_state_dict(state_dict)``,
-which renames the official keys to ours, drops computed buffers (relative-position indices, shift masks)
-and raises ``KeyError`` naming any key it cannot place. ``load_official`` unwraps the usual containers,
-calls it and loads strictly.
+Protocol: a ``SegmentationModel`` with an ``official_layout`` names its official keys through its
+``official_key`` hook; ``convert_official`` (written once, here) drops computed buffers, applies the hook,
+checks every key and shape and raises ``CheckpointError`` naming what it cannot place. ``load_official``
+unwraps the usual containers, converts and loads strictly.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import torch.nn as nn
 from smaformer.errors import CheckpointError
 
 _CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "net")
+# buffers the models compute at construction; official checkpoints store some of them
+COMPUTED_BUFFERS = ("relative_position_index", "attn_mask", "flatten_index")
 
 
 def read_state_dict(path_or_state_dict: str | Path | dict) -> dict[str, torch.Tensor]:
@@ -40,15 +42,42 @@ def read_state_dict(path_or_state_dict: str | Path | dict) -> dict[str, torch.Te
     return dict(sd)
 
 
+def convert_official(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official keys -> ours for a ``SegmentationModel`` (timm's ``checkpoint_filter_fn`` is the anchor).
+
+    Computed buffers are dropped; ``model.official_key`` renames each key (or drops one the official forward
+    never uses); every tensor must have a place and the shape the model expects. Faults raise
+    ``CheckpointError`` naming the keys, with ``model.official_shape_hint`` for shape mismatches.
+    """
+    ours, out, unknown = model.state_dict(), {}, []
+    for key, value in state_dict.items():
+        if key.endswith(COMPUTED_BUFFERS):
+            continue
+        name = model.official_key(key)
+        if name is None:
+            continue
+        if name not in ours:
+            unknown.append(key)
+            continue
+        if ours[name].shape != value.shape:
+            raise CheckpointError(None, f"official tensor {key} has shape {tuple(value.shape)}, "
+                                        f"{type(model).__name__} expects {tuple(ours[name].shape)}"
+                                        f"{model.official_shape_hint(state_dict)}")
+        out[name] = value
+    if unknown:
+        raise CheckpointError(None, f"official checkpoint keys that {type(model).__name__} cannot place: "
+                                    f"{unknown[:5]}{'...' if len(unknown) > 5 else ''}")
+    return out
+
+
 def load_official(model: nn.Module, path_or_state_dict: str | Path | dict) -> nn.Module:
     """Load an official full-model checkpoint into ``model`` (strict); raises on any unplaceable key."""
-    convert = getattr(model, "convert_official_state_dict", None)
-    if convert is None:
-        raise ValueError(f"{type(model).__name__} has no official checkpoint layout")
-    ours = convert(read_state_dict(path_or_state_dict))
-    missing, unexpected = model.load_state_dict(ours, strict=False)
-    if missing or unexpected:
-        raise KeyError(f"official checkpoint does not fit {type(model).__name__}: "
-                       f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                       f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    if getattr(model, "official_layout", None) is None:
+        raise CheckpointError(None, f"{type(model).__name__} has no official checkpoint layout")
+    ours = convert_official(model, read_state_dict(path_or_state_dict))
+    missing, _ = model.load_state_dict(ours, strict=False)
+    if missing:
+        raise CheckpointError(path_or_state_dict if isinstance(path_or_state_dict, (str, Path)) else None,
+                              f"official checkpoint does not fit {type(model).__name__}: missing "
+                              f"{missing[:5]}{'...' if len(missing) > 5 else ''}")
     return model

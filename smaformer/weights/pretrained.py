@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from smaformer.models.layers.swin import interpolate_rel_pos_table
-from smaformer.weights.official import read_state_dict
+from smaformer.weights.official import COMPUTED_BUFFERS, read_state_dict
 
 _TABLE = "relative_position_bias_table"
 
@@ -193,6 +193,5 @@ def load_pretrained(model: nn.Module, path_or_state_dict: str | Path | dict) -> 
             part.tensors_loaded += 1
             part.params_loaded += param.numel()
     report.buffers_matched = _count_buffers(model, mapping, ckpt)
-    buffers = ("relative_position_index", "attn_mask")
-    report.unused_checkpoint_keys = sorted(k for k in ckpt if k not in used and not k.endswith(buffers))
+    report.unused_checkpoint_keys = sorted(k for k in ckpt if k not in used and not k.endswith(COMPUTED_BUFFERS))
     return report
