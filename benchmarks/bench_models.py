@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,38 +76,23 @@ def run_eager(model: torch.nn.Module, side: int, repeats: int, batch: int) -> di
     return {"latency_b1_ms": 1e3 * lat, f"throughput_b{batch}_img_s": batch / big}
 
 
-def export_onnx(model: torch.nn.Module, side: int, path: Path, dynamo: bool) -> None:
-    """Export with a dynamic batch axis, with the torch.export-based exporter or the TorchScript-based one."""
-    x = torch.randn(2, model.in_chans, side, side)
-    names = {"input_names": ["image"], "output_names": ["logits"], "verbose": False}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            torch.onnx.export(model, (x,), str(path), dynamo=True, external_data=False,
-                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},), **names)
-        else:
-            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
-                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, **names)
-
-
 def ort_session(model: torch.nn.Module, side: int, threads: int, tmp: Path):
-    """An ONNX Runtime session of ``model`` (dynamic batch) and a note naming the exporter that worked:
-    torch.export-based first, TorchScript-based when that fails (as ``smaformer export`` does)."""
+    """An ONNX Runtime session of ``model`` exported by the shipped exporter (``smaformer export``: the
+    torch.export-based exporter first, the TorchScript-based one when that fails, parity verified), and a
+    note naming the exporter that worked."""
     import onnxruntime as ort
 
+    from smaformer.checkpoint import default_preprocessing
+    from smaformer.export import export_onnx
+
+    info = {"model": {"name": getattr(model, "model_name", type(model).__name__), "kwargs": {}},
+            "classes": [str(k) for k in range(model.num_classes)],
+            "preprocessing": default_preprocessing((side, side), model.in_chans, "none")}
+    result = export_onnx(model, info, tmp / "model.onnx")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    failed = ""
-    for dynamo in (True, False):
-        path = tmp / f"model_{dynamo}.onnx"
-        try:
-            export_onnx(model, side, path, dynamo)
-        except Exception as exc:  # noqa: BLE001 - any exporter failure: try the other one, and say so
-            failed = f" (dynamo exporter failed: {type(exc).__name__})"
-            continue
-        note = ("torch.export exporter" if dynamo else "TorchScript exporter") + failed
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), note
-    raise RuntimeError("both ONNX exporters failed" + failed)
+    note = result.exporter + "".join(f"; {n}" for n in result.notes if n.startswith("fell back"))
+    return ort.InferenceSession(str(result.path), opts, providers=["CPUExecutionProvider"]), note
 
 
 def run_onnx(model: torch.nn.Module, side: int, repeats: int, batch: int, threads: int) -> dict:

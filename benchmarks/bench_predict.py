@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from smaformer.checkpoint import build_checkpoint, default_preprocessing, save_checkpoint
-from smaformer.engine.export import export_onnx, export_torchscript
-from smaformer.engine.predict import onnxruntime_runner
+from smaformer.export import export_onnx, export_torchscript
+from smaformer.export.runtimes import onnxruntime_runner
 from smaformer.models import create_model
 
 CT_WINDOW = {"mode": "window", "lo": -125, "hi": 275}

@@ -67,6 +67,13 @@ def test_bench_models_tiny_eager_and_train():
     assert "| swin_unet (64x64" in models.row(out)
 
 
+@pytest.mark.slow
+def test_bench_models_onnx_phase_uses_the_shipped_exporter():
+    models = _load("bench_models")
+    out = models.worker("swin_unet", "onnx", repeats=1, threads=1, tiny=True)
+    assert out["max_abs_diff_vs_eager"] < 1e-3 and out["export"].split(";")[0].endswith("exporter")
+
+
 def test_accuracy_runs_resolve_to_valid_configs():
     from smaformer.config import load_config
 

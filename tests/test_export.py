@@ -8,7 +8,7 @@ import torch
 
 from smaformer.checkpoint import build_checkpoint, default_preprocessing, load_checkpoint, save_checkpoint
 from smaformer.cli import main
-from smaformer.engine.export import ExportError, ExportResult, _verify, export_checkpoint
+from smaformer.export.exporters import ExportError, ExportResult, _verify, export_checkpoint
 from smaformer.models import create_model
 from smaformer.models.registry import tiny_kwargs
 
@@ -65,7 +65,22 @@ def test_mismatch_above_tolerance_fails(tmp_path):
     exact = lambda t: model(t).detach().numpy() if t.shape[0] == 2 else np.zeros(1)  # noqa: E731 - fixed batch
     res = ExportResult(tmp_path / "m.onnx", "onnx")
     _verify(res, exact, model, x, dynamic_hw=False)
-    assert res.dims["batch"] == "fixed at 2" and "dynamic_hw=False" in res.notes[0]
+    assert res.dims["batch"] == 2 and "dynamic_hw=False" in res.notes[0]
+
+
+def test_failed_export_keeps_the_existing_file(ckpt, tmp_path, monkeypatch):
+    import smaformer.export.exporters as ex
+
+    out = tmp_path / "u.onnx"
+    out.write_bytes(b"previous export")
+
+    def broken(result, *a, **k):
+        raise ExportError("parity broken")
+
+    monkeypatch.setattr(ex, "_verify", broken)
+    with pytest.raises(ExportError, match="ONNX export failed"):
+        export_checkpoint(ckpt, out, "onnx", onnx_exporters=("torchscript",))
+    assert out.read_bytes() == b"previous export" and [p.name for p in tmp_path.iterdir()] == ["u.onnx"]
 
 
 def test_declared_false_flag_is_refused(tmp_path, monkeypatch):

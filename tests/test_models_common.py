@@ -1,7 +1,9 @@
 """One base test over every registered model (segmentation_models.pytorch style), tiny variants.
 
 Forward shape, backward, another input size where ``dynamic_hw`` is declared, and each ``export_flags``
-entry exercised: ONNX export + ONNX Runtime parity, TorchScript parity, ``torch.compile`` parity. Models
+entry exercised: ONNX export + ONNX Runtime parity, TorchScript parity, ``torch.compile`` parity; an export a
+model declares False must raise ``ExportError`` (``torch.compile`` is not a toolkit export, so a False
+``compile`` flag is only skipped). Models
 registered later are picked up automatically.
 
 The export/compile tests cost 3-60 s per model on 2 shared CPU cores (the full matrix took 11 min there),
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 from smaformer.checkpoint import default_preprocessing
-from smaformer.engine.export import TOLERANCE, export_onnx, export_torchscript
+from smaformer.export import TOLERANCE, ExportError, export_onnx, export_torchscript
 from smaformer.models import create_model, list_models
 from smaformer.models.base import SegmentationModel
 from smaformer.models.registry import tiny_kwargs
@@ -97,12 +99,14 @@ def test_eval_output_and_other_size(name):
 def test_onnx_flag(name, tmp_path):
     model, size = _tiny(name)
     if not model.export_flags["onnx"]:
-        pytest.skip(f"{name} declares onnx=False")
+        with pytest.raises(ExportError, match="declares onnx=False"):
+            export_onnx(model.eval(), _info(model, size), tmp_path / f"{name}.onnx")
+        return
     res = export_onnx(model.eval(), _info(model, size), tmp_path / f"{name}.onnx")
     assert res.max_diff <= TOLERANCE
-    assert res.dims["batch"] == "dynamic", res.summary()
+    assert res.dims["batch"] is None, res.summary()
     if model.export_flags["dynamic_hw"]:
-        assert res.dims["height"] == res.dims["width"] == "dynamic", res.summary()
+        assert res.dims["height"] is res.dims["width"] is None, res.summary()
 
 
 @pytest.mark.slow
@@ -110,9 +114,11 @@ def test_onnx_flag(name, tmp_path):
 def test_torchscript_flag(name, tmp_path):
     model, size = _tiny(name)
     if not model.export_flags["torchscript"]:
-        pytest.skip(f"{name} declares torchscript=False")
+        with pytest.raises(ExportError, match="declares torchscript=False"):
+            export_torchscript(model.eval(), _info(model, size), tmp_path / f"{name}.ts")
+        return
     res = export_torchscript(model.eval(), _info(model, size), tmp_path / f"{name}.ts")
-    assert res.max_diff <= TOLERANCE and res.dims["batch"] == "dynamic", res.summary()
+    assert res.max_diff <= TOLERANCE and res.dims["batch"] is None, res.summary()
     loaded = torch.jit.load(str(tmp_path / f"{name}.ts"))
     x = torch.rand(2, 3, *size)
     with torch.no_grad():

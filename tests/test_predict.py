@@ -77,7 +77,7 @@ def test_real_ct_geometry_exact(data_dir, ckpt, tmp_path, kind):
 
 def test_probabilities_and_engines_agree(data_dir, ckpt, tmp_path):
     """.pt, the safetensors pair, ONNX Runtime and OpenVINO (export extra) give the same probabilities."""
-    from smaformer.engine.export import export_checkpoint
+    from smaformer.export import export_checkpoint
 
     src = data_dir / CT
     weights, _ = save_safetensors_pair(read_checkpoint(ckpt), tmp_path / "tiny.safetensors")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from smaformer.engine.export import TOLERANCE, export_checkpoint
+from smaformer.export import TOLERANCE, export_checkpoint
 
 EPILOG = f"""examples:
   smaformer export --format onnx -c runs/exp/best.pt -o model.onnx

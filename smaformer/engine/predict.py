@@ -9,7 +9,6 @@ does the same check) and only then moved into place. A failing case is reported 
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import torch
 from smaformer.data.io import IMAGE_SUFFIXES, is_nifti, read_image, write_labels
 from smaformer.engine.inference import infer_volume
 from smaformer.errors import InputError
+from smaformer.export.runtimes import RUNTIMES
 from smaformer.io_utils import atomic_path
 from smaformer.runtime import resolve_device, resolve_precision
 
@@ -42,72 +42,6 @@ class CaseResult:
 
 
 # ---------------------------------------------------------------------------------------------- engines
-def read_onnx_metadata(path: Path) -> dict:
-    """The ``smaformer`` metadata block of an exported ONNX file (or a ``.json`` sidecar next to it)."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf raises assorted types for non-ONNX files
-        raise InputError(path, f"not a readable ONNX file ({type(e).__name__})") from None
-    props = {p.key: p.value for p in model.metadata_props}
-    if "smaformer" in props:
-        return json.loads(props["smaformer"])
-    side = path.with_suffix(".json")
-    if side.is_file():
-        return json.loads(side.read_text(encoding="utf-8"))
-    raise InputError(path, "ONNX file has no smaformer metadata (preprocessing); export it with "
-                           "`smaformer export --format onnx`")
-
-
-class _FixedBatch:
-    """Run a callable that only accepts batch ``n``: split, zero-pad the last chunk, trim the result."""
-
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], n: int | None):
-        self.run, self.n = run, n
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        arr = x.detach().float().cpu().numpy()
-        if not self.n or arr.shape[0] == self.n:
-            return torch.from_numpy(np.asarray(self.run(arr)))
-        outs = []
-        for s in range(0, arr.shape[0], self.n):
-            chunk = arr[s:s + self.n]
-            pad = self.n - chunk.shape[0]
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-            outs.append(np.asarray(self.run(chunk))[:self.n - pad])
-        return torch.from_numpy(np.concatenate(outs))
-
-
-def _static_batch(dims: dict) -> int | None:
-    b = dims.get("batch", "dynamic")
-    return None if b == "dynamic" else int(str(b).rsplit(" ", 1)[-1])
-
-
-def onnxruntime_runner(path: Path, device: str = "cpu") -> tuple[Callable, dict]:
-    import onnxruntime as ort
-
-    meta = read_onnx_metadata(path)
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    sess = ort.InferenceSession(str(path), providers=providers)
-    name = sess.get_inputs()[0].name
-    return _FixedBatch(lambda a: sess.run(None, {name: a})[0], _static_batch(meta.get("input_dims", {}))), meta
-
-
-def openvino_runner(path: Path, device: str = "cpu") -> tuple[Callable, dict]:
-    try:
-        import openvino as ov
-    except ImportError:
-        raise InputError(path, "--engine openvino needs the openvino package (pip install openvino)") from None
-    meta = read_onnx_metadata(path)
-    compiled = ov.Core().compile_model(str(path), "GPU" if device == "cuda" else "CPU")
-    out = compiled.output(0)
-    return _FixedBatch(lambda a: compiled(a)[out], _static_batch(meta.get("input_dims", {}))), meta
-
-
 def load_predictor(path: str | Path, engine: str = "auto", device: str | torch.device = "cpu") -> tuple[Callable, dict]:
     """``(model_or_runner, info)`` for a checkpoint (.pt, .safetensors pair) or an exported .onnx file."""
     from smaformer.checkpoint import load_checkpoint
@@ -125,7 +59,7 @@ def load_predictor(path: str | Path, engine: str = "auto", device: str | torch.d
         raise InputError(path, f"--engine {engine} needs an .onnx file (smaformer export --format onnx)")
     if not path.is_file():
         raise InputError(path, "file not found")
-    return (onnxruntime_runner if engine == "onnxruntime" else openvino_runner)(path, torch.device(device).type)
+    return RUNTIMES[engine](path, torch.device(device).type)
 
 
 # ------------------------------------------------------------------------------------------ input/output

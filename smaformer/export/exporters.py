@@ -9,7 +9,6 @@ TorchScript extra file ``smaformer.json``), so ``predict`` needs nothing else.
 """
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -22,12 +21,10 @@ import torch.nn as nn
 
 from smaformer.checkpoint import save_safetensors_pair
 from smaformer.errors import InputError, SmaformerError
+from smaformer.export.metadata import DIM_NAMES, META_KEY, ExportMetadata
 from smaformer.io_utils import atomic_path
 
 TOLERANCE = 1e-3
-META_KEY = "smaformer"
-EXPORT_FORMAT = "smaformer-export"
-DIM_NAMES = ("batch", "height", "width")
 
 
 class ExportError(SmaformerError):
@@ -42,7 +39,7 @@ class ExportResult:
     fmt: str
     exporter: str = ""
     checks: dict[str, float] = field(default_factory=dict)
-    dims: dict[str, str] = field(default_factory=dict)  # batch/height/width -> "dynamic" or "fixed at N"
+    dims: dict[str, int | None] = field(default_factory=dict)  # batch/height/width -> None (dynamic) or N
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -52,16 +49,10 @@ class ExportResult:
     def summary(self) -> str:
         lines = [f"wrote {self.path} ({self.fmt}{', ' + self.exporter if self.exporter else ''})"]
         lines += [f"  max |eager - export| at {shape}: {d:.3g}" for shape, d in self.checks.items()]
-        lines += [f"  {k}: {v}" for k, v in self.dims.items()]
+        lines += [f"  {k}: {'dynamic' if v is None else f'fixed at {v}'}" for k, v in self.dims.items()]
         lines += [f"  note: {n}" for n in self.notes]
         lines.append(f"  parity OK (max abs diff {self.max_diff:.3g} <= {TOLERANCE:g})")
         return "\n".join(lines)
-
-
-def export_metadata(info: dict, dims: dict[str, str] | None = None) -> dict:
-    """JSON-able description a runtime needs: model, classes, preprocessing, verified input dims."""
-    return {"format": EXPORT_FORMAT, "model": info["model"], "classes": info["classes"],
-            "preprocessing": info["preprocessing"], "input_dims": dims or {}}
 
 
 def _example(info: dict, batch: int = 2) -> torch.Tensor:
@@ -99,7 +90,7 @@ def _verify(result: ExportResult, run, model: nn.Module, x: torch.Tensor, dynami
     if not d <= TOLERANCE:
         raise ExportError(f"{result.path}: max abs difference {d:.3g} > {TOLERANCE:g} at {shape(x)}")
     b, _, h, w = x.shape
-    result.dims = {"batch": f"fixed at {b}", "height": f"fixed at {h}", "width": f"fixed at {w}"}
+    result.dims = {"batch": b, "height": h, "width": w}
     for which, v in _variants(x, dynamic_hw).items():
         try:
             d = _diff(run, model, v)
@@ -108,9 +99,18 @@ def _verify(result: ExportResult, run, model: nn.Module, x: torch.Tensor, dynami
         if d <= TOLERANCE:
             result.checks[shape(v)] = d
             for k in (("batch",) if which == "batch" else ("height", "width")):
-                result.dims[k] = "dynamic"
+                result.dims[k] = None
     if not dynamic_hw:
         result.notes.append("height/width fixed: the model declares dynamic_hw=False")
+
+
+def _require(model: nn.Module, fmt: str) -> bool:
+    """Refuse an export the model declares False in ``export_flags``; returns its ``dynamic_hw`` flag."""
+    flags = getattr(model, "export_flags", {})
+    if not flags.get(fmt, True):
+        raise ExportError(f"{type(model).__name__} declares {fmt}=False in export_flags; it cannot be exported "
+                          f"to {fmt}")
+    return bool(flags.get("dynamic_hw", False))
 
 
 def _onnx_run(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
@@ -136,17 +136,17 @@ def _torch_onnx_export(model: nn.Module, x: torch.Tensor, path: Path, dynamo: bo
                               dynamic_axes={"image": axes, "logits": axes}, opset_version=17)
 
 
-def _finish_onnx(path: Path, meta: dict, dims: dict[str, str]) -> None:
+def _finish_onnx(path: Path, meta: ExportMetadata) -> None:
     """Pin unverified dims of the graph input to their example value and embed the metadata."""
     import onnx
 
     m = onnx.load(str(path))
     for axis, key in zip((0, 2, 3), DIM_NAMES, strict=True):
-        if dims.get(key, "dynamic") != "dynamic":
+        if meta.input_dims.get(key) is not None:
             d = m.graph.input[0].type.tensor_type.shape.dim[axis]
             d.Clear()
-            d.dim_value = int(dims[key].rsplit(" ", 1)[-1])
-    m.metadata_props.add(key=META_KEY, value=json.dumps(meta, default=str))
+            d.dim_value = meta.input_dims[key]
+    m.metadata_props.add(key=META_KEY, value=meta.to_json())
     onnx.save(m, str(path))
 
 
@@ -156,8 +156,7 @@ def export_onnx(model: nn.Module, info: dict, path: str | Path,
     ("dynamo") first and the TorchScript-based one if that fails; the first that passes the parity check
     wins. ``exporters`` narrows the choice (the TorchScript-based one is faster but deprecated upstream)."""
     path = Path(path)
-    flags = getattr(model, "export_flags", {})
-    dynamic_hw = bool(flags.get("dynamic_hw", False))
+    dynamic_hw = _require(model, "onnx")
     x = _example(info)
     errors = []
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -173,7 +172,7 @@ def export_onnx(model: nn.Module, info: dict, path: str | Path,
                               f"{str(e).strip().splitlines()[-1][:300] if str(e) else ''}")
                 continue
             result.notes += [f"fell back after {m}" for m in errors]
-            _finish_onnx(tmp, export_metadata(info, result.dims), result.dims)
+            _finish_onnx(tmp, ExportMetadata.of(info, result.dims))
             return result
         raise ExportError(f"{path}: ONNX export failed; " + " | ".join(errors))
 
@@ -181,7 +180,7 @@ def export_onnx(model: nn.Module, info: dict, path: str | Path,
 def export_torchscript(model: nn.Module, info: dict, path: str | Path) -> ExportResult:
     """TorchScript by tracing (control flow on shapes is frozen at the example, so sizes are verified)."""
     path = Path(path)
-    dynamic_hw = bool(getattr(model, "export_flags", {}).get("dynamic_hw", False))
+    dynamic_hw = _require(model, "torchscript")
     x = _example(info)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -191,9 +190,9 @@ def export_torchscript(model: nn.Module, info: dict, path: str | Path) -> Export
             raise ExportError(f"{path}: TorchScript trace failed: {type(e).__name__}: {e}") from None
     result = ExportResult(path, "torchscript", "torch.jit.trace")
     _verify(result, lambda t: traced(t).detach().numpy(), model, x, dynamic_hw)
-    meta = export_metadata(info, result.dims)
+    meta = ExportMetadata.of(info, result.dims)
     with atomic_path(path) as tmp:
-        torch.jit.save(traced, str(tmp), _extra_files={f"{META_KEY}.json": json.dumps(meta, default=str)})
+        torch.jit.save(traced, str(tmp), _extra_files={f"{META_KEY}.json": meta.to_json()})
     return result
 
 
@@ -218,9 +217,6 @@ def export_checkpoint(ckpt_path: str | Path, out: str | Path, fmt: str,
     from smaformer.checkpoint import load_checkpoint
 
     model, info = load_checkpoint(ckpt_path)
-    flags = getattr(model, "export_flags", {})
-    if fmt in ("onnx", "torchscript") and flags and not flags.get(fmt, True):
-        raise ExportError(f"{ckpt_path}: model {info['model']['name']!r} declares {fmt}=False in export_flags")
     if fmt == "onnx":
         return export_onnx(model, info, out, onnx_exporters)
     if fmt == "torchscript":
