@@ -1,5 +1,6 @@
 """Models. Importing this package registers every model file with the registry."""
 from smaformer.models import (
+    hbformer,  # noqa: F401, E402
     medt,  # noqa: F401, E402
     smaformer,  # noqa: F401, E402
     smaformer_v21,  # noqa: F401, E402
