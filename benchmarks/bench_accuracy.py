@@ -78,7 +78,7 @@ def fov_metrics(checkpoint: Path, root: Path, split: str) -> dict:
 
     from smaformer import load_checkpoint
     from smaformer.data import open_dataset
-    from smaformer.engine.inference import infer_volume
+    from smaformer.infer.volume import infer_volume
 
     model, info = load_checkpoint(checkpoint)
     data = open_dataset(root, split=split)

@@ -14,6 +14,7 @@ from smaformer.cli import main
 from smaformer.data import SliceDataset, open_dataset
 from smaformer.data.check import check_dataset
 from smaformer.data.convert import convert_to_synapse
+from smaformer.data.sample import iter_cases
 from smaformer.errors import InputError
 
 SHAPE = (12, 10, 4)
@@ -75,10 +76,13 @@ def test_each_fault_is_one_line_naming_the_file(bad_nnunet):
         assert fname in msg and fault in msg and "\n" not in msg, (case, msg)
 
 
-def test_iter_samples_skips_and_records(bad_nnunet):
+def test_iter_cases_reports_each_fault_and_goes_on(bad_nnunet):
     r = open_dataset(bad_nnunet)
-    assert [s.case for s in r.iter_samples()] == ["good"]
-    assert {c for c, _ in r.skipped} == set(EXPECTED)
+    got = list(iter_cases(r))
+    assert [s.case for _, s, _ in got if s is not None] == ["good"]
+    faults = {c: e for c, s, e in got if s is None}
+    assert set(faults) | {c for c, _ in r.skipped} == set(EXPECTED)   # unpaired files are found while listing
+    assert all(e and "\n" not in e for e in faults.values())
 
 
 def test_check_data_reports_every_fault_and_fails(bad_nnunet, capsys):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from smaformer import create_model
 from smaformer.checkpoint import build_checkpoint, default_preprocessing, save_checkpoint
 from smaformer.cli import main
-from smaformer.engine.evaluate import evaluate, validate_volumes
+from smaformer.infer.evaluate import evaluate, validate_volumes
 from smaformer.io_utils import file_sha256
 from smaformer.models.registry import tiny_kwargs
 

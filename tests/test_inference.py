@@ -8,7 +8,9 @@ from scipy import ndimage
 
 from smaformer.checkpoint import default_preprocessing
 from smaformer.data import Sample, SliceDataset
-from smaformer.engine.inference import _normalize, infer_volume, postprocess_labels
+from smaformer.data.preprocess import fix_volume_statistics, normalize_intensity
+from smaformer.infer.postprocess import postprocess_labels
+from smaformer.infer.volume import as_stack, infer_volume
 
 
 def _threshold_model(x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +75,26 @@ def test_infer_volume_outputs_batches_and_modes():
         infer_volume(net, vol, pp, precision="fp8")
     with pytest.raises(ValueError, match=r"\(D,H,W\)"):
         infer_volume(net, vol[0, 0], pp)
+
+
+def _normalize(volume: np.ndarray, spec: dict) -> np.ndarray:
+    """What inference feeds the model: the whole (D,[C,]H,W) stack normalised at once."""
+    return normalize_intensity(as_stack(volume), spec)
+
+
+@pytest.mark.parametrize("spec", [{"mode": "zscore"}, {"mode": "minmax"}, {"mode": "zscore", "per_slice": True},
+                                  {"mode": "window", "lo": -125, "hi": 275}])
+def test_batchwise_normalisation_equals_whole_volume(spec):
+    """infer_volume normalises one batch at a time (memory bound); with whole-volume statistics fixed first,
+    every batch gets exactly the values the whole stack would."""
+    vol = np.random.default_rng(5).integers(-1000, 1500, (11, 8, 6)).astype(np.int16)
+    fixed = fix_volume_statistics(as_stack(vol), spec)
+    batches = np.concatenate([normalize_intensity(as_stack(vol)[s:s + 4], fixed) for s in range(0, 11, 4)])
+    assert np.array_equal(batches, _normalize(vol, spec))
+    seen = []
+    infer_volume(lambda x: seen.append(x[:, :1].clone()) or torch.cat([x[:, :1], -x[:, :1]], 1), vol,
+                 default_preprocessing((8, 6), 1, "repeat", spec), batch_size=4)
+    assert np.array_equal(torch.cat(seen).numpy(), _normalize(vol, spec))
 
 
 @pytest.mark.parametrize("spec", [{"mode": "zscore", "per_slice": True}, {"mode": "minmax", "per_slice": True},

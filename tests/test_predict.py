@@ -16,8 +16,8 @@ from smaformer.checkpoint import (
 )
 from smaformer.cli import main
 from smaformer.data.io import read_label_names
-from smaformer.engine.predict import check_geometry, list_cases, predict
 from smaformer.errors import InputError
+from smaformer.infer.predict import check_geometry, list_cases, predict
 from smaformer.models import create_model
 from smaformer.models.registry import tiny_kwargs
 
@@ -160,20 +160,3 @@ def test_input_faults_are_one_line(ckpt, tmp_path, capsys):
     if not torch.cuda.is_available():
         assert main(["predict", "-i", str(tmp_path), "-o", str(tmp_path), "-c", str(ckpt), "--device", "cuda"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
-
-
-def test_slabs_give_the_same_result_as_one_pass(data_dir, ckpt, tmp_path, monkeypatch):
-    """Memory bound: the volume is normalised slab by slab; for a window spec that changes nothing."""
-    import smaformer.engine.predict as pr
-    from smaformer.checkpoint import load_checkpoint
-    from smaformer.data.io import read_image
-    from smaformer.engine.inference import infer_volume
-
-    monkeypatch.setattr(pr, "SLAB", 7)
-    model, info = load_checkpoint(ckpt)
-    vol, _ = read_image(data_dir / CT, dtype=None)
-    # batches of 7 in both runs: same batch shapes, so the comparison can be exact (conv kernels may differ by batch)
-    labels, probs = pr._infer_slabs(model, vol, info["preprocessing"], return_probabilities=True, progress=False,
-                                    batch_size=7)
-    ref_labels, ref_probs = infer_volume(model, vol, info["preprocessing"], return_probabilities=True, batch_size=7)
-    assert np.array_equal(labels, ref_labels) and np.array_equal(probs, ref_probs)

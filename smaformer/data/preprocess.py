@@ -30,6 +30,8 @@ def normalize_intensity(arr: np.ndarray, spec: dict) -> np.ndarray:
     if mode == "window":
         lo, hi = float(spec["lo"]), float(spec["hi"])
         return (np.clip(x, lo, hi) - lo) / (hi - lo)
+    if mode == "fixed":   # from fix_volume_statistics
+        return (x - spec["offset"]) / spec["divisor"]
     if mode not in ("zscore", "minmax"):
         raise ValueError(f"unknown intensity mode {mode!r}; use window, zscore, minmax or none")
     axes = tuple(range(1, x.ndim)) if spec.get("per_slice") else None
@@ -38,6 +40,24 @@ def normalize_intensity(arr: np.ndarray, spec: dict) -> np.ndarray:
         return (x - mean) / np.where(std > 0, std, 1.0)
     lo, hi = x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
     return (x - lo) / np.where(hi > lo, hi - lo, 1.0)
+
+
+def fix_volume_statistics(arr: np.ndarray, spec: dict) -> dict:
+    """A spec that gives, batch by batch, what ``normalize_intensity`` gives on the whole stack ``arr``.
+
+    Whole-stack statistics (zscore or minmax without ``per_slice``) are computed once here and become a
+    fixed ``(x - offset) / divisor``; every other spec already works on any sub-stack and is returned as is.
+    This is what lets volume inference normalise one batch at a time, so only one batch is ever float32.
+    """
+    mode = spec.get("mode", "none")
+    if mode not in ("zscore", "minmax") or spec.get("per_slice"):
+        return spec
+    x = np.asarray(arr, dtype=np.float32)
+    if mode == "zscore":
+        offset, scale = x.mean(), x.std()
+    else:
+        offset, scale = x.min(), x.max() - x.min()
+    return {"mode": "fixed", "offset": np.float32(offset), "divisor": np.float32(scale if scale > 0 else 1.0)}
 
 
 def make_channels(x: torch.Tensor, mode: str, in_chans: int) -> torch.Tensor:

@@ -43,6 +43,13 @@ class Sample:
         """Number of 2D training slices this sample holds."""
         return int(self.image.shape[0]) if self.is_volume else 1
 
+    def as_volume(self) -> Sample:
+        """This sample as a volume: a 2D image (C,H,W) becomes one slice (1,C,H,W), its label (1,H,W)."""
+        if self.is_volume:
+            return self
+        label = None if self.label is None else self.label[None]
+        return Sample(self.image[None], label, {**self.meta, "is_volume": True})
+
     def slice(self, index: int) -> Sample:
         """The ``index``-th axial slice as a 2D sample (image (1,H,W)); 2D samples return themselves."""
         if not self.is_volume:
@@ -85,7 +92,8 @@ class Reader:
     """One dataset layout. Subclasses set ``layout``, implement ``detect``, ``cases`` and ``load_case``.
 
     ``split`` picks a part of the dataset where the layout has one (``train``/``val``/``test``).
-    Batch consumers iterate :meth:`iter_samples`, which skips bad cases and records them in ``skipped``.
+    Batch consumers iterate ``iter_cases(reader)``, which yields each bad case's fault instead of stopping;
+    ``skipped`` holds the faults found while listing the cases (e.g. an image without its label).
     """
 
     layout: ClassVar[str] = ""
@@ -129,14 +137,21 @@ class Reader:
         sample.meta.setdefault("path", str(path))
         return check_sample(sample, path, self.num_classes)
 
-    def iter_samples(self) -> Iterator[Sample]:
-        """Yield every case's sample; a bad case is logged, recorded in ``skipped`` and passed over."""
-        for case in self.cases():
-            try:
-                yield self.load_case(case)
-            except InputError as e:
-                log.warning("skipping case %s: %s", case, e)
-                self.skipped.append((case, str(e)))
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r})"
+
+
+def iter_cases(reader: Reader, cases: list[str] | None = None) -> Iterator[tuple[str, Sample | None, str | None]]:
+    """``(case, sample, None)`` for each case that loads, ``(case, None, fault)`` for each that does not.
+
+    The one loop for batch jobs (evaluation, validation, checks, conversion): a bad case is logged and
+    reported to the caller, which records it and goes on with the others.
+    """
+    for case in reader.cases() if cases is None else cases:
+        try:
+            sample = reader.load_case(case)
+        except InputError as e:
+            log.warning("skipping case %s: %s", case, e)
+            yield case, None, str(e)
+            continue
+        yield case, sample, None

@@ -48,7 +48,7 @@ def _postprocess(values: list[str] | None) -> tuple[str | None, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smaformer.engine.evaluate import evaluate
+    from smaformer.infer.evaluate import evaluate
 
     mode, min_size = _postprocess(args.postprocess)
     res = evaluate(args.checkpoint, args.data, args.output, split=args.split, layout=args.layout,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from smaformer.engine.predict import ENGINES, predict
+from smaformer.infer.predict import ENGINES, predict
 from smaformer.runtime import DEVICES, PRECISIONS
 
 EPILOG = """examples:

@@ -17,9 +17,10 @@ import torch
 from torch.utils.data import Dataset
 
 from smaformer.checkpoint import default_preprocessing
-from smaformer.data.sample import Reader, Sample
+from smaformer.data.sample import Reader, Sample, iter_cases
 from smaformer.engine.distributed import Dist, all_reduce_sum
 from smaformer.errors import InputError
+from smaformer.infer.evaluate import volume_dice
 
 log = logging.getLogger(__name__)
 
@@ -154,42 +155,28 @@ def build_data(cfg: dict) -> TrainData:
     return TrainData(train, val, classes, prep)
 
 
-def iter_val(source, rank: int = 0, world_size: int = 1):
-    """Yield ``(case, image, label)`` for every ``world_size``-th case from ``rank`` on, from a reader (bad
-    cases skipped) or a list of samples."""
-    cases = source.cases() if hasattr(source, "cases") else None
-    items = cases if cases is not None else list(source)
-    for item in items[rank::world_size]:
-        try:
-            s = source.load_case(item) if cases is not None else item
-        except InputError as e:
-            log.warning("validation: skipping case %s: %s", item, e)
-            continue
-        image, label = s.image, s.label
-        if not s.is_volume:          # a 2D image is a volume of one slice
-            image, label = image[None], label[None]
-        yield s.case, image, label
+def val_samples(source, rank: int = 0, world_size: int = 1):
+    """Every ``world_size``-th validation case from ``rank`` on, from a reader (bad cases skipped, with a
+    warning) or a list of samples."""
+    if not hasattr(source, "cases"):
+        yield from list(source)[rank::world_size]
+        return
+    for _, sample, _ in iter_cases(source, source.cases()[rank::world_size]):
+        if sample is not None:
+            yield sample
 
 
 def validate(model: torch.nn.Module, source, preprocessing: dict, num_classes: int, *, device: torch.device,
              precision: str = "fp32", batch_size: int = 16, dist: Dist | None = None) -> np.ndarray:
     """Mean volume-level Dice per foreground class over the validation cases (NaN-aware, reduced across ranks).
 
-    Each rank scores every ``world_size``-th case with the evaluation code (``validate_volumes``, standard
-    convention: NaN when both masks are empty); per-class sums and counts are all-reduced.
+    Each rank scores its share of the cases with the evaluation code (``infer.evaluate.volume_dice``); the
+    per-class sums and counts are all-reduced.
     """
-    from smaformer.engine.evaluate import validate_volumes
-
     dist = dist or Dist()
-    sums = np.zeros(num_classes - 1)
-    counts = np.zeros(num_classes - 1)
-    for _, image, label in iter_val(source, dist.rank, dist.world_size):
-        r = validate_volumes(model, [(image, label)], preprocessing, num_classes, device=device,
-                             batch_size=batch_size, precision=precision)
-        dice = np.asarray(r["dice_per_class"], dtype=np.float64)
-        ok = ~np.isnan(dice)
-        sums[ok] += dice[ok]
-        counts[ok] += 1
-    both = all_reduce_sum(torch.tensor(np.stack([sums, counts]), dtype=torch.float64), dist).numpy()
+    rows = volume_dice(model, val_samples(source, dist.rank, dist.world_size), preprocessing, num_classes,
+                       device=device, batch_size=batch_size, precision=precision)
+    local = np.stack([np.nansum(rows, axis=0), (~np.isnan(rows)).sum(axis=0)])
+    both = all_reduce_sum(torch.tensor(local, dtype=torch.float64), dist).numpy()
     with np.errstate(invalid="ignore"):
         return np.where(both[1] > 0, both[0] / np.maximum(both[1], 1), np.nan)

@@ -1,10 +1,10 @@
 """Evaluate a checkpoint on a dataset of volumes: per case and per class metrics in both conventions.
 
-``evaluate`` runs the volume protocol (``engine.inference.infer_volume``) on every case of a reader, scores
+``evaluate`` runs the volume protocol (``infer.volume.infer_volume``) on every case of a reader, scores
 it with ``smaformer.metrics.case_metrics`` and writes, into ``out_dir``: ``metrics.json`` (nnU-Net-like
 ``metric_per_case`` / ``mean`` / ``foreground_mean``, both conventions, the config and the checkpoint's
 SHA-256), ``summary.csv``, ``report.html``, overlay PNGs and, optionally, NIfTI predictions. A case that
-fails is recorded and skipped. ``validate_volumes`` is the light version training calls for validation.
+fails is recorded and skipped. ``volume_dice`` is the light version training calls for validation.
 """
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from smaformer import metrics as M
-from smaformer.engine.inference import infer_volume, postprocess_labels
+from smaformer.data.sample import Sample, iter_cases
+from smaformer.infer.postprocess import postprocess_labels
+from smaformer.infer.volume import infer_volume
 from smaformer.io_utils import atomic_path, file_sha256, write_text
 from smaformer.runtime import resolve_device, resolve_precision
 
@@ -77,13 +79,6 @@ def _case_fg(metrics: dict[str, dict]) -> dict:
             "legacy": {"dice": _mean([r["legacy"]["dice"] for r in rows])}}
 
 
-def _as_volume(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(image as (D,[C,]H,W), label (D,H,W), was_2d): a 2D sample becomes a one-slice volume."""
-    if label.ndim == 2:
-        return image[None], label[None], True
-    return image, label, False
-
-
 def _save_prediction(path: Path, pred: np.ndarray, meta: dict, classes: list[str]) -> Path:
     """NIfTI with the input's geometry when the reader kept it, else an affine from the spacing."""
     from smaformer.data.io import write_labels
@@ -111,14 +106,14 @@ def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: s
     """
     from smaformer.checkpoint import load_checkpoint
     from smaformer.data import open_dataset
-    from smaformer.report import overlay_png, select_slices, write_html
+    from smaformer.infer.report import overlay_png, select_slices, write_html
 
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model, info = load_checkpoint(checkpoint, device=device)
     reader = data if hasattr(data, "load_case") else open_dataset(data, layout=layout, split=split)
+    out.mkdir(parents=True, exist_ok=True)    # only once the checkpoint and the data are known to be there
     num_classes = int(info["model"]["kwargs"].get("num_classes", len(info["classes"])))
     names = list(info["classes"]) or [str(i) for i in range(num_classes)]
     labels = list(range(1, num_classes))
@@ -133,12 +128,16 @@ def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: s
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(todo, desc="cases", unit="case")
-    for case in it:
+    for case, sample, fault in iter_cases(reader, it):
+        if fault is not None:
+            failed.append({"case": case, "error": f"InputError: {fault}"})
+            continue
         try:
-            sample = reader.load_case(case)
             if sample.label is None:
                 raise ValueError("no ground-truth label to evaluate against")
-            image, ref, was_2d = _as_volume(sample.image, sample.label)
+            was_2d = not sample.is_volume
+            vol = sample.as_volume()
+            image, ref = vol.image, vol.label
             pred = infer_volume(model, image, info["preprocessing"], batch_size=batch_size, device=device,
                                 precision=precision, legacy_resize=legacy_resize)
             if postprocess:
@@ -215,23 +214,26 @@ def write_summary_csv(result: dict, path: str | Path) -> Path:
     return write_text(path, buf.getvalue())
 
 
-def validate_volumes(model: torch.nn.Module, volumes: Iterable, preprocessing: dict, num_classes: int, *,
-                     device: str | torch.device = "cpu", batch_size: int = 16, precision: str = "fp32",
-                     ) -> dict[str, Any]:
-    """Volume-level Dice per foreground class over validation volumes, for model selection during training.
+def volume_dice(model: torch.nn.Module, volumes: Iterable, preprocessing: dict, num_classes: int, *,
+                device: str | torch.device = "cpu", batch_size: int = 16, precision: str = "fp32") -> np.ndarray:
+    """Volume-level Dice per foreground class, one row per volume: shape (n_volumes, num_classes - 1).
 
-    ``volumes`` yields ``Sample`` objects or ``(image, label)`` pairs ((D,H,W) each). Dice follows the
-    standard convention (NaN when both masks are empty, nanmean over volumes). Returns ``{"dice_per_class":
-    [K-1 floats], "mean_dice": float, "n_volumes": int}``. The model's train/eval mode is restored.
+    ``volumes`` yields ``Sample`` objects or ``(image, label)`` pairs ((D,H,W) each; a 2D sample is one
+    slice). Standard convention: NaN where both masks are empty. The model's train/eval mode is restored.
     """
-    per_class: list[list[float]] = [[] for _ in range(num_classes - 1)]
-    n = 0
+    rows = []
     for item in volumes:
-        image, label = (item.image, item.label) if hasattr(item, "image") else item
-        image, label, _ = _as_volume(np.asarray(image), np.asarray(label))
-        pred = infer_volume(model, image, preprocessing, batch_size=batch_size, device=device, precision=precision)
-        for k in range(1, num_classes):
-            per_class[k - 1].append(M.dice(pred == k, label == k))
-        n += 1
-    dice = [_mean(v) for v in per_class]
-    return {"dice_per_class": dice, "mean_dice": _mean(dice), "n_volumes": n}
+        sample = (item if isinstance(item, Sample) else Sample(np.asarray(item[0]), np.asarray(item[1]))).as_volume()
+        pred = infer_volume(model, sample.image, preprocessing, batch_size=batch_size, device=device,
+                            precision=precision)
+        rows.append([M.dice(pred == k, sample.label == k) for k in range(1, num_classes)])
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), num_classes - 1)
+
+
+def validate_volumes(model: torch.nn.Module, volumes: Iterable, preprocessing: dict, num_classes: int,
+                     **kw) -> dict[str, Any]:
+    """Mean volume-level Dice over ``volumes`` (see ``volume_dice``, same keywords), for model selection:
+    ``{"dice_per_class": [K-1 floats], "mean_dice": float, "n_volumes": int}``."""
+    rows = volume_dice(model, volumes, preprocessing, num_classes, **kw)
+    dice = [_mean(list(col)) for col in rows.T]
+    return {"dice_per_class": dice, "mean_dice": _mean(dice), "n_volumes": len(rows)}

@@ -19,14 +19,13 @@ import numpy as np
 import torch
 
 from smaformer.data.io import IMAGE_SUFFIXES, is_nifti, read_image, write_labels
-from smaformer.engine.inference import infer_volume
 from smaformer.errors import InputError
 from smaformer.export.runtimes import RUNTIMES
+from smaformer.infer.volume import infer_volume
 from smaformer.io_utils import atomic_path
 from smaformer.runtime import resolve_device, resolve_precision
 
 ENGINES = ("auto", "torch", "onnxruntime", "openvino")
-SLAB = 64  # slices normalised at a time when the intensity spec is per-voxel or per-slice (memory bound)
 OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".png", ".tif", ".tiff")
 
 
@@ -141,34 +140,6 @@ def _as_volume(image: np.ndarray, props: dict, in_chans: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def _infer_slabs(model: Callable, vol: np.ndarray, pre: dict, *, return_probabilities: bool, progress: bool,
-                 **kw) -> tuple[np.ndarray, np.ndarray | None]:
-    """``infer_volume`` over slabs of ``SLAB`` slices, so only one slab is ever float32.
-
-    Exact for window/none intensity specs and per-slice ones; whole-volume statistics (zscore, global
-    minmax) need the whole volume, so those run in one call.
-    """
-    spec = pre.get("intensity", {"mode": "none"})
-    slab = SLAB if spec.get("mode", "none") in ("window", "none") or spec.get("per_slice") else len(vol)
-    labels = np.empty((len(vol), *vol.shape[-2:]), dtype=np.uint8)
-    probs = None
-    starts = range(0, len(vol), slab)
-    if progress and len(starts) > 1:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="slabs", unit=f"x{slab} slices", leave=False)
-    for s in starts:
-        out = infer_volume(model, vol[s:s + slab], pre, return_probabilities=return_probabilities,
-                           progress=progress and slab == len(vol), **kw)
-        lab, p = out if return_probabilities else (out, None)
-        labels[s:s + slab] = lab
-        if p is not None:
-            if probs is None:
-                probs = np.empty((p.shape[0], *labels.shape), dtype=np.float16)
-            probs[:, s:s + slab] = p
-    return labels, probs
-
-
 def predict_case(model: Callable, info: dict, case: Path, output: Path, *, single: bool = True,
                  batch_size: int = 16, device: str = "cpu", precision: str = "fp32", save_probabilities: bool = False,
                  progress: bool = False) -> tuple[Path, int]:
@@ -180,10 +151,11 @@ def predict_case(model: Callable, info: dict, case: Path, output: Path, *, singl
     out = output_path(case, Path(output), single, props)
     vol = _as_volume(image, props, int(pre.get("in_chans", 1)))
     try:
-        labels, probs = _infer_slabs(model, vol, pre, batch_size=batch_size, device=device, precision=precision,
-                                     return_probabilities=save_probabilities, progress=progress)
+        result = infer_volume(model, vol, pre, batch_size=batch_size, device=device, precision=precision,
+                              return_probabilities=save_probabilities, progress=progress)
     except ValueError as e:
         raise InputError(case, str(e)) from None
+    labels, probs = result if save_probabilities else (result, None)
     _write_case(out, labels, props, list(info.get("classes") or []))
     if probs is not None:
         stem = out.name[: -len(".nii.gz")] if out.name.endswith(".nii.gz") else out.stem

@@ -10,8 +10,10 @@ official ``scipy.ndimage.zoom(order=3)``. ``legacy_resize=True`` reproduces the 
 Swin-Unet / SMAFormer test scripts instead: ``zoom(order=3)`` in, argmax at model size, ``zoom(order=0)``
 of the labels back.
 
-Memory stays bounded: only one batch of logits exists at a time; the output is a uint8 label volume and,
-when asked, float16 softmax probabilities.
+Memory stays bounded, whatever the volume: there is one loop over batches of slices. Each batch is
+normalised on its own (whole-volume statistics are fixed first, ``fix_volume_statistics``), so the raw
+volume keeps its stored type (int16 CT stays int16) and only one batch is float32; only one batch of
+logits exists at a time; the output is a uint8 label volume and, when asked, float16 probabilities.
 """
 from __future__ import annotations
 
@@ -24,18 +26,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy import ndimage
 
-from smaformer.data.preprocess import make_channels, normalize_intensity
+from smaformer.data.preprocess import fix_volume_statistics, make_channels, normalize_intensity
 from smaformer.runtime import PRECISIONS, autocast
 
 
-def _normalize(volume: np.ndarray, spec: dict) -> np.ndarray:
-    """The intensity spec on a (D,H,W) or (D,C,H,W) volume; float32 (D,C,H,W)."""
+def as_stack(volume: np.ndarray) -> np.ndarray:
+    """A (D,H,W) or (D,C,H,W) volume as (D,C,H,W), in its stored dtype (a view, no copy)."""
     vol = np.asarray(volume)
     if vol.ndim == 3:
         vol = vol[:, None]
     if vol.ndim != 4:
         raise ValueError(f"volume must be (D,H,W) or (D,C,H,W), got shape {tuple(np.shape(volume))}")
-    return normalize_intensity(vol, spec)
+    return vol
 
 
 def _legacy_zoom_in(batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -87,10 +89,11 @@ def infer_volume(model: Callable[[torch.Tensor], torch.Tensor], volume: np.ndarr
     device = torch.device(device)
     size = tuple(int(s) for s in preprocessing["img_size"])
     mode, in_chans = preprocessing.get("channel_mode", "repeat"), int(preprocessing.get("in_chans", 1))
-    vol = _normalize(volume, preprocessing.get("intensity", {"mode": "none"}))
+    vol = as_stack(volume)
     depth, hw = vol.shape[0], tuple(vol.shape[-2:])
     if depth == 0 or min(hw) == 0:
         raise ValueError(f"volume is empty: shape {tuple(np.shape(volume))}")
+    spec = fix_volume_statistics(vol, preprocessing.get("intensity", {"mode": "none"}))
     if isinstance(model, nn.Module):
         model.to(device)
 
@@ -102,7 +105,7 @@ def infer_volume(model: Callable[[torch.Tensor], torch.Tensor], volume: np.ndarr
         starts = tqdm(starts, desc="slices", unit="batch", leave=False)
     with _eval_mode(model), torch.inference_mode():
         for s in starts:
-            chunk = vol[s:s + batch_size]
+            chunk = normalize_intensity(vol[s:s + batch_size], spec)
             if legacy_resize:
                 x = torch.from_numpy(np.ascontiguousarray(_legacy_zoom_in(chunk, size))).to(device)
             else:
@@ -129,38 +132,3 @@ def infer_volume(model: Callable[[torch.Tensor], torch.Tensor], volume: np.ndarr
                     probs = np.empty((logits.shape[1], depth, *hw), dtype=np.float16)
                 probs[:, s:s + len(chunk)] = logits.softmax(1).half().cpu().numpy().transpose(1, 0, 2, 3)
     return (labels, probs) if return_probabilities else labels
-
-
-def postprocess_labels(labels: np.ndarray, mode: str, *, min_size: int = 0, connectivity: int | None = None,
-                       classes: list[int] | None = None) -> np.ndarray:
-    """Clean a label volume per class with 3D connected components; removed voxels become background 0.
-
-    ``mode="lcc"`` keeps each class's largest component; ``mode="min_size"`` drops components smaller than
-    ``min_size`` voxels. Components are found in the full array dimensionality (3D for volumes, unlike the
-    official scripts' slice-row version). ``connectivity`` defaults to full (26-neighbourhood in 3D), as in
-    nnU-Net. ``classes`` limits which labels are touched (default: all non-zero labels present).
-    """
-    if mode not in ("lcc", "min_size"):
-        raise ValueError(f"unknown post-processing {mode!r}; use 'lcc' or 'min_size'")
-    if mode == "min_size" and min_size < 1:
-        raise ValueError(f"min_size must be >= 1 voxel, got {min_size}")
-    out = np.array(labels, copy=True)
-    structure = ndimage.generate_binary_structure(out.ndim, connectivity or out.ndim)
-    boxes = ndimage.find_objects(out.astype(np.int64) if out.dtype.kind not in "iu" else out)
-    for k, box in enumerate(boxes, start=1):
-        if box is None or (classes is not None and k not in classes):
-            continue
-        view = out[box]
-        comp, n = ndimage.label(view == k, structure=structure)
-        if n <= 1 and mode == "lcc":
-            continue
-        sizes = np.bincount(comp.ravel())
-        sizes[0] = 0
-        if mode == "lcc":  # exactly one component, the first of any tie
-            keep = np.zeros(sizes.shape, dtype=bool)
-            keep[int(np.argmax(sizes))] = True
-        else:
-            keep = sizes >= min_size
-        keep[0] = True
-        view[(comp > 0) & ~keep[comp]] = 0
-    return out
