@@ -5,6 +5,7 @@ from smaformer.models import (
     smaformer,  # noqa: F401, E402
     smaformer_v21,  # noqa: F401, E402
     swin_unet,  # noqa: F401, E402
+    transunet,  # noqa: F401, E402
     unet,  # noqa: F401, E402
 )
 from smaformer.models.registry import create_model, list_models, register_model

@@ -67,6 +67,7 @@ class CoverageReport:
     not_loaded: dict[str, str] = field(default_factory=dict)
     buffers_matched: list[str] = field(default_factory=list)
     unused_checkpoint_keys: list[str] = field(default_factory=list)
+    source: str = "Swin-T"  # what was loaded ("R50+ViT-B/16" for Google's npz)
 
     @property
     def params_loaded(self) -> int:
@@ -86,7 +87,7 @@ class CoverageReport:
         return self.params_loaded / max(self.params_total, 1)
 
     def __str__(self) -> str:
-        rows = [f"pretrained Swin-T ({self.layout} layout)",
+        rows = [f"pretrained {self.source} ({self.layout} layout)",
                 f"{'part':<10}{'tensors':>14}{'params loaded':>18}{'params total':>16}{'%':>9}"]
         for name, p in self.parts.items():
             pct = 100.0 * p.params_loaded / max(p.params_total, 1)
@@ -158,7 +159,12 @@ def _count_buffers(model: nn.Module, mapping: dict[str, str], ckpt: dict[str, to
 
 
 def load_pretrained(model: nn.Module, path_or_state_dict: str | Path | dict) -> CoverageReport:
-    """Load ImageNet Swin-T weights into ``model`` via its ``pretrained_mapping()``; returns the coverage."""
+    """Load ImageNet Swin-T weights into ``model`` via its ``pretrained_mapping()``; returns the coverage.
+    A ``.npz`` path or a dict of Google ViT keys goes to ``google_npz.load_google_npz`` (TransUNet)."""
+    from smaformer.weights.google_npz import is_google_npz, load_google_npz  # here: it imports this module
+
+    if is_google_npz(path_or_state_dict):
+        return load_google_npz(model, path_or_state_dict)
     mapping_fn = getattr(model, "pretrained_mapping", None)
     if mapping_fn is None:
         raise ValueError(f"{type(model).__name__} defines no pretrained_mapping(); it cannot take Swin-T weights")

@@ -109,8 +109,7 @@ def _timm_layout(swin_t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("layout", ["microsoft", "timm"])
-@pytest.mark.parametrize("keep_dead", [False, True])
+@pytest.mark.parametrize(("layout", "keep_dead"), [("microsoft", False), ("timm", True)])
 def test_pretrained_swin_t_loads_the_whole_encoder(golden_dir, layout, keep_dead):
     swin_t = golden_file_state_dict(golden_dir / "swin_tiny_imagenet" / "keys.json")
     official = json.loads((golden_dir / "coverage.json").read_text("utf-8"))["hbformer"]
