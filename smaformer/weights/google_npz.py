@@ -50,12 +50,16 @@ def read_npz(src: str | Path | dict) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in src.items()}
 
 
+def _grid_tokens(n: int) -> int:
+    """Grid tokens of an n-token Google position embedding (n - 1 when it carries a class token)."""
+    return n if math.isqrt(n) ** 2 == n else n - 1
+
+
 def resize_position_embedding(posemb: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(1, N, D) Google position embedding -> (1, gh*gw, D): the class token is dropped (when N is not a square)
     and the square grid is resized bilinearly (align_corners=True, float64) when it differs from ``grid``."""
-    n = posemb.shape[1]
-    if math.isqrt(n) ** 2 != n:
-        posemb, n = posemb[:, 1:], n - 1
+    n = _grid_tokens(posemb.shape[1])
+    posemb = posemb[:, posemb.shape[1] - n:]
     side = math.isqrt(n)
     if side * side != n:
         raise CheckpointError(None, f"position embedding with {posemb.shape[1]} tokens is not a square grid")
@@ -102,7 +106,7 @@ def load_google_npz(model: nn.Module, src: str | Path | dict) -> CoverageReport:
                 continue
             used.add(key)
             value = _convert(key, npz[key], param, model)
-            if key == POS_KEY and value.shape[1] != npz[key].shape[1]:
+            if key == POS_KEY and _grid_tokens(npz[key].shape[1]) != value.shape[1]:
                 report.interpolated.append(name)
             if value.shape != param.shape:
                 report.not_loaded[name] = "shape mismatch"

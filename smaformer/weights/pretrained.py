@@ -98,7 +98,8 @@ class CoverageReport:
         rows.append(f"tensors loaded: {self.tensors_loaded} ({len(self.loaded)} parameters + "
                     f"{len(self.buffers_matched)} computed buffers equal to the checkpoint's)")
         if self.interpolated:
-            rows.append(f"bias tables interpolated to the model's window: {len(self.interpolated)}")
+            what = "bias tables" if self.source == "Swin-T" else "position embeddings"
+            rows.append(f"{what} interpolated to the model's window or grid: {len(self.interpolated)}")
         if self.not_loaded:
             rows.append(f"not loaded ({len(self.not_loaded)}):")
             reasons: dict[str, list[str]] = {}

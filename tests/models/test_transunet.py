@@ -98,7 +98,7 @@ def test_golden_parity_then_npz(model, golden_dir_module, npz_path):
 
     report = load_pretrained(model, str(npz_path))  # on top of procedure A, as the golden
     assert report.layout == "google-npz" and "R50+ViT-B/16" in str(report)
-    assert len(report.loaded) == 353 and report.unused_checkpoint_keys == []
+    assert len(report.loaded) == 353 and report.unused_checkpoint_keys == [] and report.interpolated == []
     assert (report.params_loaded, report.params_total) == (97_888_576, OFFICIAL_PARAMS)
     for part, total in PARTS.items():
         p = report.parts[part]
