@@ -44,14 +44,14 @@ def default_preprocessing(img_size=(224, 224), in_chans: int = 3, channel_mode: 
 def build_checkpoint(model: nn.Module, classes: list[str], preprocessing: dict, config: dict | None = None,
                      train_state: dict | None = None, metrics: dict | None = None) -> dict:
     """Assemble the checkpoint dict for a model made by ``create_model``."""
-    name = getattr(model, "model_name", None)
+    net = model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
+    name = getattr(net, "model_name", None)
     if name is None:
         raise CheckpointError(None, "model was not built by smaformer.create_model; its name is unknown")
-    net = model.module if hasattr(model, "module") else model
     return {
         "format": FORMAT,
         "version": VERSION,
-        "model": {"name": name, "kwargs": dict(getattr(model, "model_kwargs", {}))},
+        "model": {"name": name, "kwargs": dict(getattr(net, "model_kwargs", {}))},
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "classes": list(classes),
         "preprocessing": preprocessing,

@@ -144,7 +144,7 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | t
         cfg = merge(cfg, base)
     for item in overrides:
         apply_override(cfg, item)
-    validate(cfg)
+    check_config(cfg)
     return cfg
 
 
@@ -152,7 +152,7 @@ def _pair(v: Any) -> list[int]:
     return [int(v), int(v)] if isinstance(v, (int, float)) else [int(s) for s in v]
 
 
-def validate(cfg: dict) -> None:
+def check_config(cfg: dict) -> None:
     """Check types and ranges; copy ``img_size``, ``in_chans`` and the class count into the model kwargs
     (the data section is the single source of truth for them)."""
     unknown = set(cfg) - set(DEFAULTS)

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from smaformer.checkpoint import read_checkpoint
-from smaformer.engine.train import train
+from smaformer.train.loop import train
 
 TINY = {
     "name": "tiny",

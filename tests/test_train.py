@@ -8,10 +8,10 @@ import torch
 from smaformer.checkpoint import default_preprocessing, load_checkpoint, read_checkpoint
 from smaformer.config import load_config
 from smaformer.data import Sample
-from smaformer.engine.schedule import lr_factor
-from smaformer.engine.train import train
-from smaformer.engine.trainsets import TrainData, case_key, check_no_leak
 from smaformer.errors import InputError
+from smaformer.train.data import TrainData, case_key, check_no_leak
+from smaformer.train.loop import train
+from smaformer.train.schedule import lr_factor
 
 
 class Blobs(torch.utils.data.Dataset):
@@ -209,3 +209,27 @@ def test_worker_count_does_not_change_training(tmp_path):
         train(cfg, run_dir=tmp_path / str(nw), data=_data(ds, [], 16), progress_bar=False, log=quiet)
         ckpts.append(read_checkpoint(tmp_path / str(nw) / "latest.pt")["state_dict"])
     assert all(torch.equal(v, ckpts[1][k]) for k, v in ckpts[0].items())
+
+
+def test_dry_run_leaves_no_global_state(capsys):
+    """``train --dry-run`` builds a Trainer; like ``train`` it must put the determinism switch back."""
+    from smaformer.cli import main
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    args = ["model.name=unet", "model.kwargs={base: 4, depth: 2}", "data.img_size=32", "data.num_workers=0",
+            "train.deterministic=true", "data.layout=synthetic", "data.synthetic.shape=[4,32,32]"]
+    assert main(["train", "--dry-run", "--config", "acdc_swin_unet", *sum((["--set", a] for a in args), [])]) == 0
+    assert "steps" in capsys.readouterr().out
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_trainer_state_exists_before_fit_and_wrapped_models_save(tmp_path):
+    from smaformer.checkpoint import build_checkpoint
+    from smaformer.train import trainer_session
+
+    ds = Blobs(8, 32)
+    with trainer_session(tiny_cfg(32, "train.batch_size=4"), run_dir=tmp_path, data=_data(ds, [], 32),
+                         progress_bar=False, log=quiet) as trainer:
+        assert trainer.tb is None and trainer._stop_signal is False and trainer._time_up is False
+        ckpt = build_checkpoint(torch.nn.DataParallel(trainer.model), trainer.classes, trainer.data.preprocessing)
+    assert ckpt["model"]["name"] == "unet" and set(ckpt["state_dict"]) == set(trainer.model.state_dict())

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from smaformer.engine.sampling import ResumableSampler, SeededItems, capture_rng, restore_rng
+from smaformer.train.sampling import ResumableSampler, SeededItems, capture_rng, restore_rng
 
 
 class Noisy(Dataset):

@@ -118,8 +118,8 @@ def run_demo(out: str | Path | None = None, minutes: float = 2.5, iterations: in
 def _run(run_dir: Path, minutes: float, iterations: int | None, model: str, threads: int, test_volumes: int,
          seed: int, progress: bool, log) -> dict:
     from smaformer.data import SyntheticReader
-    from smaformer.engine.train import train
     from smaformer.infer.evaluate import evaluate
+    from smaformer.train.loop import train
 
     t0 = time.perf_counter()
     fixed = iterations is not None

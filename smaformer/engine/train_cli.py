@@ -31,7 +31,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smaformer.engine.train import Trainer, train
+    from smaformer.train import describe, train, trainer_session
 
     if args.resume:
         if args.config or args.overrides:
@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
     if args.dry_run:
-        trainer = Trainer(cfg, run_dir=args.out, resume=args.resume, progress_bar=False)
-        print(describe(trainer))
+        with trainer_session(cfg, run_dir=args.out, resume=args.resume, progress_bar=False) as trainer:
+            print(describe(trainer))
         return 0
     result = train(cfg, run_dir=args.out, resume=args.resume, stop_after=args.stop_after,
                    progress_bar=not args.no_progress)
@@ -51,25 +51,3 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done: {result.iterations} iterations, {result.epochs} epochs, best val Dice {best} ({result.stopped})")
     return 0
-
-
-def describe(tr) -> str:
-    """The plan of a run: model, data, schedule and precision."""
-    cfg, n_params = tr.cfg, sum(p.numel() for p in tr.model.parameters())
-    val = tr.data.val
-    n_val = len(val.cases()) if hasattr(val, "cases") else len(val or [])
-    lines = [
-        f"model      {cfg['model']['name']} {cfg['model']['kwargs']}  ({n_params / 1e6:.2f}M params)",
-        f"classes    {', '.join(tr.classes)}",
-        f"data       {cfg['data']['layout']} {cfg['data']['root'] or ''}: {len(tr.data.train)} training slices, "
-        f"{n_val} validation cases",
-        f"input      {tr.data.preprocessing}",
-        f"optimizer  {cfg['optim']['name']} lr {tr.scheduler.base[0]:.3g} wd {cfg['optim']['weight_decay']}, "
-        f"{cfg['schedule']['name']} schedule, {cfg['schedule']['warmup_iters']} warm-up steps",
-        f"steps      {tr.steps_per_epoch}/epoch x {tr.epochs} epochs = {tr.total_steps} iterations "
-        f"(batch {tr.batch} x accum {tr.accum} x {tr.dist.world_size} rank(s))",
-        f"loss       {cfg['loss']}",
-        f"device     {tr.device}, precision {tr.precision}, channels_last {cfg['train']['channels_last']}",
-        f"run folder {tr.run_dir}",
-    ]
-    return "\n".join(lines)

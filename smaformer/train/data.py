@@ -18,9 +18,9 @@ from torch.utils.data import Dataset
 
 from smaformer.checkpoint import default_preprocessing
 from smaformer.data.sample import Reader, Sample, iter_cases
-from smaformer.engine.distributed import Dist, all_reduce_sum
 from smaformer.errors import InputError
 from smaformer.infer.evaluate import volume_dice
+from smaformer.train.distributed import Dist, all_reduce_sum
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def val_samples(source, rank: int = 0, world_size: int = 1):
             yield sample
 
 
-def validate(model: torch.nn.Module, source, preprocessing: dict, num_classes: int, *, device: torch.device,
+def validation_dice(model: torch.nn.Module, source, preprocessing: dict, num_classes: int, *, device: torch.device,
              precision: str = "fp32", batch_size: int = 16, dist: Dist | None = None) -> np.ndarray:
     """Mean volume-level Dice per foreground class over the validation cases (NaN-aware, reduced across ranks).
 

@@ -14,6 +14,7 @@ import contextlib
 import math
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,18 +25,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from smaformer.checkpoint import build_checkpoint, read_checkpoint, save_checkpoint
-from smaformer.config import dump_config, validate
-from smaformer.engine import distributed as dd
-from smaformer.engine.runlog import TensorBoard, plot_curves, progress, write_csv
-from smaformer.engine.sampling import ResumableSampler, SeededItems, capture_rng, restore_rng, seed_everything
-from smaformer.engine.schedule import IterScheduler, build_optimizer
-from smaformer.engine.trainsets import TrainData, build_data
-from smaformer.engine.trainsets import validate as validate_volumes
+from smaformer.config import check_config, dump_config
 from smaformer.errors import InputError
 from smaformer.losses import build_loss
 from smaformer.models import create_model
 from smaformer.models.layers.axial import set_gates_trainable
 from smaformer.runtime import autocast, resolve_device, resolve_precision
+from smaformer.train import distributed as dd
+from smaformer.train.data import TrainData, build_data, validation_dice
+from smaformer.train.runlog import TensorBoard, plot_curves, progress, write_csv
+from smaformer.train.sampling import ResumableSampler, SeededItems, capture_rng, restore_rng, seed_everything
+from smaformer.train.schedule import IterScheduler, build_optimizer
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Trainer:
         if resume is not None:
             state = read_checkpoint(Path(resume) / "latest.pt")
             cfg, run_dir = state["config"], Path(resume)
-            validate(cfg)
+            check_config(cfg)
         t = cfg["train"]
         self.device = resolve_device(t["device"])
         self.dist = dd.init_distributed(self.device.type)
@@ -120,6 +120,9 @@ class Trainer:
         self.loss_sum, self.loss_count, self.elapsed = 0.0, 0, 0.0
         self.best, self.bad_vals, self.history = -1.0, 0, []
         self._dl: DataLoader | None = None
+        self.tb: TensorBoard | None = None
+        self._stop_signal = self._time_up = False
+        self._plotted = 0.0
         if state is not None:
             self._load_state(state)
 
@@ -199,7 +202,7 @@ class Trainer:
 
     def _validate(self) -> np.ndarray:
         t = self.cfg["train"]
-        return validate_volumes(self.model, self.data.val, self.data.preprocessing, len(self.classes),
+        return validation_dice(self.model, self.data.val, self.data.preprocessing, len(self.classes),
                                 device=self.device, precision=self.precision,
                                 batch_size=int(t["val_batch_size"]), dist=self.dist)
 
@@ -245,8 +248,6 @@ class Trainer:
         return dd.broadcast_flag(bool(patience) and self.bad_vals >= int(patience), self.dist)
 
     def _install_signals(self) -> dict:
-        self._stop_signal = False
-
         def handler(signum, frame):
             self._stop_signal = True
 
@@ -321,18 +322,28 @@ class Trainer:
         return TrainResult(self.run_dir, self.epoch, self.iteration, self.best, last, stopped, list(self.history))
 
 
-def train(cfg: dict | None, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
-          stop_after: int | None = None, data: TrainData | None = None, progress_bar: bool = True,
-          log=print) -> TrainResult:
-    """Train from a resolved config (``smaformer.config.load_config``), or resume a run folder."""
+@contextlib.contextmanager
+def trainer_session(cfg: dict | None, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
+                    data: TrainData | None = None, progress_bar: bool = True, log=print) -> Iterator[Trainer]:
+    """A ``Trainer`` whose global side effects end with the block: the process group it joined is left and
+    the deterministic-algorithms switch is put back as it was (also when building the Trainer fails)."""
     deterministic = torch.are_deterministic_algorithms_enabled()
+    trainer = None
     try:
         trainer = Trainer(cfg, run_dir=None if run_dir is None else Path(run_dir),
                           resume=None if resume is None else Path(resume), data=data,
                           progress_bar=progress_bar, log=log)
-        try:
-            return trainer.fit(stop_after=stop_after)
-        finally:
-            dd.shutdown(trainer.dist)
+        yield trainer
     finally:
-        torch.use_deterministic_algorithms(deterministic)     # a global switch: leave it as it was
+        if trainer is not None:
+            dd.shutdown(trainer.dist)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def train(cfg: dict | None, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
+          stop_after: int | None = None, data: TrainData | None = None, progress_bar: bool = True,
+          log=print) -> TrainResult:
+    """Train from a resolved config (``smaformer.config.load_config``), or resume a run folder."""
+    with trainer_session(cfg, run_dir=run_dir, resume=resume, data=data, progress_bar=progress_bar,
+                         log=log) as trainer:
+        return trainer.fit(stop_after=stop_after)

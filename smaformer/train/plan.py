@@ -1,0 +1,26 @@
+"""The plan of a run (``smaformer train --dry-run``): model, data, schedule, precision and run folder."""
+from __future__ import annotations
+
+from smaformer.train.loop import Trainer
+
+
+def describe(tr: Trainer) -> str:
+    """The plan of a run: model, data, schedule and precision."""
+    cfg, n_params = tr.cfg, sum(p.numel() for p in tr.model.parameters())
+    val = tr.data.val
+    n_val = len(val.cases()) if hasattr(val, "cases") else len(val or [])
+    lines = [
+        f"model      {cfg['model']['name']} {cfg['model']['kwargs']}  ({n_params / 1e6:.2f}M params)",
+        f"classes    {', '.join(tr.classes)}",
+        f"data       {cfg['data']['layout']} {cfg['data']['root'] or ''}: {len(tr.data.train)} training slices, "
+        f"{n_val} validation cases",
+        f"input      {tr.data.preprocessing}",
+        f"optimizer  {cfg['optim']['name']} lr {tr.scheduler.base[0]:.3g} wd {cfg['optim']['weight_decay']}, "
+        f"{cfg['schedule']['name']} schedule, {cfg['schedule']['warmup_iters']} warm-up steps",
+        f"steps      {tr.steps_per_epoch}/epoch x {tr.epochs} epochs = {tr.total_steps} iterations "
+        f"(batch {tr.batch} x accum {tr.accum} x {tr.dist.world_size} rank(s))",
+        f"loss       {cfg['loss']}",
+        f"device     {tr.device}, precision {tr.precision}, channels_last {cfg['train']['channels_last']}",
+        f"run folder {tr.run_dir}",
+    ]
+    return "\n".join(lines)
