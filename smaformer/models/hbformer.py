@@ -105,7 +105,7 @@ class HBFormer(SegmentationModel):
     parts = {
         "stem": ("input_proj.",),
         "encoder": ("MWAencoder.",),
-        "decoder": ("proj_enc", "MFF_decoder"),
+        "decoder": tuple(f"proj_enc{k}." for k in (1, 2, 3, 4)) + tuple(f"MFF_decoder{k}." for k in (4, 3, 2, 1)),
         "head": ("out.",),
     }
     official_layout = "lzeeorno/SMAFormer models/HBFormer.py @ abca72e"
