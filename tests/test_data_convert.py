@@ -9,9 +9,9 @@ import pytest
 
 from smaformer.cli import main
 from smaformer.data import open_dataset
-from smaformer.data.convert import PairsReader, convert_to_synapse, parse_label_map, split_cases
 from smaformer.data.formats.synapse import SYNAPSE_CLASSES
 from smaformer.errors import InputError
+from smaformer.tools.convert import PairsReader, convert_to_synapse, parse_label_map, split_cases
 
 # TotalSegmentator v2 ids of the 8 Synapse organs, by Synapse id (DESIGN.md order)
 TOTALSEG_ID = {"aorta": 52, "gallbladder": 4, "kidney_left": 3, "kidney_right": 2, "liver": 5, "pancreas": 7,

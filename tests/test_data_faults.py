@@ -12,10 +12,10 @@ import pytest
 
 from smaformer.cli import main
 from smaformer.data import SliceDataset, open_dataset
-from smaformer.data.check import check_dataset
-from smaformer.data.convert import convert_to_synapse
 from smaformer.data.sample import iter_cases
 from smaformer.errors import InputError
+from smaformer.tools.check_data import check_dataset
+from smaformer.tools.convert import convert_to_synapse
 
 SHAPE = (12, 10, 4)
 

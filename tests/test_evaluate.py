@@ -170,3 +170,15 @@ def test_evaluate_2d_images(tmp_path):
     assert res["conventions"]["hd95_unit"] == "mm" and res["metric_per_case"][0]["shape"] == [48, 48]
     assert "slice" not in res["metric_per_case"][0]["metrics"]["1"]
     assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) >= 1
+
+
+def test_bad_postprocess_is_a_one_line_error_and_writes_nothing(tmp_path, capsys):
+    from smaformer.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", "-c", str(tmp_path / "x.pt"), "-d", str(tmp_path), "-o", str(out),
+                 "--postprocess", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --postprocess takes") and err.count("\n") == 1
+    assert main(["evaluate", "-c", str(tmp_path / "x.pt"), "-d", str(tmp_path), "-o", str(out)]) == 2
+    assert "checkpoint file not found" in capsys.readouterr().err and not out.exists()

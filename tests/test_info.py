@@ -8,10 +8,10 @@ import torch.nn as nn
 
 from smaformer.checkpoint import build_checkpoint, default_preprocessing, save_checkpoint
 from smaformer.cli import main
-from smaformer.engine.archpage import trace_modules, write_arch_page
-from smaformer.engine.info import count_flops, params_per_part, resolve
 from smaformer.models import create_model, list_models
 from smaformer.models.registry import tiny_kwargs
+from smaformer.tools.archpage import trace_modules, write_arch_page
+from smaformer.tools.info import count_flops, params_per_part, resolve
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -7,7 +7,6 @@ readers built on :mod:`smaformer.data.io`, ``props`` (what ``write_labels`` need
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from smaformer.errors import InputError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -144,14 +141,13 @@ class Reader:
 def iter_cases(reader: Reader, cases: list[str] | None = None) -> Iterator[tuple[str, Sample | None, str | None]]:
     """``(case, sample, None)`` for each case that loads, ``(case, None, fault)`` for each that does not.
 
-    The one loop for batch jobs (evaluation, validation, checks, conversion): a bad case is logged and
-    reported to the caller, which records it and goes on with the others.
+    The one loop for batch jobs (evaluation, validation, checks, conversion): a bad case is reported to
+    the caller, which records it and goes on with the others.
     """
     for case in reader.cases() if cases is None else cases:
         try:
             sample = reader.load_case(case)
         except InputError as e:
-            log.warning("skipping case %s: %s", case, e)
             yield case, None, str(e)
             continue
         yield case, sample, None

@@ -130,6 +130,7 @@ def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: s
         it = tqdm(todo, desc="cases", unit="case")
     for case, sample, fault in iter_cases(reader, it):
         if fault is not None:
+            log.warning("case %s failed: %s", case, fault)
             failed.append({"case": case, "error": f"InputError: {fault}"})
             continue
         try:

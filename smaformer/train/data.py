@@ -161,8 +161,10 @@ def val_samples(source, rank: int = 0, world_size: int = 1):
     if not hasattr(source, "cases"):
         yield from list(source)[rank::world_size]
         return
-    for _, sample, _ in iter_cases(source, source.cases()[rank::world_size]):
-        if sample is not None:
+    for case, sample, fault in iter_cases(source, source.cases()[rank::world_size]):
+        if fault is not None:
+            log.warning("validation: skipping case %s: %s", case, fault)
+        else:
             yield sample
 
 

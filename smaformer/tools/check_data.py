@@ -6,12 +6,12 @@ Exits 1 when there is a fault, so it can gate a training script.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from smaformer.data.formats import LAYOUTS, detect_layout, open_dataset
+from smaformer.data.sample import iter_cases
 from smaformer.errors import InputError
 
 
@@ -64,11 +64,9 @@ def check_dataset(path, layout: str | None = None, split: str | None = None, lim
             continue
         rep = SplitReport(sp, list(reader.classes))
         case_sets[sp] = cases
-        for case in cases[:limit]:
-            try:
-                s = reader.load_case(case)
-            except InputError as e:
-                rep.faults.append((case, str(e)))
+        for case, s, fault in iter_cases(reader, cases[:limit]):
+            if fault is not None:
+                rep.faults.append((case, fault))
                 rep.rows.append({"case": case, "status": "FAULT"})
                 continue
             report.warnings.extend(f"case {case}: {w}" for w in s.meta.get("warnings", []))
@@ -134,21 +132,3 @@ def format_report(report: CheckReport, max_rows: int | None = 20) -> str:
         out.append(f"warning: {w}")
     out.append(f"\n{report.num_faults} fault(s)" if report.num_faults else "\nno faults")
     return "\n".join(out)
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.epilog = ("Examples:\n  smaformer check-data ../shared/data/acdc\n"
-                "  smaformer check-data my_dataset/ --layout image_folder --classes background,tumour --all")
-    p.add_argument("path", help="dataset folder")
-    p.add_argument("--layout", choices=sorted(LAYOUTS), help="skip auto-detection")
-    p.add_argument("--split", help="check one split only (default: every split the layout has)")
-    p.add_argument("--classes", help="comma-separated class names (sets the allowed label range)")
-    p.add_argument("--limit", type=int, help="check only the first N cases of each split")
-    p.add_argument("--all", action="store_true", help="print every case (default: the first 20 per split)")
-
-
-def run(args: argparse.Namespace) -> int:
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    report = check_dataset(args.path, layout=args.layout, split=args.split, limit=args.limit, classes=classes)
-    print(format_report(report, None if args.all else 20))
-    return 1 if report.num_faults else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from smaformer.errors import InputError
 from smaformer.runtime import PRECISIONS
 
 EPILOG = """example:
@@ -44,7 +45,7 @@ def _postprocess(values: list[str] | None) -> tuple[str | None, int]:
         return "lcc", 0
     if mode == "min_size" and len(values) == 2 and values[1].isdigit() and int(values[1]) > 0:
         return "min_size", int(values[1])
-    raise SystemExit("error: --postprocess takes 'lcc' or 'min-size N' with N a positive voxel count")
+    raise InputError(None, "--postprocess takes 'lcc' or 'min-size N' with N a positive voxel count")
 
 
 def run(args: argparse.Namespace) -> int:

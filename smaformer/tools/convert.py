@@ -9,7 +9,6 @@ ignore. ``convert.json`` records the source of every case, the window, the label
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -21,7 +20,7 @@ from smaformer.data.formats import open_dataset
 from smaformer.data.formats.base import PairedReader, stem
 from smaformer.data.formats.synapse import SYNAPSE_CLASSES
 from smaformer.data.preprocess import normalize_intensity
-from smaformer.data.sample import Reader
+from smaformer.data.sample import Reader, Sample, iter_cases
 from smaformer.data.transforms import parse_window
 from smaformer.errors import InputError
 from smaformer.io_utils import atomic_path, write_text
@@ -117,6 +116,19 @@ def _save_h5(path: Path, **arrays) -> None:
             f.create_dataset(k, data=v, compression="gzip" if v.ndim > 1 else None)
 
 
+def _synapse_label(sample: Sample, label_map: dict[int, int] | None, num_classes: int | None) -> np.ndarray:
+    """The sample's remapped label, or an InputError saying why the case cannot go into the Synapse layout."""
+    if not sample.is_volume:
+        raise InputError(sample.meta.get("path"), "2D image: the Synapse layout holds CT volumes")
+    if sample.label is None:
+        raise InputError(sample.meta.get("path"), "no label file")
+    label = remap(sample.label, label_map)
+    if num_classes and label.max(initial=0) >= num_classes:
+        raise InputError(sample.meta.get("label_path"), f"label value {int(label.max())} outside "
+                         f"0..{num_classes - 1} after remapping; pass --labels")
+    return label
+
+
 def convert_to_synapse(source: str | Path | Reader, out_dir: str | Path, *, window: str = "synapse",
                        label_map: dict[int, int] | None = None, num_classes: int | None = None,
                        test_cases: list[str] | None = None, test_fraction: float = 0.4, seed: int = 0,
@@ -142,23 +154,17 @@ def convert_to_synapse(source: str | Path | Reader, out_dir: str | Path, *, wind
               "classes": SYNAPSE_CLASSES[:num_classes] if label_map and num_classes else reader.classes,
               "cases": {}, "failed": list(reader.skipped)}
     train_list, test_list = [], []
-    for i, case in enumerate(cases, 1):
+    for i, (case, sample, fault) in enumerate(iter_cases(reader, cases), 1):
         name = case if keep_names else f"case{i:04d}"
         if keep_names and not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise InputError(None, f"case name {name!r} is not file-name safe; drop --keep-names")
         try:
-            sample = reader.load_case(case)
-            if not sample.is_volume:
-                raise InputError(sample.meta.get("path"), "2D image: the Synapse layout holds CT volumes")
-            if sample.label is None:
-                raise InputError(sample.meta.get("path"), "no label file")
-            label = remap(sample.label, label_map)
-            if num_classes and label.max(initial=0) >= num_classes:
-                raise InputError(sample.meta.get("label_path"), f"label value {int(label.max())} outside "
-                                 f"0..{num_classes - 1} after remapping; pass --labels")
+            label = _synapse_label(sample, label_map, num_classes) if fault is None else None
         except InputError as e:
-            log.warning("skipping case %s: %s", case, e)
-            record["failed"].append((case, str(e)))
+            fault = str(e)
+        if fault is not None:
+            log.warning("skipping case %s: %s", case, fault)
+            record["failed"].append((case, fault))
             continue
         image = normalize_intensity(sample.image, intensity)
         label = label.astype(np.uint8)
@@ -179,40 +185,3 @@ def convert_to_synapse(source: str | Path | Reader, out_dir: str | Path, *, wind
     write_text(out / "lists_Synapse" / "test_vol.txt", "".join(f"{s}\n" for s in test_list))
     write_text(out / "convert.json", json.dumps(record, indent=1))
     return record
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.epilog = (
-        "Examples:\n"
-        "  smaformer convert --pair ct.nii.gz seg.nii.gz --labels totalseg -o synapse_like\n"
-        "  smaformer convert Dataset017_BTCV/ --labels '1:7,2:4,3:3' --test-fraction 0.4 -o Synapse\n"
-        "Windows: synapse (HU -125..275), abdomen, liver, lung, LO,HI, zscore, minmax or none (MR).")
-    p.add_argument("source", nargs="?", help="dataset folder (nnU-Net raw, images/+labels/, ACDC/LiTS raw)")
-    p.add_argument("--pair", nargs=2, action="append", metavar=("IMAGE", "LABEL"), default=[],
-                   help="an image/label NIfTI pair (repeatable) instead of a folder")
-    p.add_argument("-o", "--out", required=True, help="output folder (Synapse layout)")
-    p.add_argument("--layout", help="source layout when auto-detection is not wanted")
-    p.add_argument("--window", default="synapse", help="intensity window or normalisation (default: synapse)")
-    p.add_argument("--labels", help="label remapping 'src:dst,...', a JSON file, or 'totalseg' (-> Synapse ids)")
-    p.add_argument("--num-classes", type=int, help="number of output classes (default: 9 with --labels)")
-    p.add_argument("--test", help="comma-separated source case names for the test split")
-    p.add_argument("--test-fraction", type=float, default=0.4, help="random test share when --test is not given")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random split")
-    p.add_argument("--keep-names", action="store_true", help="keep source case names instead of caseNNNN")
-
-
-def run(args: argparse.Namespace) -> int:
-    if bool(args.source) == bool(args.pair):
-        raise InputError(None, "give either a SOURCE folder or one or more --pair IMAGE LABEL")
-    source = PairsReader(args.pair) if args.pair else args.source
-    rec = convert_to_synapse(source, args.out, window=args.window, label_map=parse_label_map(args.labels),
-                             num_classes=args.num_classes, test_fraction=args.test_fraction, seed=args.seed,
-                             test_cases=[c.strip() for c in args.test.split(",")] if args.test else None,
-                             keep_names=args.keep_names, layout=args.layout)
-    splits = [c["split"] for c in rec["cases"].values()]
-    print(f"{args.out}: {splits.count('train')} train cases "
-          f"({sum(c['shape'][0] for c in rec['cases'].values() if c['split'] == 'train')} slices), "
-          f"{splits.count('test')} test volumes")
-    for case, fault in rec["failed"]:
-        print(f"skipped {case}: {fault}")
-    return 1 if rec["failed"] else 0

@@ -1,6 +1,7 @@
-"""Thin argparse front end. Each sub-command lives in its own module that exposes
-``configure_parser(parser)`` (arguments, with an example in the epilog) and ``run(args) -> int``.
-The CLI only parses arguments and calls the engine; errors print as one line unless ``--debug``.
+"""Thin argparse front end: one module per sub-command in this package, each exposing only
+``configure_parser(parser)`` (arguments, with an example in the epilog) and ``run(args) -> int``, which
+parses arguments and calls the API (``smaformer.train``, ``infer``, ``export``, ``tools``). Errors print
+as one line unless ``--debug``.
 """
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ from smaformer.errors import SmaformerError
 
 # sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("smaformer.engine.demo", "train a small model on synthetic phantoms and evaluate it"),
-    "train": ("smaformer.engine.train_cli", "train a model from a YAML preset"),
-    "evaluate": ("smaformer.engine.evaluate_cli", "evaluate a checkpoint on 3D volumes (Dice/HD95)"),
-    "predict": ("smaformer.engine.predict_cli", "segment NIfTI/DICOM/PNG inputs, keeping their geometry"),
-    "export": ("smaformer.engine.export_cli", "export a checkpoint to ONNX, TorchScript or safetensors"),
-    "info": ("smaformer.engine.info", "params per part, FLOPs and architecture of a model or checkpoint"),
-    "convert": ("smaformer.data.convert", "convert NIfTI pairs / nnU-Net raw data into the Synapse layout"),
-    "check-data": ("smaformer.data.check", "detect a dataset layout and check it for faults"),
+    "demo": ("smaformer.cli.demo", "train a small model on synthetic phantoms and evaluate it"),
+    "train": ("smaformer.cli.train", "train a model from a YAML preset"),
+    "evaluate": ("smaformer.cli.evaluate", "evaluate a checkpoint on 3D volumes (Dice/HD95)"),
+    "predict": ("smaformer.cli.predict", "segment NIfTI/DICOM/PNG inputs, keeping their geometry"),
+    "export": ("smaformer.cli.export", "export a checkpoint to ONNX, TorchScript or safetensors"),
+    "info": ("smaformer.cli.info", "params per part, FLOPs and architecture of a model or checkpoint"),
+    "convert": ("smaformer.cli.convert", "convert NIfTI pairs / nnU-Net raw data into the Synapse layout"),
+    "check-data": ("smaformer.cli.check_data", "detect a dataset layout and check it for faults"),
 }
 
 

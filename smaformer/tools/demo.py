@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from datetime import datetime
@@ -29,28 +28,6 @@ SMALL = {
 }
 NUM_CLASSES, SIZE, DEPTH = 5, 64, 24
 TEST_SEED_OFFSET = 20_000        # training phantoms use seed.., validation seed+10000.., test seed+20000..
-
-EPILOG = """examples:
-  smaformer demo                          # about 2.5 minutes on 2 CPU cores, writes ./runs/demo-<timestamp>
-  smaformer demo --minutes 1 --out /tmp/demo
-  smaformer demo --iterations 30 --test-volumes 1   # a quick smoke run"""
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.epilog = EPILOG
-    p.add_argument("--out", metavar="DIR", help="run folder (default ./runs/demo-<timestamp>)")
-    p.add_argument("--minutes", type=float, default=2.5, help="training time budget (default 2.5)")
-    p.add_argument("--iterations", type=int, help="train exactly this many steps instead of a time budget")
-    p.add_argument("--model", choices=sorted(SMALL), default="swin_unet",
-                   help="small variant to train (default swin_unet: the small SMAFormer learns these phantoms "
-                        "far more slowly and needs a longer budget)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads (default: 1 or 2, whichever trains faster here; on a busy machine "
-                        "OpenMP threads can slow tiny models down several times)")
-    p.add_argument("--test-volumes", type=int, default=4, help="held-out phantom volumes to evaluate (default 4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
-
 
 def demo_config(model: str, out: Path, seed: int, iterations: int, time_limit_s: float | None = None) -> dict:
     """The demo's training config: synthetic phantoms at 64x64, a small model, AdamW with warm-up + cosine."""
@@ -165,9 +142,3 @@ def _run(run_dir: Path, minutes: float, iterations: int | None, model: str, thre
 def _fmt(value: float | None) -> str:
     """A Dice for the summary; None (the organ is absent from every held-out volume) prints as n/a."""
     return "n/a" if value is None else f"{value:.4f}"
-
-
-def run(args: argparse.Namespace) -> int:
-    run_demo(args.out, args.minutes, args.iterations, args.model, args.threads, args.test_volumes, args.seed,
-             progress=not args.no_progress)
-    return 0

@@ -1,1 +1,0 @@
-"""Engine: training, evaluation, prediction, export and model information."""

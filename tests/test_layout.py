@@ -1,0 +1,64 @@
+"""The package's shape: rooms and the dependency rule, one atomic writer, thin CLI modules, short files."""
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "smaformer"
+ROOMS_BELOW_VERBS = ("models", "weights", "data", "checkpoint", "runtime", "io_utils")
+
+
+def _imports(path: Path) -> set[str]:
+    mods = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            mods.add(node.module)
+        elif isinstance(node, ast.Import):
+            mods.update(a.name for a in node.names)
+    return mods
+
+
+def _files(*rooms: str) -> list[Path]:
+    return [p for r in rooms for p in sorted((PKG / r).rglob("*.py"))] if rooms else sorted(PKG.rglob("*.py"))
+
+
+def test_rooms_exist_and_engine_is_gone():
+    assert not (PKG / "engine").exists()
+    for room in ("train", "infer", "export", "tools", "cli", "models", "weights", "data"):
+        assert (PKG / room / "__init__.py").is_file(), room
+
+
+@pytest.mark.parametrize(("room", "forbidden"), [
+    ("infer", ("smaformer.train", "smaformer.cli", "smaformer.tools")),
+    ("export", ("smaformer.train", "smaformer.cli", "smaformer.tools", "smaformer.infer")),
+    ("train", ("smaformer.cli", "smaformer.tools")),
+    ("tools", ("smaformer.cli",)),
+    *[(r, ("smaformer.train", "smaformer.infer", "smaformer.export", "smaformer.tools", "smaformer.cli"))
+      for r in ("models", "weights", "data")],
+])
+def test_dependency_rule(room, forbidden):
+    """cli -> {train, infer, export, tools} -> {models, weights, data, checkpoint, runtime}."""
+    for path in _files(room):
+        bad = sorted(m for m in _imports(path) if m.startswith(forbidden))
+        assert not bad, f"{path.relative_to(PKG)} imports {bad}"
+
+
+def test_os_replace_lives_in_one_helper():
+    users = [p.relative_to(PKG).as_posix() for p in _files() if "os.replace(" in p.read_text(encoding="utf-8")]
+    assert users == ["io_utils.py"]
+
+
+def test_cli_modules_only_parse_and_call():
+    for path in _files("cli"):
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        public = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+                  and not n.name.startswith("_")}
+        assert public == {"configure_parser", "run"}, f"{path.name}: {sorted(public)}"
+
+
+def test_no_file_over_400_lines():
+    long = {p.relative_to(PKG).as_posix(): n for p in _files()
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long, long
