@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from smaformer.cli._common import add_runtime_args
 from smaformer.errors import InputError
-from smaformer.runtime import PRECISIONS
 
 EPILOG = """example:
   smaformer evaluate -c runs/acdc/best.pt -d ../shared/data/acdc -o eval/acdc --split val --overlays 2
@@ -30,11 +30,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="3D post-processing: 'lcc' (largest component per class) or 'min-size N' (drop smaller)")
     p.add_argument("--save-nifti", action="store_true", help="write predictions as NIfTI under predictions/")
     p.add_argument("--overlays", type=int, default=3, metavar="K", help="overlay slices per case (default: 3)")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default: 16)")
-    p.add_argument("--precision", default="fp32", choices=("auto", *PRECISIONS), help="autocast dtype (default fp32)")
     p.add_argument("--cases", nargs="+", metavar="CASE", help="only these cases")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_runtime_args(p)
 
 
 def _postprocess(values: list[str] | None) -> tuple[str | None, int]:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from smaformer.cli._common import add_runtime_args
 from smaformer.infer.predict import ENGINES, predict
-from smaformer.runtime import DEVICES, PRECISIONS
 
 EPILOG = """examples:
   smaformer predict -i ct.nii.gz -o ct_seg.nii.gz -c runs/synapse/best.pt
@@ -27,13 +27,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--checkpoint", required=True, help=".pt checkpoint, .safetensors (+ .json) or .onnx")
     p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="auto: onnxruntime for .onnx files, torch otherwise")
-    p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--precision", choices=("auto", *PRECISIONS), default="fp32",
-                   help="autocast dtype for the torch engine (default fp32; auto: bf16/fp16 on CUDA, fp32 elsewhere)")
-    p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <case>_probabilities.npz: float16 softmax (K, D, H, W)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_runtime_args(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -116,10 +116,14 @@ class SliceDataset(Dataset):
         try:
             return bool(self._load(case).slice(index).label.any())
         except InputError as e:
-            log.warning("skipping case %s: %s", case, e)
-            self._bad.add(case)
-            self.skipped.append((case, str(e)))
+            self._drop(case, e)
             return False
+
+    def _drop(self, case: str, e: InputError) -> None:
+        """Log a case that failed to load, remember it and record it in ``skipped``."""
+        log.warning("skipping case %s: %s", case, e)
+        self._bad.add(case)
+        self.skipped.append((case, str(e)))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -134,9 +138,7 @@ class SliceDataset(Dataset):
             try:
                 return self._item(case, k)
             except InputError as e:
-                log.warning("skipping case %s: %s", case, e)
-                self._bad.add(case)
-                self.skipped.append((case, str(e)))
+                self._drop(case, e)
         raise InputError(getattr(self.reader, "root", None), "every case failed to load; see the warnings")
 
     def _item(self, case: str, k: int) -> dict:

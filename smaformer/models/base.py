@@ -29,6 +29,7 @@ class SegmentationModel(nn.Module):
     export_flags: ClassVar[dict[str, bool]] = EXPORT_FLAGS   # torchscript means torch.jit.trace
     official_layout: ClassVar[str | None] = None   # e.g. "HuCaoFighting/Swin-Unet @ 7d80541"
     size_hint: ClassVar[str] = ""                  # appended to size errors, e.g. " or build with pad=True"
+    gray_to_rgb: ClassVar[bool] = False  # built for 1 channel, repeat it to 3 (the official wrappers' 3-ch stem)
 
     in_chans: int
     num_classes: int
@@ -58,8 +59,12 @@ class SegmentationModel(nn.Module):
 
     @property
     def accepted_channels(self) -> tuple[int, ...]:
-        """Channel counts ``forward`` takes (``in_chans``; Swin-Unet also takes 3 when built for 1)."""
-        return (self.in_chans,)
+        """Channel counts ``forward`` takes: ``in_chans``, and 3 as well where ``gray_to_rgb`` repeats 1 to 3."""
+        return (1, 3) if self.gray_to_rgb and self.in_chans == 1 else (self.in_chans,)
+
+    def gray_as_rgb(self, x: torch.Tensor) -> torch.Tensor:
+        """The official wrappers' 1 -> 3 channel repeat, for models whose weights keep a 3-channel stem."""
+        return x.repeat(1, 3, 1, 1) if self.gray_to_rgb and x.shape[1] == 1 else x
 
     def official_key(self, key: str) -> str | None:
         """Our name for an official checkpoint key, or None for a key the official model never uses."""

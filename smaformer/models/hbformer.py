@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from smaformer.models.base import SegmentationModel
 from smaformer.models.layers.mff import MFFDecoder
 from smaformer.models.layers.sizing import check_multiple, to_2tuple
-from smaformer.models.layers.swin import PatchEmbed, PatchMerging, SwinBlock, init_swin_weights
+from smaformer.models.layers.swin import PatchEmbed, PatchMerging, SwinBlock, drop_path_rates, init_swin_weights
 from smaformer.models.registry import register_model
 
 MULTIPLE = 32  # patch 4 x three 2x merges
@@ -66,12 +66,10 @@ class SwinFeatures(nn.Module):
                  mlp_ratio: float, drop_path_rate: float, final_norm: bool) -> None:
         super().__init__()
         dims = [embed_dim * 2 ** i for i in range(len(depths))]
-        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-        starts = [sum(depths[:i]) for i in range(len(depths) + 1)]
+        rates = drop_path_rates(depths, drop_path_rate)
         self.patch_embed = PatchEmbed(3, embed_dim)
         self.layers = nn.ModuleList(
-            TimmStage(dims[i], depths[i], num_heads[i], window_size, rates[starts[i]:starts[i + 1]], mlp_ratio,
-                      downsample=i > 0)
+            TimmStage(dims[i], depths[i], num_heads[i], window_size, rates[i], mlp_ratio, downsample=i > 0)
             for i in range(len(depths)))
         self.norm = nn.LayerNorm(dims[-1]) if final_norm else None  # official: built, never applied
 

@@ -57,6 +57,26 @@ def _size(x: torch.Tensor) -> tuple[int, int]:
     return x.shape[-2], x.shape[-1]
 
 
+def _unet_path(net: nn.Module, x: torch.Tensor, out_size: tuple[int, int], sfx: str = "") -> torch.Tensor:
+    """The official axial U-Net path: stem, ``layer1..4``, then ``decoder1..5`` with additive skips, on the
+    modules named with suffix ``sfx`` (``""``: the U-Nets; ``"_p"``: MedT's local branch). Before ``adjust``."""
+    m = {k: getattr(net, k + sfx) for k in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "layer1", "layer2",
+                                             "layer3", "layer4", "decoder1", "decoder2", "decoder3", "decoder4",
+                                             "decoder5")}
+    x = F.relu(m["bn1"](m["conv1"](x)))
+    x = F.relu(m["bn2"](m["conv2"](x)))
+    x = F.relu(m["bn3"](m["conv3"](x)))
+    x1 = m["layer1"](x)
+    x2 = m["layer2"](x1)
+    x3 = m["layer3"](x2)
+    x4 = m["layer4"](x3)
+    y = _up(m["decoder1"](x4), _size(x4)) + x4
+    y = _up(m["decoder2"](y), _size(x3)) + x3
+    y = _up(m["decoder3"](y), _size(x2)) + x2
+    y = _up(m["decoder4"](y), _size(x1)) + x1
+    return _up(m["decoder5"](y), out_size)
+
+
 class _AxialNet(SegmentationModel):
     """Shared pieces: the gate switch and the official key names."""
 
@@ -132,19 +152,7 @@ class AxialUNet(_AxialNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        x = F.relu(self.bn3(self.conv3(x)))
-        x1 = self.layer1(x)
-        x2 = self.layer2(x1)
-        x3 = self.layer3(x2)
-        x4 = self.layer4(x3)
-        x = _up(self.decoder1(x4), _size(x4)) + x4
-        x = _up(self.decoder2(x), _size(x3)) + x3
-        x = _up(self.decoder3(x), _size(x2)) + x2
-        x = _up(self.decoder4(x), _size(x1)) + x1
-        x = _up(self.decoder5(x), self.img_size)
-        return self.adjust(F.relu(x))
+        return self.adjust(F.relu(_unet_path(self, x, self.img_size)))
 
 
 class MedTNet(_AxialNet):
@@ -198,18 +206,7 @@ class MedTNet(_AxialNet):
         b, c, h, w = x.shape
         ph, pw = h // 4, w // 4
         p = x.reshape(b, c, 4, ph, 4, pw).permute(0, 2, 4, 1, 3, 5).reshape(b * 16, c, ph, pw)
-        p = F.relu(self.bn1_p(self.conv1_p(p)))
-        p = F.relu(self.bn2_p(self.conv2_p(p)))
-        p = F.relu(self.bn3_p(self.conv3_p(p)))
-        p1 = self.layer1_p(p)
-        p2 = self.layer2_p(p1)
-        p3 = self.layer3_p(p2)
-        p4 = self.layer4_p(p3)
-        y = _up(self.decoder1_p(p4), _size(p4)) + p4
-        y = _up(self.decoder2_p(y), _size(p3)) + p3
-        y = _up(self.decoder3_p(y), _size(p2)) + p2
-        y = _up(self.decoder4_p(y), _size(p1)) + p1
-        y = _up(self.decoder5_p(y), (ph, pw))
+        y = _unet_path(self, p, (ph, pw), "_p")
         k = y.shape[1]
         return y.reshape(b, 4, 4, k, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(b, k, h, w)
 

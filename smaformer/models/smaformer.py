@@ -26,7 +26,15 @@ import torch.nn as nn
 from smaformer.models.base import SegmentationModel
 from smaformer.models.layers.sizing import check_multiple, pad_to_multiple, to_2tuple
 from smaformer.models.layers.sma import CBAM, FinalExpand, resize_bilinear
-from smaformer.models.layers.swin import PatchEmbed, PatchExpand, SwinBlock, SwinStage, init_swin_weights
+from smaformer.models.layers.swin import (
+    PatchEmbed,
+    PatchExpand,
+    SwinBlock,
+    drop_path_rates,
+    init_swin_weights,
+    mirrored_block,
+    swin_encoder,
+)
 from smaformer.models.registry import register_model
 
 MULTIPLE = 32  # patch 4 x three 2x merges
@@ -94,17 +102,13 @@ class SMAFormer(SegmentationModel):
                            hint="" if self.resize_to else " or pass pad=True")
         self.window_size = window_size or auto_window(self.resize_to or self.img_size)
         dims = [embed_dim * 2 ** i for i in range(4)]
-        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-        starts = [sum(depths[:i]) for i in range(5)]
+        rates = drop_path_rates(depths, drop_path_rate)
 
         self.patch_embed = PatchEmbed(in_chans, embed_dim)
-        self.encoder_layers = nn.ModuleList(
-            SwinStage(dims[i], depths[i], num_heads[i], self.window_size, rates[starts[i]:starts[i + 1]], mlp_ratio,
-                      downsample=i < 3)
-            for i in range(4))
+        self.encoder_layers = swin_encoder(dims, depths, num_heads, self.window_size, rates, mlp_ratio)
         self.encoder_norm = nn.LayerNorm(dims[3])
         dec = [2, 1, 0]  # decoder stage i mirrors encoder stage 2 - i
-        rev = rates[::-1]  # official: reversed encoder rates, sliced by the decoder depths
+        rev = sum(rates, [])[::-1]  # official: reversed encoder rates, sliced by the decoder depths
         dstarts = [sum(depths[k] for k in dec[:i]) for i in range(4)]
         self.decoder_layers = nn.ModuleList(
             DecoderLayer(dims[k], depths[k], num_heads[k], self.window_size, rev[dstarts[i]:dstarts[i + 1]], mlp_ratio)
@@ -168,9 +172,8 @@ class SMAFormer(SegmentationModel):
                 mapping[name] = "layers." + name[len("encoder_layers."):]
             elif name.startswith("encoder_norm."):
                 mapping[name] = "norm." + name[len("encoder_norm."):]
-            elif name.startswith("decoder_layers.") and ".blocks." in name:
-                i, rest = name[len("decoder_layers."):].split(".", 1)
-                mapping[name] = f"layers.{2 - int(i)}.{rest}"
+            elif (src := mirrored_block(name, "decoder_layers.", 2)) is not None:
+                mapping[name] = src
         return mapping
 
 

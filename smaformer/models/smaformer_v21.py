@@ -24,7 +24,7 @@ import torch.nn as nn
 from smaformer.models.base import SegmentationModel
 from smaformer.models.layers.sizing import check_multiple, pad_to_multiple, to_2tuple
 from smaformer.models.layers.sma import EdgeHead, EnhancedMLP, SynergisticMultiAttention
-from smaformer.models.layers.swin import DropPath, PatchEmbed, SwinStage, init_swin_weights
+from smaformer.models.layers.swin import DropPath, PatchEmbed, drop_path_rates, init_swin_weights, swin_encoder
 from smaformer.models.registry import register_model
 from smaformer.models.smaformer import MULTIPLE, auto_window
 
@@ -96,15 +96,11 @@ class SMAFormerV21(SegmentationModel):
         if not pad:
             check_multiple(self.img_size, MULTIPLE, hint=" or pass pad=True")
         self.window_size = window_size or auto_window(self.img_size)
-        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-        starts = [sum(depths[:i]) for i in range(5)]
+        rates = drop_path_rates(depths, drop_path_rate)
 
         self.input_proj = nn.Sequential(nn.Conv2d(in_chans, in_chans, 3, padding=1), nn.ReLU(inplace=True))
         self.patch_embed = PatchEmbed(in_chans, dims[0])
-        self.layers = nn.ModuleList(
-            SwinStage(dims[i], depths[i], num_heads[i], self.window_size, rates[starts[i]:starts[i + 1]], mlp_ratio,
-                      downsample=i < 3)
-            for i in range(4))
+        self.layers = swin_encoder(dims, depths, num_heads, self.window_size, rates, mlp_ratio)
         self.sma_stages = nn.ModuleList(SynergisticMultiAttention(d) for d in dims) if use_sma else None
         self.decoders = nn.ModuleList(DecoderStage(dims[i + 1], dims[i], decoder_blocks, mlp_ratio, use_sma)
                                       for i in (2, 1, 0))

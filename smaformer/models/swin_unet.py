@@ -14,7 +14,16 @@ import torch.nn as nn
 
 from smaformer.models.base import SegmentationModel
 from smaformer.models.layers.sizing import check_multiple, to_2tuple
-from smaformer.models.layers.swin import FinalPatchExpandX4, PatchEmbed, PatchExpand, SwinStage, init_swin_weights
+from smaformer.models.layers.swin import (
+    FinalPatchExpandX4,
+    PatchEmbed,
+    PatchExpand,
+    SwinStage,
+    drop_path_rates,
+    init_swin_weights,
+    mirrored_block,
+    swin_encoder,
+)
 from smaformer.models.registry import register_model
 
 
@@ -27,6 +36,7 @@ class SwinUnet(SegmentationModel):
         "head": ("up.", "output."),
     }
     official_layout = "HuCaoFighting/Swin-Unet @ 7d80541"
+    gray_to_rgb = True
 
     def __init__(self, num_classes: int = 9, in_chans: int = 3, img_size: int | tuple[int, int] = 224,
                  embed_dim: int = 96, depths: tuple[int, ...] = (2, 2, 2, 2),
@@ -44,22 +54,18 @@ class SwinUnet(SegmentationModel):
         check_multiple(self.img_size, self.size_multiple,
                        hint=" (e.g. 224 with window_size 7, 256 or 512 with window_size 8)")
         dims = [embed_dim * 2 ** i for i in range(n)]
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        starts = [sum(depths[:i]) for i in range(n + 1)]
+        rates = drop_path_rates(depths, drop_path_rate)
 
         # the official wrapper repeats 1-channel input to 3, so its weights keep a 3-channel patch embedding
         self.patch_embed = PatchEmbed(3 if in_chans == 1 else in_chans, embed_dim)
-        self.layers = nn.ModuleList(
-            SwinStage(dims[i], depths[i], num_heads[i], window_size, rates[starts[i]:starts[i + 1]], mlp_ratio,
-                      downsample=i < n - 1)
-            for i in range(n))
+        self.layers = swin_encoder(dims, depths, num_heads, window_size, rates, mlp_ratio)
         self.norm = nn.LayerNorm(dims[-1])
         self.layers_up = nn.ModuleList([PatchExpand(dims[-1])])
         self.concat_back_dim = nn.ModuleList([nn.Identity()])
         for i in range(1, n):
             k = n - 1 - i  # mirrored encoder stage
             self.layers_up.append(SwinStage(dims[k], depths[k], num_heads[k], window_size,
-                                            rates[starts[k]:starts[k + 1]], mlp_ratio, upsample=i < n - 1))
+                                            rates[k], mlp_ratio, upsample=i < n - 1))
             self.concat_back_dim.append(nn.Linear(2 * dims[k], dims[k]))
         self.norm_up = nn.LayerNorm(embed_dim)
         self.up = FinalPatchExpandX4(embed_dim)
@@ -68,8 +74,7 @@ class SwinUnet(SegmentationModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)
+        x = self.gray_as_rgb(x)
         x = self.patch_embed(x)
         skips = []
         for layer in self.layers:
@@ -84,10 +89,6 @@ class SwinUnet(SegmentationModel):
         x = self.up(self.norm_up(x))
         return self.output(x.permute(0, 3, 1, 2))
 
-    @property
-    def accepted_channels(self) -> tuple[int, ...]:
-        return (1, 3) if self.in_chans == 1 else (self.in_chans,)
-
     def official_key(self, key: str) -> str | None:
         """Official keys may carry the wrapper's ``swin_unet.`` prefix."""
         return key.removeprefix("swin_unet.")
@@ -100,9 +101,8 @@ class SwinUnet(SegmentationModel):
         for name, _ in self.named_parameters():
             if name.startswith(("patch_embed.", "layers.", "norm.")):
                 mapping[name] = name
-            elif name.startswith("layers_up.") and ".blocks." in name:
-                i, rest = name[len("layers_up."):].split(".", 1)
-                mapping[name] = f"layers.{n - 1 - int(i)}.{rest}"
+            elif (src := mirrored_block(name, "layers_up.", n - 1)) is not None:
+                mapping[name] = src
         return mapping
 
 

@@ -110,6 +110,7 @@ class TransUNet(SegmentationModel):
         "head": ("segmentation_head.",),
     }
     official_layout = "Beckschen/TransUNet networks/vit_seg_modeling.py @ 02ef001"
+    gray_to_rgb = True
     size_multiple = MULTIPLE
     exact_size = True  # the position embedding has one row per token of img_size
 
@@ -135,14 +136,9 @@ class TransUNet(SegmentationModel):
         self.decoder = DecoderCup(hidden_size, self.grid, head_channels, tuple(decoder_channels), skips, n_skip)
         self.segmentation_head = nn.Sequential(nn.Conv2d(decoder_channels[-1], num_classes, 3, padding=1))
 
-    @property
-    def accepted_channels(self) -> tuple[int, ...]:
-        return (1, 3) if self.in_chans == 1 else (self.in_chans,)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)
+        x = self.gray_as_rgb(x)
         tokens, skips = self.transformer(x)
         return self.segmentation_head(self.decoder(tokens, skips))
 

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from smaformer.errors import CheckpointError
-from smaformer.weights.pretrained import CoverageReport, PartCoverage, _part_of
+from smaformer.weights.pretrained import CoverageReport, copy_mapped
 
 POS_KEY = "Transformer/posembed_input/pos_embedding"
 MARKER = "Transformer/encoder_norm/scale"  # present in every Google ViT npz
@@ -89,31 +89,12 @@ def load_google_npz(model: nn.Module, src: str | Path | dict) -> CoverageReport:
     if mapping_fn is None or not hasattr(model, "grid"):
         raise ValueError(f"{type(model).__name__} cannot take a Google ViT npz (TransUNet can)")
     npz, mapping = read_npz(src), mapping_fn()
-    parts = getattr(model, "parts", {"model": ("",)})
-    report = CoverageReport(layout="google-npz", source="R50+ViT-B/16", parts={p: PartCoverage() for p in parts})
-    used: set[str] = set()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            part = report.parts.setdefault(_part_of(name, parts), PartCoverage())
-            part.tensors_total += 1
-            part.params_total += param.numel()
-            key = mapping.get(name)
-            if key is None:
-                report.not_loaded[name] = "no npz counterpart"
-                continue
-            if key not in npz:
-                report.not_loaded[name] = "missing in npz"
-                continue
-            used.add(key)
-            value = _convert(key, npz[key], param, model)
-            if key == POS_KEY and _grid_tokens(npz[key].shape[1]) != value.shape[1]:
-                report.interpolated.append(name)
-            if value.shape != param.shape:
-                report.not_loaded[name] = "shape mismatch"
-                continue
-            param.copy_(value.to(param.dtype))
-            report.loaded.append(name)
-            part.tensors_loaded += 1
-            part.params_loaded += param.numel()
+    report = CoverageReport(layout="google-npz", source="R50+ViT-B/16")
+
+    def adapt(name: str, key: str, array: np.ndarray, param: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        value = _convert(key, array, param, model)
+        return value, key == POS_KEY and _grid_tokens(array.shape[1]) != value.shape[1]
+
+    used = copy_mapped(model, mapping, npz, report, adapt, ("npz", "npz"))
     report.unused_checkpoint_keys = sorted(k for k in npz if k not in used)
     return report

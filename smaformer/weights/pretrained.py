@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +137,42 @@ def _part_of(name: str, parts: dict[str, tuple[str, ...]]) -> str:
     return "other"
 
 
+def copy_mapped(model: nn.Module, mapping: dict[str, str], source: dict, report: CoverageReport,
+                adapt: Callable[[str, str, object, torch.Tensor], tuple[torch.Tensor, bool]],
+                names: tuple[str, str]) -> set[str]:
+    """Copy ``adapt(source[mapping[name]])`` into each mapped parameter and fill ``report`` per part (the one
+    loop of every pretrained loader); returns the source keys used. ``adapt`` returns the tensor in our
+    layout and whether it was resized; ``names`` = (what the source is, what holds it), for the reasons."""
+    parts = getattr(model, "parts", {"model": ("",)})
+    for p in parts:
+        report.parts.setdefault(p, PartCoverage())
+    used: set[str] = set()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            part = report.parts.setdefault(_part_of(name, parts), PartCoverage())
+            part.tensors_total += 1
+            part.params_total += param.numel()
+            key = mapping.get(name)
+            if key is None:
+                report.not_loaded[name] = f"no {names[0]} counterpart"
+                continue
+            if key not in source:
+                report.not_loaded[name] = f"missing in {names[1]}"
+                continue
+            used.add(key)
+            value, resized = adapt(name, key, source[key], param)
+            if resized:
+                report.interpolated.append(name)
+            if value.shape != param.shape:
+                report.not_loaded[name] = "shape mismatch"
+                continue
+            param.copy_(value.to(param.dtype))
+            report.loaded.append(name)
+            part.tensors_loaded += 1
+            part.params_loaded += param.numel()
+    return used
+
+
 def _count_buffers(model: nn.Module, mapping: dict[str, str], ckpt: dict[str, torch.Tensor]) -> list[str]:
     """Checkpoint buffers of mapped blocks that equal what our blocks compute (see the module docstring)."""
     matched = []
@@ -171,34 +208,15 @@ def load_pretrained(model: nn.Module, path_or_state_dict: str | Path | dict) -> 
         raise ValueError(f"{type(model).__name__} defines no pretrained_mapping(); it cannot take Swin-T weights")
     ckpt, layout = to_microsoft_layout(read_state_dict(path_or_state_dict))
     mapping = mapping_fn()
-    parts = getattr(model, "parts", {"model": ("",)})
-    report = CoverageReport(layout=layout, parts={p: PartCoverage() for p in parts})
-    used: set[str] = set()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            part = report.parts.setdefault(_part_of(name, parts), PartCoverage())
-            part.tensors_total += 1
-            part.params_total += param.numel()
-            src = mapping.get(name)
-            if src is None:
-                report.not_loaded[name] = "no Swin-T counterpart"
-                continue
-            value = ckpt.get(src)
-            if value is None:
-                report.not_loaded[name] = "missing in checkpoint"
-                continue
-            used.add(src)
-            if value.shape != param.shape and name.endswith(_TABLE) and value.dim() == 2 \
-                    and value.shape[1] == param.shape[1]:
-                value = interpolate_rel_pos_table(value, (math.isqrt(param.shape[0]) + 1) // 2)
-                report.interpolated.append(name)
-            if value.shape != param.shape:
-                report.not_loaded[name] = "shape mismatch"
-                continue
-            param.copy_(value.to(param.dtype))
-            report.loaded.append(name)
-            part.tensors_loaded += 1
-            part.params_loaded += param.numel()
+    report = CoverageReport(layout=layout)
+
+    def adapt(name: str, key: str, value: torch.Tensor, param: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        if value.shape != param.shape and name.endswith(_TABLE) and value.dim() == 2 \
+                and value.shape[1] == param.shape[1]:
+            return interpolate_rel_pos_table(value, (math.isqrt(param.shape[0]) + 1) // 2), True
+        return value, False
+
+    used = copy_mapped(model, mapping, ckpt, report, adapt, ("Swin-T", "checkpoint"))
     report.buffers_matched = _count_buffers(model, mapping, ckpt)
     report.unused_checkpoint_keys = sorted(k for k in ckpt if k not in used and not k.endswith(COMPUTED_BUFFERS))
     return report

@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from smaformer.data.formats import register_layout
-from smaformer.data.formats.base import PairedReader, array_shape, read_arrays
-from smaformer.data.sample import Reader, Sample
+from smaformer.data.formats.base import ListedArrayReader, PairedReader, read_arrays
+from smaformer.data.sample import Sample
 from smaformer.errors import InputError
 
 ACDC_CLASSES = ["background", "RV", "Myo", "LV"]
 
 
 @register_layout
-class ACDCH5Reader(Reader):
+class ACDCH5Reader(ListedArrayReader):
     """SSL4MIS layout: ``train_slices.list`` names ``slices/<name>.h5`` (image/label (H,W)); ``val.list``
     and ``test.list`` name volumes (image/label (D,H,W)) in ``volumes/``, ``data/`` or the root."""
 
@@ -50,12 +50,6 @@ class ACDCH5Reader(Reader):
             if (d / f"{case}.h5").exists():
                 return d / f"{case}.h5"
         raise InputError(self._dirs[0] / f"{case}.h5", "file listed but not found")
-
-    def cases(self) -> list[str]:
-        return list(self._names)
-
-    def num_slices(self, case: str) -> int:
-        return 1 if self.split == "train" else int(array_shape(self._path(case))[0])
 
     def load_case(self, case: str) -> Sample:
         path = self._path(case)

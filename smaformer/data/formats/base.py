@@ -153,6 +153,22 @@ class PairedReader(Reader):
         return self._finish(Sample(image, label, meta), lab_path or img_path)
 
 
+class ListedArrayReader(Reader):
+    """A layout of npz/h5 array files named by a list (``_names``, set by the subclass): its training split
+    holds one 2D slice per file, its other splits one volume per file (Synapse, ACDC h5)."""
+
+    _names: list[str]
+
+    def _path(self, case: str) -> Path:
+        raise NotImplementedError
+
+    def cases(self) -> list[str]:
+        return list(self._names)
+
+    def num_slices(self, case: str) -> int:
+        return 1 if self.split == "train" else int(array_shape(self._path(case))[0])
+
+
 def match_by_stem(images, masks, strip=("_mask", "_seg", "_label", "_gt"), key=None):
     """Pair image and mask files by ``key`` (default: the stem; a mask may carry one of the ``strip`` suffixes).
     Returns ``{case: (image or None, mask or None)}``."""

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from smaformer.data.formats import register_layout
-from smaformer.data.formats.base import array_shape, list_files, read_arrays, stem
-from smaformer.data.sample import Reader, Sample
+from smaformer.data.formats.base import ListedArrayReader, list_files, read_arrays, stem
+from smaformer.data.sample import Sample
 from smaformer.errors import InputError
 
 # DESIGN.md order (paper tables, SMAFormer's test script)
@@ -22,7 +22,7 @@ SYNAPSE_CLASSES = ["background", "aorta", "gallbladder", "kidney_left", "kidney_
 
 
 @register_layout
-class SynapseReader(Reader):
+class SynapseReader(ListedArrayReader):
     """``split="train"``: 2D npz slices; ``split="test"``: 3D h5 volumes."""
 
     layout = "synapse"
@@ -53,12 +53,6 @@ class SynapseReader(Reader):
 
     def _path(self, case: str) -> Path:
         return self._folder / f"{case}{self._suffix}"
-
-    def cases(self) -> list[str]:
-        return list(self._names)
-
-    def num_slices(self, case: str) -> int:
-        return 1 if self.split == "train" else int(array_shape(self._path(case))[0])
 
     def load_case(self, case: str) -> Sample:
         path = self._path(case)

@@ -293,6 +293,31 @@ class SwinStage(nn.Module):
         return x
 
 
+def drop_path_rates(depths: tuple[int, ...] | list[int], rate: float) -> list[list[float]]:
+    """Swin's stochastic depth: rising linearly from 0 to ``rate`` over all blocks, split per stage."""
+    flat = torch.linspace(0, rate, sum(depths), device="cpu").tolist()
+    starts = [sum(depths[:i]) for i in range(len(depths) + 1)]
+    return [flat[a:b] for a, b in zip(starts, starts[1:], strict=False)]
+
+
+def swin_encoder(dims: list[int], depths, num_heads, window_size: int, rates: list[list[float]],
+                 mlp_ratio: float) -> nn.ModuleList:
+    """The Swin encoder stages: stage i has ``depths[i]`` blocks at width ``dims[i]``, PatchMerging after all
+    but the last."""
+    n = len(depths)
+    return nn.ModuleList(SwinStage(dims[i], depths[i], num_heads[i], window_size, rates[i], mlp_ratio,
+                                   downsample=i < n - 1) for i in range(n))
+
+
+def mirrored_block(name: str, prefix: str, top: int) -> str | None:
+    """Swin-T source of a mirrored decoder block: ``<prefix>i.blocks.j...`` <- ``layers.(top - i).blocks.j...``
+    (how the official Swin-Unet and SMAFormer loaders fill their decoders); None for other names."""
+    if not name.startswith(prefix) or ".blocks." not in name:
+        return None
+    i, rest = name[len(prefix):].split(".", 1)
+    return f"layers.{top - int(i)}.{rest}"
+
+
 def init_swin_weights(module: nn.Module) -> None:
     """Official Swin init, for ``model.apply``: trunc-normal(0.02) Linear weights, zero biases, LayerNorm 1/0."""
     if isinstance(module, nn.Linear):
