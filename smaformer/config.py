@@ -15,6 +15,7 @@ import yaml
 
 from smaformer.errors import InputError
 from smaformer.io_utils import write_text
+from smaformer.runtime import PRECISIONS
 
 PRESET_DIRS = (Path(__file__).resolve().parents[1] / "configs", Path.cwd() / "configs")
 
@@ -176,7 +177,7 @@ def check_config(cfg: dict) -> None:
         (float(o["lr"]) > 0, "optim.lr must be > 0"),
         (o["name"] in ("sgd", "adam", "adamw"), f"optim.name {o['name']!r}: use sgd, adam or adamw"),
         (s["name"] in ("poly", "cosine", "constant"), f"schedule.name {s['name']!r}: use poly, cosine or constant"),
-        (t["precision"] in ("auto", "fp32", "bf16", "fp16"), f"train.precision {t['precision']!r}: "
+        (t["precision"] in ("auto", *PRECISIONS), f"train.precision {t['precision']!r}: "
                                                              "use auto, fp32, bf16 or fp16"),
         (d["channel_mode"] in ("repeat", "pseudo_hdr", "none"), f"data.channel_mode {d['channel_mode']!r}"),
     ]

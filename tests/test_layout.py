@@ -48,6 +48,37 @@ def test_os_replace_lives_in_one_helper():
     assert users == ["io_utils.py"]
 
 
+WRITERS = {"write_text", "write_bytes", "savefig", "save", "savez", "savez_compressed", "imwrite"}
+# helpers that only ever receive the temp path of their caller's atomic_path block
+TEMP_PATH_HELPERS = {"_torch_onnx_export", "_finish_onnx"}
+
+
+def test_every_file_write_goes_through_atomic_path():
+    """A writer call must sit in ``with atomic_path(...)`` or in a lambda handed to ``atomic_write``."""
+    bad = []
+    for path in _files():
+        if path.name == "io_utils.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        guarded: set[int] = set()
+        for node in ast.walk(tree):
+            atomic = isinstance(node, ast.With) and any(
+                isinstance(i.context_expr, ast.Call) and getattr(i.context_expr.func, "id", "") == "atomic_path"
+                for i in node.items)
+            helper = isinstance(node, ast.FunctionDef) and node.name in TEMP_PATH_HELPERS
+            if atomic or helper or isinstance(node, ast.Lambda):
+                guarded.update(id(n) for n in ast.walk(node))
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in WRITERS and id(node) not in guarded):
+                continue
+            first = node.args[0] if node.args else None
+            if first is None or (isinstance(first, ast.Name) and first.id == "buf"):   # a method, an in-memory buffer
+                continue
+            bad.append(f"{path.relative_to(PKG)}:{node.lineno} {node.func.attr}")
+    assert not bad, bad
+
+
 def test_cli_modules_only_parse_and_call():
     for path in _files("cli"):
         if path.name in ("__init__.py", "_common.py"):   # main, and the arguments several commands share

@@ -27,7 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smaformer",
-        description="Transformer segmentation for 2D medical images: SMAFormer, Swin-Unet, MedT.",
+        description="Transformer segmentation for 2D medical images: SMAFormer, Swin-Unet, MedT, HBFormer, "
+                    "TransUNet.",
         epilog="Example: smaformer info swin_unet",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")

@@ -1,4 +1,5 @@
-"""Data: medical IO, one reader per layout, preprocessing and augmentation, converter, synthetic phantoms."""
+"""Data: medical IO, one reader per layout, the sample model and batch loop, preprocessing and augmentation,
+synthetic phantoms."""
 from smaformer.data.dataset import SliceDataset
 from smaformer.data.formats import LAYOUTS, detect_layout, open_dataset
 from smaformer.data.io import read_image, write_labels

@@ -144,7 +144,12 @@ def iter_cases(reader: Reader, cases: list[str] | None = None) -> Iterator[tuple
     The one loop for batch jobs (evaluation, validation, checks, conversion): a bad case is reported to
     the caller, which records it and goes on with the others.
     """
-    for case in reader.cases() if cases is None else cases:
+    known = reader.cases()
+    names = set(known)
+    for case in known if cases is None else cases:
+        if case not in names:
+            yield case, None, f"no case {case!r} in this dataset (cases: {', '.join(known[:5])}...)"
+            continue
         try:
             sample = reader.load_case(case)
         except InputError as e:

@@ -50,11 +50,18 @@ class ExportMetadata:
     def from_json(cls, text: str, where: str | Path) -> ExportMetadata:
         try:
             d = json.loads(text)
-            dims = {k: (None if d["input_dims"].get(k) is None else int(d["input_dims"][k])) for k in DIM_NAMES}
+            dims = {k: _dim(d["input_dims"].get(k)) for k in DIM_NAMES}
             return cls(d["model"], list(d["classes"]), d["preprocessing"], dims)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise InputError(where, f"smaformer metadata is unreadable ({type(e).__name__}: {e}); "
                                     "export the checkpoint again with `smaformer export`") from None
+
+
+def _dim(value: int | str | None) -> int | None:
+    """A stored dim: None or an int; files exported before 2026-12 wrote "dynamic" / "fixed at N"."""
+    if value is None or value == "dynamic":
+        return None
+    return int(str(value).rsplit(" ", 1)[-1])
 
 
 def read_onnx_metadata(path: Path) -> ExportMetadata:

@@ -32,27 +32,30 @@ class FixedBatch:
         return torch.from_numpy(np.concatenate(outs))
 
 
-def onnxruntime_runner(path: Path, device: str = "cpu") -> tuple[Callable, dict]:
+def onnxruntime_runner(path: Path, device: str | torch.device = "cpu") -> tuple[Callable, dict]:
     """``(runner, info)`` for an ONNX file under ONNX Runtime (CUDA provider when asked and present)."""
     import onnxruntime as ort
 
     meta = read_onnx_metadata(path)
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
+    device = torch.device(device)
+    providers: list = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
     sess = ort.InferenceSession(str(path), providers=providers)
     name = sess.get_inputs()[0].name
     return FixedBatch(lambda a: sess.run(None, {name: a})[0], meta.static_batch), meta.info
 
 
-def openvino_runner(path: Path, device: str = "cpu") -> tuple[Callable, dict]:
+def openvino_runner(path: Path, device: str | torch.device = "cpu") -> tuple[Callable, dict]:
     """``(runner, info)`` for an ONNX file under OpenVINO."""
     try:
         import openvino as ov
     except ImportError:
         raise InputError(path, "--engine openvino needs the openvino package (pip install openvino)") from None
     meta = read_onnx_metadata(path)
-    compiled = ov.Core().compile_model(str(path), "GPU" if device == "cuda" else "CPU")
+    device = torch.device(device)
+    target = "CPU" if device.type != "cuda" else "GPU" if device.index is None else f"GPU.{device.index}"
+    compiled = ov.Core().compile_model(str(path), target)
     out = compiled.output(0)
     return FixedBatch(lambda a: compiled(a)[out], meta.static_batch), meta.info
 

@@ -229,12 +229,3 @@ def volume_dice(model: torch.nn.Module, volumes: Iterable, preprocessing: dict, 
                             precision=precision)
         rows.append([M.dice(pred == k, sample.label == k) for k in range(1, num_classes)])
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), num_classes - 1)
-
-
-def validate_volumes(model: torch.nn.Module, volumes: Iterable, preprocessing: dict, num_classes: int,
-                     **kw) -> dict[str, Any]:
-    """Mean volume-level Dice over ``volumes`` (see ``volume_dice``, same keywords), for model selection:
-    ``{"dice_per_class": [K-1 floats], "mean_dice": float, "n_volumes": int}``."""
-    rows = volume_dice(model, volumes, preprocessing, num_classes, **kw)
-    dice = [_mean(list(col)) for col in rows.T]
-    return {"dice_per_class": dice, "mean_dice": _mean(dice), "n_volumes": len(rows)}

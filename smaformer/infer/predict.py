@@ -22,7 +22,7 @@ from smaformer.data.io import IMAGE_SUFFIXES, is_nifti, read_image, write_labels
 from smaformer.errors import InputError
 from smaformer.export.runtimes import RUNTIMES
 from smaformer.infer.volume import infer_volume
-from smaformer.io_utils import atomic_path
+from smaformer.io_utils import atomic_path, check_readable
 from smaformer.runtime import resolve_device, resolve_precision
 
 ENGINES = ("auto", "torch", "onnxruntime", "openvino")
@@ -56,9 +56,7 @@ def load_predictor(path: str | Path, engine: str = "auto", device: str | torch.d
         return load_checkpoint(path, device)
     if path.suffix != ".onnx":
         raise InputError(path, f"--engine {engine} needs an .onnx file (smaformer export --format onnx)")
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    return RUNTIMES[engine](path, torch.device(device).type)
+    return RUNTIMES[engine](check_readable(path, "ONNX file"), torch.device(device))
 
 
 # ------------------------------------------------------------------------------------------ input/output
@@ -141,8 +139,8 @@ def _as_volume(image: np.ndarray, props: dict, in_chans: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- driver
 def predict_case(model: Callable, info: dict, case: Path, output: Path, *, single: bool = True,
-                 batch_size: int = 16, device: str = "cpu", precision: str = "fp32", save_probabilities: bool = False,
-                 progress: bool = False) -> tuple[Path, int]:
+                 batch_size: int = 16, device: str | torch.device = "cpu", precision: str = "fp32",
+                 save_probabilities: bool = False, progress: bool = False) -> tuple[Path, int]:
     """Segment one case and write it (see ``output_path``); returns ``(written path, slices)``."""
     pre = info["preprocessing"]
     image, props = read_image(case, dtype=None)  # stored type (int16 CT stays int16: half the memory)
@@ -169,9 +167,12 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path, *, engi
             progress: bool = True, log: Callable[[str], None] = print) -> list[CaseResult]:
     """Segment every case of ``inp`` into ``output``; failing cases are reported and skipped."""
     device = resolve_device(device)
-    precision = resolve_precision(precision, device)
     model, info = load_predictor(checkpoint, engine, device)
-    if not isinstance(model, torch.nn.Module) and precision != "fp32":
+    if isinstance(model, torch.nn.Module):
+        precision = resolve_precision(precision, device)
+    elif precision in ("auto", "fp32"):
+        precision = "fp32"   # exported files run in fp32
+    else:
         raise InputError(checkpoint, f"--precision {precision} runs with --engine torch; exported files run fp32")
     cases, output = list_cases(inp), Path(output)
     single = cases == [Path(inp)]

@@ -11,9 +11,10 @@ Swin-Unet / SMAFormer test scripts instead: ``zoom(order=3)`` in, argmax at mode
 of the labels back.
 
 Memory stays bounded, whatever the volume: there is one loop over batches of slices. Each batch is
-normalised on its own (whole-volume statistics are fixed first, ``fix_volume_statistics``), so the raw
-volume keeps its stored type (int16 CT stays int16) and only one batch is float32; only one batch of
-logits exists at a time; the output is a uint8 label volume and, when asked, float16 probabilities.
+normalised on its own (whole-volume statistics are fixed first, ``fix_volume_statistics``, which for
+zscore/minmax takes one float32 pass over the volume), so the raw volume keeps its stored type (int16 CT
+stays int16); only one batch of logits exists at a time; the output is a uint8 label volume and, when
+asked, float16 probabilities.
 """
 from __future__ import annotations
 

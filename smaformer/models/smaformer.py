@@ -81,7 +81,7 @@ class SMAFormer(SegmentationModel):
     }
     official_layout = "lzeeorno/SMAFormer models/SMAFormerV2.py @ abca72e"
     size_multiple = MULTIPLE
-    size_hint = " or build with pad=True"
+    size_hint = " or pass pad=True"
 
     def __init__(self, num_classes: int = 9, in_chans: int = 3, img_size: int | tuple[int, int] = 256,
                  resize_to: int | tuple[int, int] | None = None, window_size: int | None = None,

@@ -74,7 +74,7 @@ class SMAFormerV21(SegmentationModel):
         "head": ("final_upsample.", "output."),
     }
     size_multiple = MULTIPLE
-    size_hint = " or build with pad=True"
+    size_hint = " or pass pad=True"
 
     def __init__(self, num_classes: int = 9, in_chans: int = 3, img_size: int | tuple[int, int] = 256,
                  embed_dims: tuple[int, ...] = (96, 192, 384, 768), depths: tuple[int, ...] = (2, 2, 6, 2),

@@ -46,8 +46,9 @@ def _comm_device(d: Dist) -> torch.device:
     return torch.device("cuda", d.local_rank) if d.backend == "nccl" else torch.device("cpu")
 
 
-def shutdown(d: Dist) -> None:
-    if d.enabled and dist.is_initialized():
+def leave() -> None:
+    """Leave the process group joined through torchrun, if any (also after a run that failed to start)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -328,15 +328,13 @@ def trainer_session(cfg: dict | None, *, run_dir: str | Path | None = None, resu
     """A ``Trainer`` whose global side effects end with the block: the process group it joined is left and
     the deterministic-algorithms switch is put back as it was (also when building the Trainer fails)."""
     deterministic = torch.are_deterministic_algorithms_enabled()
-    trainer = None
     try:
         trainer = Trainer(cfg, run_dir=None if run_dir is None else Path(run_dir),
                           resume=None if resume is None else Path(resume), data=data,
                           progress_bar=progress_bar, log=log)
         yield trainer
     finally:
-        if trainer is not None:
-            dd.shutdown(trainer.dist)
+        dd.leave()
         torch.use_deterministic_algorithms(deterministic)
 
 

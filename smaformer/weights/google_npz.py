@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from smaformer.errors import CheckpointError
+from smaformer.errors import CheckpointError, InputError
+from smaformer.io_utils import check_readable
 from smaformer.weights.pretrained import CoverageReport, copy_mapped
 
 POS_KEY = "Transformer/posembed_input/pos_embedding"
@@ -40,8 +41,7 @@ def is_google_npz(src: object) -> bool:
 def read_npz(src: str | Path | dict) -> dict[str, torch.Tensor]:
     """The npz (path or dict of arrays/tensors) as float32 tensors."""
     if isinstance(src, (str, Path)):
-        if not Path(src).is_file():
-            raise CheckpointError(src, "weights file not found")
+        check_readable(src, "weights file", CheckpointError)
         try:
             with np.load(src, allow_pickle=False) as npz:
                 src = {k: npz[k] for k in npz.files}
@@ -87,7 +87,7 @@ def load_google_npz(model: nn.Module, src: str | Path | dict) -> CoverageReport:
     """Load a Google R50+ViT npz into ``model`` via its ``pretrained_mapping()``; returns the coverage."""
     mapping_fn = getattr(model, "pretrained_mapping", None)
     if mapping_fn is None or not hasattr(model, "grid"):
-        raise ValueError(f"{type(model).__name__} cannot take a Google ViT npz (TransUNet can)")
+        raise InputError(None, f"{type(model).__name__} cannot take a Google ViT npz (TransUNet can)")
     npz, mapping = read_npz(src), mapping_fn()
     report = CoverageReport(layout="google-npz", source="R50+ViT-B/16")
 

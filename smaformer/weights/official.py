@@ -1,4 +1,4 @@
-"""Load full-model checkpoints saved by the official repositories (Swin-Unet 7d80541, SMAFormer V2.3, MedT).
+"""Load full-model checkpoints saved by the official repositories (each model names its ``official_layout``).
 
 Protocol: a ``SegmentationModel`` with an ``official_layout`` names its official keys through its
 ``official_key`` hook; ``convert_official`` (written once, here) drops computed buffers, applies the hook,
@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from smaformer.errors import CheckpointError
+from smaformer.io_utils import check_readable
 
 _CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 # buffers the models compute at construction; official checkpoints store some of them
@@ -24,8 +25,7 @@ def read_state_dict(path_or_state_dict: str | Path | dict) -> dict[str, torch.Te
     a DataParallel ``module.`` prefix."""
     sd = path_or_state_dict
     if isinstance(sd, (str, Path)):
-        if not Path(sd).is_file():
-            raise CheckpointError(sd, "weights file not found")
+        check_readable(sd, "weights file", CheckpointError)
         try:
             sd = torch.load(sd, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any failure here is a bad file for the user
@@ -74,10 +74,13 @@ def load_official(model: nn.Module, path_or_state_dict: str | Path | dict) -> nn
     """Load an official full-model checkpoint into ``model`` (strict); raises on any unplaceable key."""
     if getattr(model, "official_layout", None) is None:
         raise CheckpointError(None, f"{type(model).__name__} has no official checkpoint layout")
-    ours = convert_official(model, read_state_dict(path_or_state_dict))
+    where = path_or_state_dict if isinstance(path_or_state_dict, (str, Path)) else None
+    try:
+        ours = convert_official(model, read_state_dict(path_or_state_dict))
+    except CheckpointError as e:
+        raise CheckpointError(e.path or where, e.fault) from None
     missing, _ = model.load_state_dict(ours, strict=False)
     if missing:
-        raise CheckpointError(path_or_state_dict if isinstance(path_or_state_dict, (str, Path)) else None,
-                              f"official checkpoint does not fit {type(model).__name__}: missing "
-                              f"{missing[:5]}{'...' if len(missing) > 5 else ''}")
+        raise CheckpointError(where, f"official checkpoint does not fit {type(model).__name__}: missing "
+                                     f"{missing[:5]}{'...' if len(missing) > 5 else ''}")
     return model

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from smaformer.errors import InputError
 from smaformer.models.layers.swin import interpolate_rel_pos_table
 from smaformer.weights.official import COMPUTED_BUFFERS, read_state_dict
 
@@ -205,7 +206,8 @@ def load_pretrained(model: nn.Module, path_or_state_dict: str | Path | dict) -> 
         return load_google_npz(model, path_or_state_dict)
     mapping_fn = getattr(model, "pretrained_mapping", None)
     if mapping_fn is None:
-        raise ValueError(f"{type(model).__name__} defines no pretrained_mapping(); it cannot take Swin-T weights")
+        raise InputError(None, f"{type(model).__name__} defines no pretrained_mapping(); it cannot take Swin-T "
+                               "weights")
     ckpt, layout = to_microsoft_layout(read_state_dict(path_or_state_dict))
     mapping = mapping_fn()
     report = CoverageReport(layout=layout)

@@ -135,3 +135,8 @@ def test_npz_h5_missing_key_zero_byte_and_wrong_ndim(tmp_path):
         t.num_slices("case0001")
     report = check_dataset(tmp_path)
     assert report.num_faults == 4
+
+
+def test_iter_cases_reports_an_unknown_case_name(bad_nnunet):
+    got = list(iter_cases(open_dataset(bad_nnunet), ["good", "nope"]))
+    assert got[0][1] is not None and got[1][1] is None and "no case 'nope'" in got[1][2]

@@ -90,3 +90,12 @@ def test_declared_false_flag_is_refused(tmp_path, monkeypatch):
     path = save_checkpoint(build_checkpoint(model, ["bg", "fg"], pre), tmp_path / "s.pt")
     with pytest.raises(ExportError, match="declares torchscript=False"):
         export_checkpoint(path, tmp_path / "s.ts", "torchscript")
+
+
+def test_metadata_of_older_exports_still_reads():
+    from smaformer.export.metadata import ExportMetadata
+
+    old = json.dumps({"model": {"name": "unet"}, "classes": ["bg", "fg"], "preprocessing": {},
+                      "input_dims": {"batch": "dynamic", "height": "fixed at 224", "width": "fixed at 224"}})
+    meta = ExportMetadata.from_json(old, "m.onnx")
+    assert meta.input_dims == {"batch": None, "height": 224, "width": 224} and meta.static_batch is None

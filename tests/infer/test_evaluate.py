@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from smaformer import create_model
 from smaformer.checkpoint import build_checkpoint, default_preprocessing, save_checkpoint
 from smaformer.cli import main
-from smaformer.infer.evaluate import evaluate, validate_volumes
+from smaformer.infer.evaluate import evaluate, volume_dice
 from smaformer.io_utils import file_sha256
 from smaformer.models.registry import tiny_kwargs
 
@@ -134,7 +134,7 @@ def test_evaluate_cli_on_acdc_volumes(acdc, tmp_path, capsys):
     assert res["mean"]["3"]["standard"]["dice"] > 0.2
 
 
-def test_validate_volumes_matches_evaluate(acdc, tmp_path):
+def test_volume_dice_matches_evaluate(acdc, tmp_path):
     root, ckpt = acdc
     from smaformer import load_checkpoint
     from smaformer.data import open_dataset
@@ -143,10 +143,10 @@ def test_validate_volumes_matches_evaluate(acdc, tmp_path):
     case = reader.cases()[0]
     res = evaluate(ckpt, reader, tmp_path / "e", cases=[case], overlays=0, progress=False)
     model, info = load_checkpoint(ckpt)
-    val = validate_volumes(model, [reader.load_case(case)], info["preprocessing"], 4)
+    rows = volume_dice(model, [reader.load_case(case)], info["preprocessing"], 4)
     got = [res["metric_per_case"][0]["metrics"][k]["standard"]["dice"] for k in ("1", "2", "3")]
-    assert val["n_volumes"] == 1
-    assert np.allclose([math.nan if g is None else g for g in got], val["dice_per_class"], equal_nan=True)
+    assert rows.shape == (1, 3)
+    assert np.allclose([math.nan if g is None else g for g in got], rows[0], equal_nan=True)
 
 
 def test_evaluate_2d_images(tmp_path):

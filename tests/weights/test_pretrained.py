@@ -10,6 +10,7 @@ import pytest
 import torch
 from golden_weights import golden_tensor
 
+from smaformer.errors import InputError
 from smaformer.models import create_model
 from smaformer.models.layers.swin import interpolate_rel_pos_table
 from smaformer.models.registry import tiny_kwargs
@@ -117,5 +118,5 @@ def test_mismatched_shapes_and_models_without_mapping(swin_t):
     tiny = create_model("swin_unet", **tiny_kwargs("swin_unet"), num_classes=2, img_size=64)
     report = load_pretrained(tiny, swin_t)
     assert report.params_loaded == 0 and set(report.not_loaded.values()) >= {"shape mismatch"}
-    with pytest.raises(ValueError, match="pretrained_mapping"):
+    with pytest.raises(InputError, match="pretrained_mapping"):
         load_pretrained(torch.nn.Linear(2, 2), swin_t)

@@ -10,6 +10,7 @@ import numpy as np
 from smaformer.data.io import _first_line, is_nifti, nifti_header_props, read_image
 from smaformer.data.sample import Reader, Sample
 from smaformer.errors import InputError
+from smaformer.io_utils import check_readable
 
 log = logging.getLogger(__name__)
 
@@ -17,11 +18,7 @@ log = logging.getLogger(__name__)
 def read_arrays(path: str | Path, keys: tuple[str, ...] = ("image", "label"),
                 optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Read ``keys`` from an ``.npz`` or ``.h5`` file; a missing required key is an InputError."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    if path.stat().st_size == 0:
-        raise InputError(path, "empty file (0 bytes)")
+    path = check_readable(path)
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as f:

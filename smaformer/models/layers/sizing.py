@@ -8,11 +8,13 @@ import torch.nn.functional as F
 
 
 def to_2tuple(size: int | tuple[int, int] | list[int], what: str = "img_size") -> tuple[int, int]:
-    """An int or (H, W) as an (H, W) tuple of ints."""
+    """An int or (H, W) as an (H, W) tuple of positive ints."""
     if isinstance(size, numbers.Integral):
-        return int(size), int(size)
+        size = (size, size)
     if not isinstance(size, (tuple, list)) or len(size) != 2:
         raise ValueError(f"{what} must be an int or (H, W), got {size!r}")
+    if min(int(s) for s in size) <= 0:
+        raise ValueError(f"{what} must be positive, got {size!r}")
     return int(size[0]), int(size[1])
 
 
