@@ -37,6 +37,8 @@ SPECS: dict[str, tuple[str, dict, int]] = {
     "smaformer_compat": ("smaformer", {"img_size": 224, "resize_to": 224}, 224),
     "smaformer_native": ("smaformer", {"img_size": 256}, 256),
     "medt": ("medt", {"img_size": 128}, 128),
+    "hbformer": ("hbformer", {"img_size": 256}, 256),
+    "transunet": ("transunet", {"img_size": 224}, 224),
 }
 PHASES = ("eager", "onnx", "train")
 

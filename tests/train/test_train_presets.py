@@ -9,8 +9,9 @@ from smaformer.models import create_model
 
 # classes each preset's layout provides (the data section is the source of num_classes)
 PRESETS = {"synapse_swin_unet": 9, "synapse_smaformer": 9, "acdc_swin_unet": 4, "acdc_smaformer": 4,
-           "lits2017_smaformer": 3, "medt_drive": 2, "glas_medt": 2}
-SHARED_DATA = {"acdc_swin_unet": "acdc", "medt_drive": "drive"}
+           "lits2017_smaformer": 3, "medt_drive": 2, "glas_medt": 2, "synapse_transunet": 9, "acdc_transunet": 4,
+           "synapse_hbformer": 9, "acdc_hbformer": 4}
+SHARED_DATA = {"acdc_swin_unet": "acdc", "medt_drive": "drive", "acdc_transunet": "acdc", "acdc_hbformer": "acdc"}
 
 
 def _model_groups() -> dict[str, list[str]]:
@@ -32,7 +33,7 @@ def test_preset_builds_model(names):
     assert sum(p.numel() for p in model.parameters()) > 1e6
 
 
-@pytest.mark.parametrize("name", ["acdc_swin_unet", "medt_drive"])
+@pytest.mark.parametrize("name", sorted(SHARED_DATA))
 def test_preset_dry_run_on_shared_data(name, data_dir, capsys):
     root = Path(data_dir) / SHARED_DATA[name]
     if not root.exists():
@@ -41,7 +42,7 @@ def test_preset_dry_run_on_shared_data(name, data_dir, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "training slices" in out and "validation cases" in out and "iterations" in out
-    if name == "acdc_swin_unet":
+    if name.startswith("acdc_"):
         assert "1312 training slices, 20 validation cases" in out
     else:
         assert "16 training slices, 4 validation cases" in out      # 4 of 20 DRIVE images held out
