@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from smaformer.errors import InputError
+from smaformer.errors import InputError, did_you_mean
 from smaformer.io_utils import write_text
 from smaformer.runtime import PRECISIONS
 
@@ -119,7 +119,8 @@ def find_preset(name_or_path: str | Path) -> Path:
         for cand in (d / f"{name_or_path}.yaml", d / str(name_or_path)):
             if cand.is_file():
                 return cand
-    raise InputError(name_or_path, f"no such config file or preset; presets: {', '.join(list_presets())}")
+    raise InputError(name_or_path, f"no such config file or preset{did_you_mean(name_or_path, list_presets())}; "
+                                   f"presets: {', '.join(list_presets())}")
 
 
 def list_presets() -> list[str]:
@@ -153,6 +154,29 @@ def _pair(v: Any) -> list[int]:
     return [int(v), int(v)] if isinstance(v, (int, float)) else [int(s) for s in v]
 
 
+_TYPES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+
+
+def _check_types(cfg: dict, defaults: dict, where: str = "") -> None:
+    """Every value whose default is not None has the default's type (an int where a float is expected is fine)."""
+    for key, default in defaults.items():
+        value, name = cfg.get(key), f"{where}{key}"
+        if default is None or value is None or key not in cfg:
+            continue
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise InputError(None, f"{name} must be a mapping, got {value!r}")
+            if name not in ("model.kwargs", "data.intensity"):   # free-form: model arguments, intensity spec
+                _check_types(value, default, name + ".")
+            continue
+        want = type(default)
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        ok = ok or (want is float and isinstance(value, int) and not isinstance(value, bool))
+        ok = ok or (want is list and isinstance(value, int) and name == "data.img_size")
+        if not ok:
+            raise InputError(None, f"{name}={value!r}: expected {_TYPES.get(want, want.__name__)}")
+
+
 def check_config(cfg: dict) -> None:
     """Check types and ranges; copy ``img_size``, ``in_chans`` and the class count into the model kwargs
     (the data section is the single source of truth for them)."""
@@ -160,9 +184,10 @@ def check_config(cfg: dict) -> None:
     if unknown:
         raise InputError(None, f"unknown config sections {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
     for section in ("data", "optim", "schedule", "loss", "train"):
-        bad = set(cfg[section]) - set(DEFAULTS[section])
-        if bad:
-            raise InputError(None, f"unknown keys in {section}: {sorted(bad)}; valid: {sorted(DEFAULTS[section])}")
+        for key in sorted(set(cfg[section]) - set(DEFAULTS[section])):
+            raise InputError(None, f"unknown key {section}.{key}{did_you_mean(key, DEFAULTS[section])}; valid: "
+                                   f"{', '.join(sorted(DEFAULTS[section]))}")
+    _check_types(cfg, DEFAULTS)
     d, t, o, s = cfg["data"], cfg["train"], cfg["optim"], cfg["schedule"]
     d["img_size"] = _pair(d["img_size"])
     kw = cfg["model"].setdefault("kwargs", {})

@@ -1,6 +1,7 @@
 """Errors a user can act on. The CLI prints them as one line (``--debug`` shows the traceback)."""
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 
@@ -19,3 +20,9 @@ class InputError(SmaformerError):
 
 class CheckpointError(InputError):
     """A checkpoint that cannot be loaded safely or does not describe its model."""
+
+
+def did_you_mean(name: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -52,7 +52,11 @@ def test_official_recipes():
 
 @pytest.mark.parametrize("overrides,match", [
     (["train.epochs"], "key=value"),
-    (["train.nope=1"], "unknown keys in train"),
+    (["train.nope=1"], "unknown key train.nope"),
+    (["train.epoch=3"], r"unknown key train.epoch \(did you mean 'epochs'\?\)"),
+    (["train.epochs=four"], "train.epochs='four': expected an integer"),
+    (["data.augment=1"], "data.augment=1: expected true/false"),
+    (["optim.betas=0.9"], "optim.betas=0.9: expected a list"),
     (["bogus.x=1"], "unknown config sections"),
     (["optim.name=lamb"], "optim.name"),
     (["train.precision=fp8"], "train.precision"),
@@ -70,3 +74,13 @@ def test_unknown_preset(tmp_path):
     bad.write_text("train: [1, 2\n", encoding="utf-8")
     with pytest.raises(InputError, match="invalid YAML"):
         load_config(bad)
+
+
+def test_a_bad_set_value_is_one_line_on_the_cli(capsys):
+    from smaformer.cli import main
+
+    assert main(["train", "--config", "acdc_swin_unet", "--dry-run", "--set", "train.epochs=four"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: train.epochs='four': expected an integer\n"
+    assert main(["train", "--config", "acdc_swin_unt", "--dry-run"]) == 2
+    assert "did you mean 'acdc_swin_unet'?" in capsys.readouterr().err

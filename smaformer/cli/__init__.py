@@ -51,8 +51,11 @@ def _tolerant_streams() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _tolerant_streams()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv        # accepted anywhere: before or after the sub-command
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0

@@ -50,4 +50,4 @@ def run(args: argparse.Namespace) -> int:
     best = "n/a (no validation)" if result.best_dice < 0 else f"{result.best_dice:.4f}"
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done: {result.iterations} iterations, {result.epochs} epochs, best val Dice {best} ({result.stopped})")
-    return 0
+    return 128 + result.signal if result.signal else 0     # 130 after Ctrl-C, 143 after SIGTERM, as shells do

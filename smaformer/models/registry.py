@@ -5,6 +5,8 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
+from smaformer.errors import did_you_mean
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _TINY: dict[str, dict] = {}
 
@@ -42,7 +44,8 @@ def tiny_kwargs(name: str) -> dict:
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model. Unknown names and unknown keyword arguments raise ValueError."""
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+        raise ValueError(f"unknown model {name!r}{did_you_mean(name, _MODELS)}; valid names: "
+                         f"{', '.join(list_models())}")
     try:
         model = _MODELS[name](**kwargs)
     except TypeError as e:

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from smaformer.errors import InputError
+from smaformer.errors import InputError, did_you_mean
 from smaformer.models import create_model, list_models
 from smaformer.models.registry import tiny_kwargs
 
@@ -59,8 +59,8 @@ def resolve(target: str, *, tiny: bool = False, img_size=None, num_classes: int 
         shape = input_shape_of(model, ck.get("preprocessing"), img_size)
         return model, ModelInfo(ck["model"]["name"], dict(ck["model"]["kwargs"]), shape, str(path), ck)
     if target not in list_models():
-        raise InputError(target, "neither a checkpoint file nor a registered model; models: "
-                                 + ", ".join(list_models()))
+        raise InputError(target, f"neither a checkpoint file nor a registered model"
+                                 f"{did_you_mean(target, list_models())}; models: {', '.join(list_models())}")
     kwargs = tiny_kwargs(target) if tiny else {}
     for key, val in (("img_size", img_size), ("num_classes", num_classes), ("in_chans", in_chans)):
         if val is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -47,6 +48,15 @@ class TrainResult:
     last_dice: float
     stopped: str     # "finished" | "early_stop" | "time_limit" | "stop_after" | "interrupted"
     history: list[dict] = field(default_factory=list)
+    signal: int = 0  # SIGINT/SIGTERM that interrupted the run (after latest.pt was saved), else 0
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (affinity, e.g. a batch scheduler's share), the cap on loader workers."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # not on Linux
+        return os.cpu_count() or 1
 
 
 def _new_run_dir(cfg: dict, dist: dd.Dist) -> Path:
@@ -121,7 +131,8 @@ class Trainer:
         self.best, self.bad_vals, self.history = -1.0, 0, []
         self._dl: DataLoader | None = None
         self.tb: TensorBoard | None = None
-        self._stop_signal = self._time_up = False
+        self._stop_signal = 0          # the number of the SIGINT/SIGTERM that asked the run to stop
+        self._time_up = False
         self._plotted = 0.0
         if state is not None:
             self._load_state(state)
@@ -168,7 +179,7 @@ class Trainer:
 
         self.sampler.set_epoch(self.epoch, self.step_in_epoch * self.accum * self.batch)
         if self._dl is None:
-            nw, seed = int(self.cfg["data"]["num_workers"]), int(self.cfg["train"]["seed"])
+            nw, seed = min(int(self.cfg["data"]["num_workers"]), usable_cpus()), int(self.cfg["train"]["seed"])
             # the loader's own generator: starting an iterator must not draw from the global torch RNG, or a
             # resumed run (which starts one mid-epoch) would shift the dropout stream
             gen = torch.Generator().manual_seed(seed * 7_919 + self.dist.rank)
@@ -249,7 +260,7 @@ class Trainer:
 
     def _install_signals(self) -> dict:
         def handler(signum, frame):
-            self._stop_signal = True
+            self._stop_signal = signum
 
         old = {}
         with contextlib.suppress(ValueError):      # not in the main thread: no handlers
@@ -263,13 +274,13 @@ class Trainer:
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(self.cfg, self.run_dir / "config.yaml")
-        self.tb = TensorBoard(self.run_dir, bool(t["tensorboard"]) and self.dist.main)
+        self.tb = TensorBoard(self.run_dir, bool(t["tensorboard"]) and self.dist.main, self.log)
         self._plotted = time.monotonic()
         old = self._install_signals()
         stopped, save_every = "finished", int(t["save_every_iters"] or 0)
         freeze = int(t["freeze_gates_epochs"] or 0)
         limit, run_t0, self._time_up = t["time_limit_s"], time.perf_counter(), False
-        bar = progress(self.total_steps, self.iteration, self.show_bar)
+        bar = progress(self.total_steps, self.iteration, self.show_bar, self.log)
         try:
             while self.iteration < self.total_steps and stopped == "finished":
                 if freeze:     # MedT recipe: gates of gated axial attention train only after `freeze` epochs
@@ -289,10 +300,10 @@ class Trainer:
                     self.loss_sum, self.loss_count = self.loss_sum + loss, self.loss_count + 1
                     now = time.perf_counter()
                     self.elapsed, last_t, dt = self.elapsed + now - last_t, now, now - last_t
-                    bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
                                     img_s=f"{images_per_step / max(dt, 1e-9):.1f}")
-                    if dd.broadcast_flag(self._stop_signal, self.dist):
+                    bar.update(1)
+                    if dd.broadcast_flag(bool(self._stop_signal), self.dist):
                         stopped = "interrupted"
                     elif stop_after is not None and self.iteration >= stop_after:
                         stopped = "stop_after"
@@ -319,7 +330,8 @@ class Trainer:
             self.log(f"run folder: {self.run_dir}" + (f"  (stopped: {stopped}; resume with "
                                                       f"`smaformer train --resume {self.run_dir}`)"
                                                       if stopped in ("interrupted", "stop_after") else ""))
-        return TrainResult(self.run_dir, self.epoch, self.iteration, self.best, last, stopped, list(self.history))
+        return TrainResult(self.run_dir, self.epoch, self.iteration, self.best, last, stopped, list(self.history),
+                           int(self._stop_signal) if stopped == "interrupted" else 0)
 
 
 @contextlib.contextmanager

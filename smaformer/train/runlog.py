@@ -9,6 +9,7 @@ import csv
 import io
 import math
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -57,14 +58,16 @@ def plot_curves(history: list[dict], path: Path, classes: list[str]) -> None:
 
 
 class TensorBoard:
-    """A SummaryWriter when tensorboard is installed, else a no-op."""
+    """A SummaryWriter when asked for and tensorboard is installed, else a no-op (with a warning if asked for)."""
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, run_dir: Path, enabled: bool, log=print):
         self.writer = None
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
+                log("warning: train.tensorboard is true but tensorboard is not installed (pip install tensorboard); "
+                    "no TensorBoard logs are written")
                 return
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
@@ -81,7 +84,43 @@ class TensorBoard:
             self.writer.close()
 
 
-def progress(total: int, initial: int, enabled: bool) -> tqdm:
-    """Iteration bar (shows ETA); disabled when stderr is not a terminal or on non-zero ranks."""
-    return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, leave=False,
-                disable=not (enabled and sys.stderr.isatty()))
+class PlainProgress:
+    """Progress for pipes and batch schedulers: a plain line (iteration, loss, it/s, ETA) once the run
+    starts and then at most every ``every`` seconds, instead of a bar that only a terminal can show."""
+
+    def __init__(self, total: int, initial: int, log=print, every: float = 30.0, clock=time.monotonic):
+        self.total, self.n, self.log, self.every, self.clock = total, initial, log, every, clock
+        self.n0, self.t0, self.last = initial, clock(), None
+        self.postfix: dict = {}
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = values
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        now = self.clock()
+        if self.last is not None and now - self.last < self.every and self.n < self.total:
+            return
+        self.last = now
+        rate = (self.n - self.n0) / max(now - self.t0, 1e-9)
+        eta = (self.total - self.n) / rate if rate > 0 else math.inf
+        extra = "".join(f"  {k} {v}" for k, v in self.postfix.items())
+        self.log(f"it {self.n}/{self.total}{extra}  {rate:.2f} it/s  ETA {_hms(eta)}")
+
+    def close(self) -> None:
+        pass
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def progress(total: int, initial: int, enabled: bool, log=print) -> tqdm | PlainProgress:
+    """A bar with ETA on a terminal, plain lines elsewhere (``PlainProgress``); nothing when disabled
+    (``--no-progress``, non-zero ranks)."""
+    if enabled and not sys.stderr.isatty():
+        return PlainProgress(total, initial, log)
+    return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, leave=False, disable=not enabled)

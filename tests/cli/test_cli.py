@@ -2,6 +2,7 @@ import pytest
 
 import smaformer
 from smaformer.cli import main
+from smaformer.errors import InputError
 
 
 def test_help_lists_commands(capsys):
@@ -16,3 +17,13 @@ def test_help_lists_commands(capsys):
 def test_unknown_model_lists_valid_names():
     with pytest.raises(ValueError, match="valid names"):
         smaformer.create_model("no_such_model")
+
+
+def test_debug_anywhere_and_did_you_mean(capsys):
+    from smaformer.cli import main
+
+    assert main(["info", "swin_unt"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'swin_unet'?" in err and err.count("\n") == 1
+    with pytest.raises(InputError, match="swin_unt"):     # --debug after the sub-command shows the traceback
+        main(["info", "swin_unt", "--debug"])

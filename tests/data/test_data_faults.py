@@ -140,3 +140,10 @@ def test_npz_h5_missing_key_zero_byte_and_wrong_ndim(tmp_path):
 def test_iter_cases_reports_an_unknown_case_name(bad_nnunet):
     got = list(iter_cases(open_dataset(bad_nnunet), ["good", "nope"]))
     assert got[0][1] is not None and got[1][1] is None and "no case 'nope'" in got[1][2]
+
+
+def test_unknown_layout_is_a_one_line_input_error(tmp_path):
+    with pytest.raises(InputError, match=r"unknown layout 'nifti'.*use one of"):
+        open_dataset(tmp_path, layout="nifti")
+    with pytest.raises(InputError, match=r"did you mean 'synapse'"):
+        open_dataset(tmp_path, layout="synapze")

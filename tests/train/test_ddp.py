@@ -76,3 +76,20 @@ def test_sigkill_leaves_loadable_checkpoint(tiny_yaml, tmp_path):
     assert done >= 1
     res = train(None, resume=out, stop_after=done + 2, progress_bar=False, log=lambda *a: None)
     assert res.iterations == done + 2 and res.stopped == "stop_after"
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signals_save_then_exit_with_the_shell_code(tiny_yaml, tmp_path, sig, code):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "smaformer", "train", "--config", str(tiny_yaml), "--out", str(out),
+           "--no-progress", "--set", "train.epochs=500", "--set", "train.save_every_iters=1",
+           "--set", "train.val_every=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env())
+    deadline = time.time() + 120
+    while not (out / "latest.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == code, stdout[-1000:]
+    assert "resume with `smaformer train --resume" in stdout
+    assert read_checkpoint(out / "latest.pt")["train_state"]["iteration"] >= 1

@@ -230,6 +230,31 @@ def test_trainer_state_exists_before_fit_and_wrapped_models_save(tmp_path):
     ds = Blobs(8, 32)
     with trainer_session(tiny_cfg(32, "train.batch_size=4"), run_dir=tmp_path, data=_data(ds, [], 32),
                          progress_bar=False, log=quiet) as trainer:
-        assert trainer.tb is None and trainer._stop_signal is False and trainer._time_up is False
+        assert trainer.tb is None and trainer._stop_signal == 0 and trainer._time_up is False
         ckpt = build_checkpoint(torch.nn.DataParallel(trainer.model), trainer.classes, trainer.data.preprocessing)
     assert ckpt["model"]["name"] == "unet" and set(ckpt["state_dict"]) == set(trainer.model.state_dict())
+
+
+def test_plain_progress_for_pipes_prints_every_30_s():
+    from smaformer.train.runlog import PlainProgress, progress
+
+    now, lines = [0.0], []
+    bar = PlainProgress(100, 0, lines.append, clock=lambda: now[0])
+    for _ in range(100):
+        now[0] += 1.0                      # one step per second
+        bar.set_postfix(loss="0.5000")
+        bar.update(1)
+    assert len(lines) == 5                 # the first step, then at 31, 61, 91 s, and the last step
+    assert lines[1] == "it 31/100  loss 0.5000  1.00 it/s  ETA 0:01:09"
+    assert lines[-1].startswith("it 100/100")
+    assert isinstance(progress(10, 0, True), PlainProgress)       # pytest's stderr is not a terminal
+
+
+def test_loader_workers_capped_by_usable_cpus(tmp_path):
+    from smaformer.train import trainer_session
+    from smaformer.train.loop import usable_cpus
+
+    ds = Blobs(8, 32)
+    cfg = tiny_cfg(32, "train.batch_size=4", "data.num_workers=64")
+    with trainer_session(cfg, run_dir=tmp_path, data=_data(ds, [], 32), progress_bar=False, log=quiet) as tr:
+        assert tr._loader().num_workers == usable_cpus() < 64

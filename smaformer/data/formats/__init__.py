@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from smaformer.data.sample import Reader
-from smaformer.errors import InputError
+from smaformer.errors import InputError, did_you_mean
 
 LAYOUTS: dict[str, type[Reader]] = {}
 
@@ -31,7 +31,7 @@ def detect_layout(path: str | Path) -> str:
         if cls.detect(root):
             return name
     raise InputError(root, f"unrecognised dataset layout; known layouts: {', '.join(LAYOUTS)} "
-                           "(pass layout=... to choose one)")
+                           "(pass --layout to choose one)")
 
 
 def open_dataset(path: str | Path, layout: str | None = None, split: str | None = None, **kwargs) -> Reader:
@@ -41,7 +41,8 @@ def open_dataset(path: str | Path, layout: str | None = None, split: str | None 
     """
     name = layout or detect_layout(path)
     if name not in LAYOUTS:
-        raise ValueError(f"unknown layout {name!r}; use one of {', '.join(LAYOUTS)}")
+        raise InputError(path, f"unknown layout {name!r}{did_you_mean(name, LAYOUTS)}; use one of "
+                               f"{', '.join(LAYOUTS)}")
     return LAYOUTS[name](path, split=split, **kwargs)
 
 
