@@ -29,6 +29,7 @@ from smaformer.io_utils import atomic_path, check_readable
 log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+H5_SUFFIXES = (".h5",)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 # file axes -> array axes: (k, j, i) = SimpleITK's (z, y, x), as the official Synapse/ACDC/nnU-Net code reads
 SITK_ORDER = (2, 1, 0)
@@ -219,6 +220,28 @@ def _read_2d(path: Path, dtype) -> tuple[np.ndarray, dict]:
     return np.ascontiguousarray(data, dtype=dtype), props
 
 
+def _read_h5_volume(path: Path, dtype) -> tuple[np.ndarray, dict]:
+    """The ``image`` (D,H,W) of a Synapse/ACDC ``.h5`` volume. Such files hold no orientation: the props get
+    the axis-aligned affine of their ``spacing`` (1 mm where absent), so labels are written as NIfTI with it."""
+    import h5py
+
+    _check_file(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if "image" not in f:
+                raise InputError(path, f"no 'image' dataset in this h5 file (keys: {', '.join(f.keys())})")
+            data = np.asarray(f["image"])
+            spacing = tuple(float(s) for s in np.asarray(f["spacing"])) if "spacing" in f else (1.0, 1.0, 1.0)
+    except OSError as e:
+        raise InputError(path, f"not a readable h5 file ({_first_line(e)})") from None
+    if data.ndim != 3:
+        raise InputError(path, f"expected a (D,H,W) volume under 'image', got shape {data.shape}")
+    affine = np.diag([*reversed(spacing), 1.0])          # array axes are the file axes reversed
+    props = {"format": "h5", "path": str(path), "is_volume": True, "spacing": spacing, "affine": affine,
+             "header": None, "transpose": (2, 1, 0), "file_shape": tuple(reversed(data.shape))}
+    return (data if dtype is None else data.astype(dtype)), props
+
+
 def read_image(path: str | Path, frame: int | None = None, allow_nonfinite: bool = False,
                scale_8bit: bool = False, dtype=np.float32) -> tuple[np.ndarray, dict]:
     """Read a NIfTI file, a DICOM series folder or a 2D image; returns ``(array, props)``, the array float32
@@ -235,12 +258,14 @@ def read_image(path: str | Path, frame: int | None = None, allow_nonfinite: bool
         data, props = _read_nifti(path, frame, dtype)
     elif path.suffix.lower() in IMAGE_SUFFIXES:
         data, props = _read_2d(path, dtype)
+    elif path.suffix.lower() in H5_SUFFIXES:
+        data, props = _read_h5_volume(path, dtype)
     elif path.suffix.lower() in (".dcm", "") and path.is_file():
         _check_file(path)
         data, props = _read_dicom_series(path.parent, dtype)
     else:
         _check_file(path)
-        raise InputError(path, "unsupported file type; use NIfTI (.nii/.nii.gz), a DICOM folder, "
+        raise InputError(path, "unsupported file type; use NIfTI (.nii/.nii.gz), a DICOM folder, an .h5 volume "
                                f"or {'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)}")
     if not allow_nonfinite and np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise InputError(path, f"image has {int((~np.isfinite(data)).sum())} NaN/inf values")

@@ -104,6 +104,13 @@ def _verify(result: ExportResult, run, model: nn.Module, x: torch.Tensor, dynami
         result.notes.append("height/width fixed: the model declares dynamic_hw=False")
 
 
+def _reason(e: Exception) -> str:
+    """The informative line of an exporter's error: torch.onnx ends its messages with "Refer to the full stack
+    trace above", which a one-line report has not got."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and "full stack trace" not in ln]
+    return lines[-1][:300] if lines else "(no message)"
+
+
 def _require(model: nn.Module, fmt: str) -> bool:
     """Refuse an export the model declares False in ``export_flags``; returns its ``dynamic_hw`` flag."""
     flags = getattr(model, "export_flags", {})
@@ -168,8 +175,7 @@ def export_onnx(model: nn.Module, info: dict, path: str | Path,
                 _torch_onnx_export(model, x, tmp, dynamo, dynamic_hw)
                 _verify(result, _onnx_run(tmp), model, x, dynamic_hw)
             except Exception as e:  # noqa: BLE001 - try the next exporter, report all failures at the end
-                errors.append(f"{label}: {type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[-1][:300] if str(e) else ''}")
+                errors.append(f"{label}: {type(e).__name__}: {_reason(e)}")
                 continue
             result.notes += [f"fell back after {m}" for m in errors]
             _finish_onnx(tmp, ExportMetadata.of(info, result.dims))

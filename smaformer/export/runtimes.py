@@ -55,7 +55,8 @@ def openvino_runner(path: Path, device: str | torch.device = "cpu") -> tuple[Cal
     meta = read_onnx_metadata(path)
     device = torch.device(device)
     target = "CPU" if device.type != "cuda" else "GPU" if device.index is None else f"GPU.{device.index}"
-    compiled = ov.Core().compile_model(str(path), target)
+    # exported files run in fp32: OpenVINO would otherwise pick bf16 on CPUs with AMX (labels change)
+    compiled = ov.Core().compile_model(str(path), target, {"INFERENCE_PRECISION_HINT": "f32"})
     out = compiled.output(0)
     return FixedBatch(lambda a: compiled(a)[out], meta.static_batch), meta.info
 

@@ -23,6 +23,7 @@ import torch
 
 from smaformer import metrics as M
 from smaformer.data.sample import Sample, iter_cases
+from smaformer.errors import InputError
 from smaformer.infer.postprocess import postprocess_labels
 from smaformer.infer.volume import infer_volume
 from smaformer.io_utils import atomic_path, file_sha256, write_text
@@ -113,9 +114,12 @@ def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: s
     out = Path(out_dir)
     model, info = load_checkpoint(checkpoint, device=device)
     reader = data if hasattr(data, "load_case") else open_dataset(data, layout=layout, split=split)
-    out.mkdir(parents=True, exist_ok=True)    # only once the checkpoint and the data are known to be there
     num_classes = int(info["model"]["kwargs"].get("num_classes", len(info["classes"])))
     names = list(info["classes"]) or [str(i) for i in range(num_classes)]
+    data_classes = list(getattr(reader, "classes", None) or [])
+    if data_classes and data_classes != names:
+        log.warning("the data's classes %s differ from the checkpoint's %s: scores are reported under the "
+                    "checkpoint's names", data_classes, names)
     labels = list(range(1, num_classes))
     class_map = {k: names[k] if k < len(names) else str(k) for k in labels}
     todo = list(cases) if cases is not None else list(reader.cases())
@@ -133,6 +137,12 @@ def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: s
             log.warning("case %s failed: %s", case, fault)
             failed.append({"case": case, "error": f"InputError: {fault}"})
             continue
+        if sample.label is not None and sample.label.size and int(sample.label.max()) >= num_classes:
+            # not a bad case: the checkpoint does not fit the data, so no case can be scored
+            raise InputError(sample.meta.get("label_path") or sample.meta.get("path") or case,
+                             f"label value {int(sample.label.max())} is outside the checkpoint's classes "
+                             f"0..{num_classes - 1} ({', '.join(names)}): this checkpoint was not trained for "
+                             "this data")
         try:
             if sample.label is None:
                 raise ValueError("no ground-truth label to evaluate against")

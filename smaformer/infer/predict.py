@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from smaformer.data.io import IMAGE_SUFFIXES, is_nifti, read_image, write_labels
+from smaformer.data.io import H5_SUFFIXES, IMAGE_SUFFIXES, is_nifti, read_image, write_labels
 from smaformer.errors import InputError
 from smaformer.export.runtimes import RUNTIMES
 from smaformer.infer.volume import infer_volume
@@ -61,7 +61,8 @@ def load_predictor(path: str | Path, engine: str = "auto", device: str | torch.d
 
 # ------------------------------------------------------------------------------------------ input/output
 def _is_case_file(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and (is_nifti(p) or p.suffix.lower() in IMAGE_SUFFIXES)
+    return p.is_file() and not p.name.startswith(".") and (is_nifti(p) or p.suffix.lower() in IMAGE_SUFFIXES
+                                                           or p.suffix.lower() in H5_SUFFIXES)
 
 
 def list_cases(inp: str | Path) -> list[Path]:
@@ -85,7 +86,7 @@ def list_cases(inp: str | Path) -> list[Path]:
 
 def case_stem(p: Path) -> str:
     name = p.name
-    for suf in (".nii.gz", ".nii", *IMAGE_SUFFIXES, ".dcm"):
+    for suf in (".nii.gz", ".nii", ".npy.h5", *H5_SUFFIXES, *IMAGE_SUFFIXES, ".dcm"):
         if name.lower().endswith(suf):
             return name[: -len(suf)]
     return name

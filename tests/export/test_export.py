@@ -99,3 +99,11 @@ def test_metadata_of_older_exports_still_reads():
                       "input_dims": {"batch": "dynamic", "height": "fixed at 224", "width": "fixed at 224"}})
     meta = ExportMetadata.from_json(old, "m.onnx")
     assert meta.input_dims == {"batch": None, "height": 224, "width": 224} and meta.static_batch is None
+
+
+def test_exporter_errors_name_the_cause_not_the_missing_trace():
+    from smaformer.export.exporters import _reason
+
+    e = RuntimeError("Failed to convert the graph\nUnsupported op aten::foo\n(Refer to the full stack trace above for "
+                     "more information.)")
+    assert _reason(e) == "Unsupported op aten::foo"

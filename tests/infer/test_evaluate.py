@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from smaformer import create_model
 from smaformer.checkpoint import build_checkpoint, default_preprocessing, save_checkpoint
 from smaformer.cli import main
+from smaformer.errors import InputError
 from smaformer.infer.evaluate import evaluate, volume_dice
 from smaformer.io_utils import file_sha256
 from smaformer.models.registry import tiny_kwargs
@@ -182,3 +183,16 @@ def test_bad_postprocess_is_a_one_line_error_and_writes_nothing(tmp_path, capsys
     assert err.startswith("error: --postprocess takes") and err.count("\n") == 1
     assert main(["evaluate", "-c", str(tmp_path / "x.pt"), "-d", str(tmp_path), "-o", str(out)]) == 2
     assert "checkpoint file not found" in capsys.readouterr().err and not out.exists()
+
+
+def test_checkpoint_that_does_not_fit_the_data_is_refused(tmp_path, capsys, caplog):
+    """A 3-class checkpoint on 5-class phantoms: a one-line error, exit 2, and nothing written."""
+    from smaformer.data import SyntheticReader
+
+    pp = default_preprocessing((SIZE, SIZE), 1, "repeat", {"mode": "minmax"})
+    ckpt = save_checkpoint(build_checkpoint(_tiny_model(3), ["bg", "a", "b"], pp), tmp_path / "tiny.pt")
+    reader = SyntheticReader(1, shape=(4, 48, 48), num_classes=5, seed=5)
+    with pytest.raises(InputError, match=r"label value 4 is outside the checkpoint's classes 0..2 \(bg, a, b\)"):
+        evaluate(ckpt, reader, tmp_path / "out", overlays=0, progress=False)
+    assert "differ from the checkpoint's" in caplog.text
+    assert not (tmp_path / "out").exists()

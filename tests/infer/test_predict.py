@@ -94,6 +94,26 @@ def test_probabilities_and_engines_agree(data_dir, ckpt, tmp_path):
     assert probs["torch"].shape == (3, 30, 101, 122) and probs["torch"].dtype == np.float16
     for name, p in probs.items():
         assert np.abs(p.astype(np.float32) - probs["torch"]).max() < 2e-3, name
+    labels = {n: np.asarray(nib.load(str(tmp_path / n / "example_ct_sm.nii.gz")).dataobj) for n in runs}
+    assert np.array_equal(labels["onnxruntime"], labels["openvino"])     # OpenVINO asked for f32, not bf16
+
+
+def test_openvino_is_asked_for_f32(tmp_path, monkeypatch):
+    """On CPUs with AMX OpenVINO defaults to bf16; the runner must ask for f32 whatever the CPU."""
+    ov = pytest.importorskip("openvino")
+    import smaformer.export.runtimes as rt
+
+    seen = {}
+
+    def fake_compile(self, path, device, config=None):
+        seen.update(device=device, config=config)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(ov.Core, "compile_model", fake_compile)
+    monkeypatch.setattr(rt, "read_onnx_metadata", lambda p: None)
+    with pytest.raises(RuntimeError, match="stop here"):
+        rt.openvino_runner(tmp_path / "m.onnx")
+    assert seen == {"device": "CPU", "config": {"INFERENCE_PRECISION_HINT": "f32"}}
 
 
 def test_bf16_runs_and_keeps_geometry(data_dir, ckpt, tmp_path):
@@ -161,3 +181,24 @@ def test_input_faults_are_one_line(ckpt, tmp_path, capsys):
     if not torch.cuda.is_available():
         assert main(["predict", "-i", str(tmp_path), "-o", str(tmp_path), "-c", str(ckpt), "--device", "cuda"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_h5_volumes_predict_to_nifti(data_dir, ckpt, tmp_path, capsys):
+    """The ACDC/Synapse .h5 volumes that evaluate reads can be segmented too (NIfTI out, spacing affine)."""
+    import h5py
+
+    from smaformer.cli import main
+
+    src = data_dir / "acdc" / "volumes" / "patient002_frame01.h5"
+    with h5py.File(src, "r") as f:
+        depth, h, w = f["image"].shape
+    out = tmp_path / "p002.nii.gz"
+    assert main(["predict", "-i", str(src), "-o", str(out), "-c", str(ckpt), "--quiet"]) == 0
+    img = nib.load(str(out))
+    assert img.shape == (w, h, depth) and np.allclose(img.affine, np.eye(4))     # these files hold no spacing
+    assert set(np.unique(np.asarray(img.dataobj))) <= {0, 1, 2}
+    bad = tmp_path / "bad.h5"
+    with h5py.File(bad, "w") as f:
+        f["label"] = np.zeros((2, 4, 4))
+    assert main(["predict", "-i", str(bad), "-o", str(tmp_path / "b.nii.gz"), "-c", str(ckpt), "--quiet"]) == 1
+    assert "bad.h5: no 'image' dataset" in capsys.readouterr().out
