@@ -13,11 +13,13 @@ $(BIN)/smaformer: pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[dev,export,dicom]"
 	touch $@
+	@echo "installed: run 'source $(VENV)/bin/activate' to put smaformer on PATH, or call $(BIN)/smaformer"
 
 install: $(BIN)/smaformer
 
 demo: install
 	$(BIN)/smaformer demo
+	@echo "smaformer is $(BIN)/smaformer (or run 'source $(VENV)/bin/activate')"
 
 # pytest's exit code 5 ("no tests collected") counts as a failure.
 test: install

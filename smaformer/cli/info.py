@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.html:
         from smaformer.tools.archpage import write_arch_page
 
-        out = write_arch_page(model, meta.input_shape, args.html, title=f"{meta.name} {meta.kwargs}",
-                              flops=flops)
+        title = " ".join([meta.name, *(f"{k}={v}" for k, v in meta.kwargs.items())])
+        out = write_arch_page(model, meta.input_shape, args.html, title=title, flops=flops)
         print(f"\narchitecture page written to {out}")
     return 0

@@ -121,9 +121,9 @@ class SyntheticReader(Reader):
     layout = "synthetic"
 
     def __init__(self, num_cases: int = 8, shape: tuple[int, int, int] = (24, 96, 96), num_classes: int = 5,
-                 seed: int = 0):
+                 seed: int = 0, split: str = "train"):
         self.root = None  # type: ignore[assignment]
-        self.split = "train"
+        self.split = split
         self.classes = phantom_classes(num_classes)
         self.skipped = []
         self.shape, self.seed = tuple(shape), int(seed)

@@ -66,6 +66,11 @@ class SegmentationModel(nn.Module):
         """The official wrappers' 1 -> 3 channel repeat, for models whose weights keep a 3-channel stem."""
         return x.repeat(1, 3, 1, 1) if self.gray_to_rgb and x.shape[1] == 1 else x
 
+    def io_steps(self) -> tuple[list[str], list[str]]:
+        """What ``forward`` does to the input before its first module and to the logits after its last one
+        (e.g. SMAFormer's resize to 224 and back), for the architecture page."""
+        return [], []
+
     def official_key(self, key: str) -> str | None:
         """Our name for an official checkpoint key, or None for a key the official model never uses."""
         return key

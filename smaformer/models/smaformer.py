@@ -150,6 +150,14 @@ class SMAFormer(SegmentationModel):
                 x = self.sma_decoder[i].forward_tokens(x)
         return x
 
+    def io_steps(self) -> tuple[list[str], list[str]]:
+        if self.resize_to is not None:
+            return ([f"resize to {self.resize_to[0]}x{self.resize_to[1]} (bilinear, the official forward)"],
+                     ["logits resized back to the input size (bilinear)"])
+        if self.pad:
+            return [f"zero-pad bottom/right to multiples of {MULTIPLE}"], ["crop the logits to the input size"]
+        return [], []
+
     def official_key(self, key: str) -> str | None:
         """Official names are ours; the dead ``sma_encoder.3`` is dropped when this model lacks it (native)."""
         if key.startswith("sma_encoder.3.") and not (self.use_sma and len(self.sma_encoder) == 4):

@@ -102,6 +102,7 @@ h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 10px;border-bo
 .node{background:#fff;border:1px solid #9aa7c0;border-radius:8px;padding:6px 14px;min-width:340px;text-align:center;
 box-shadow:0 1px 2px #0001}
 .node.io{background:#e8f1ff;border-color:#4c7bd9}.node b{font-size:14px}.node .mono{color:#365}
+.node.step{background:#fff7e6;border-style:dashed}
 .arrow{color:#5a6a8a;font-size:18px;line-height:20px}
 details{margin-left:18px}summary{cursor:pointer;padding:2px 0}
 .leaf{margin-left:32px;padding:2px 0}.kind{color:#7a3e9d}.shape{color:#1f6f43}.params{color:#8a5a00}
@@ -139,17 +140,19 @@ def _tree(records: list[ModuleRecord], total: int, open_depth: int = 2) -> str:
 
 
 def render_page(records: list[ModuleRecord], input_shape: tuple[int, ...], output_shape: str, title: str,
-                flops: int | None = None) -> str:
-    """The whole HTML document as a string."""
+                flops: int | None = None, steps: tuple[list[str], list[str]] = ([], [])) -> str:
+    """The whole HTML document as a string; ``steps`` are the model's non-module input/output steps."""
     total = records[0].params
     flops_txt = f" &middot; {flops / 1e9:,.2f} GFLOP ({flops / 2e9:,.2f} GMAC) per forward" if flops else ""
     in_txt = "(" + ", ".join(str(s) for s in input_shape) + ")"
     flow = [f'<div class="node io"><b>input</b><br><span class="mono">{in_txt}</span></div>']
+    flow += [f'<div class="arrow">&darr;</div><div class="node step">{html.escape(s)}</div>' for s in steps[0]]
     for r in flow_nodes(records):
         flow.append('<div class="arrow">&darr;</div>')
         flow.append(f'<div class="node"><b class="mono">{html.escape(r.name)}</b> <span class="kind">'
                     f'{html.escape(r.kind)}</span><br><span class="mono">{html.escape(r.shape)}</span> '
                     f'&middot; <span class="params">{r.params:,} params</span></div>')
+    flow += [f'<div class="arrow">&darr;</div><div class="node step">{html.escape(s)}</div>' for s in steps[1]]
     flow += ['<div class="arrow">&darr;</div>',
              '<div class="node io"><b>output (logits)</b><br>'
              f'<span class="mono">{html.escape(output_shape)}</span></div>']
@@ -183,4 +186,6 @@ def write_arch_page(model: nn.Module, input_shape: tuple[int, ...], path: str | 
         records, out_shape = trace_modules(model, torch.zeros(input_shape, device=device))
     finally:
         model.train(was_training)
-    return write_text(path, render_page(records, input_shape, out_shape, title or type(model).__name__, flops))
+    steps = model.io_steps() if hasattr(model, "io_steps") else ([], [])
+    return write_text(path, render_page(records, input_shape, out_shape, title or type(model).__name__, flops,
+                                        steps))

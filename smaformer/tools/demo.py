@@ -112,7 +112,8 @@ def _run(run_dir: Path, minutes: float, iterations: int | None, model: str, thre
     result = train(cfg, run_dir=run_dir, progress_bar=progress, log=log)
     train_s = time.perf_counter() - t0
     ckpt = run_dir / ("best.pt" if (run_dir / "best.pt").exists() else "latest.pt")
-    test = SyntheticReader(test_volumes, (DEPTH, SIZE, SIZE), NUM_CLASSES, seed=seed + TEST_SEED_OFFSET)
+    test = SyntheticReader(test_volumes, (DEPTH, SIZE, SIZE), NUM_CLASSES, seed=seed + TEST_SEED_OFFSET,
+                           split="held-out")
     log(f"demo: evaluating {ckpt.name} on {test_volumes} held-out phantom volumes")
     report = evaluate(ckpt, test, run_dir / "evaluation", device="cpu", overlays=2, progress=progress)
     fg = report["foreground_mean"]

@@ -119,7 +119,7 @@ def build_data(cfg: dict) -> TrainData:
         s = d["synthetic"]
         k = len(d["classes"]) if d["classes"] else int(cfg["model"]["kwargs"].get("num_classes", 5))
         train_reader = SyntheticReader(int(s["train_volumes"]), tuple(s["shape"]), k, seed=int(s["seed"]))
-        val = SyntheticReader(int(s["val_volumes"]), tuple(s["shape"]), k, seed=int(s["seed"]) + 10_000)
+        val = SyntheticReader(int(s["val_volumes"]), tuple(s["shape"]), k, seed=int(s["seed"]) + 10_000, split="val")
         test_names: list[str] = []
     else:
         if not d["root"]:

@@ -25,6 +25,8 @@ def test_demo_quick_run(tmp_path, capsys):
     assert "held-out phantom Dice" in printed
     metrics = json.loads((out / "evaluation" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["data"]["n_cases"] == 1 and metrics["data"]["n_failed"] == 0
+    assert metrics["data"]["split"] == "held-out"         # not "train": these phantoms were never trained on
+    assert "split <code>held-out</code>" in (out / "evaluation" / "report.html").read_text(encoding="utf-8")
     model, info = load_checkpoint(out / "best.pt")
     assert info["model"]["name"] in ("smaformer", "swin_unet") and len(info["classes"]) == 5
     assert info["preprocessing"]["intensity"]["mode"] == "window"

@@ -106,3 +106,23 @@ def test_pretrained_coverage_is_printed(golden_dir, tmp_path, capsys):
     assert main(["info", "swin_unet", "--no-flops", "--pretrained", str(tmp_path / "swin_t.pth")]) == 0
     out = capsys.readouterr().out
     assert "pretrained coverage" in out and "encoder" in out.split("pretrained coverage")[1]
+
+
+def test_architecture_page_title_is_readable(tmp_path, capsys):
+    from smaformer.cli import main
+
+    page = tmp_path / "arch.html"
+    assert main(["info", "unet", "--tiny", "--no-flops", "--html", str(page)]) == 0
+    text = page.read_text(encoding="utf-8")
+    assert "<title>unet base=4 depth=2 dropout=0.1</title>" in text and "{" not in text.split("<title>")[1][:40]
+
+
+def test_architecture_page_shows_the_compat_resize(tmp_path):
+    from smaformer.models import create_model
+    from smaformer.models.registry import tiny_kwargs
+    from smaformer.tools.archpage import write_arch_page
+
+    model = create_model("smaformer", **tiny_kwargs("smaformer"), img_size=64, resize_to=64)
+    text = write_arch_page(model, (1, 3, 96, 96), tmp_path / "a.html").read_text(encoding="utf-8")
+    flow = text.split("<h2>Data flow</h2>")[1].split("<h2>")[0]
+    assert flow.index("resize to 64x64 (bilinear") < flow.index("patch_embed") < flow.index("logits resized back")
