@@ -57,16 +57,22 @@ def test_ddp_two_processes(tiny_yaml, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "tiny.yaml"]
 
 
-def test_sigkill_leaves_loadable_checkpoint(tiny_yaml, tmp_path):
-    out = tmp_path / "run"
+def _long_run(tiny_yaml, out, stdout) -> subprocess.Popen:
+    """A long single-process run that saves every step; returns once its first latest.pt exists."""
     cmd = [sys.executable, "-m", "smaformer", "train", "--config", str(tiny_yaml), "--out", str(out),
            "--no-progress", "--set", "train.epochs=500", "--set", "train.save_every_iters=1",
            "--set", "train.val_every=0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.DEVNULL, text=True, env=_env())
+    deadline = time.time() + 120
+    while not (out / "latest.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    return proc
+
+
+def test_sigkill_leaves_loadable_checkpoint(tiny_yaml, tmp_path):
+    out = tmp_path / "run"
+    proc = _long_run(tiny_yaml, out, subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
-        while not (out / "latest.pt").exists() and time.time() < deadline:
-            time.sleep(0.2)
         time.sleep(1.0)            # kill while it is writing checkpoints every step
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -81,13 +87,7 @@ def test_sigkill_leaves_loadable_checkpoint(tiny_yaml, tmp_path):
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signals_save_then_exit_with_the_shell_code(tiny_yaml, tmp_path, sig, code):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "smaformer", "train", "--config", str(tiny_yaml), "--out", str(out),
-           "--no-progress", "--set", "train.epochs=500", "--set", "train.save_every_iters=1",
-           "--set", "train.val_every=0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env())
-    deadline = time.time() + 120
-    while not (out / "latest.pt").exists() and time.time() < deadline:
-        time.sleep(0.2)
+    proc = _long_run(tiny_yaml, out, subprocess.PIPE)
     proc.send_signal(sig)
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == code, stdout[-1000:]
