@@ -258,3 +258,15 @@ def test_loader_workers_capped_by_usable_cpus(tmp_path):
     cfg = tiny_cfg(32, "train.batch_size=4", "data.num_workers=64")
     with trainer_session(cfg, run_dir=tmp_path, data=_data(ds, [], 32), progress_bar=False, log=quiet) as tr:
         assert tr._loader().num_workers == usable_cpus() < 64
+
+
+def test_tensorboard_asked_for_but_missing_warns(tmp_path, monkeypatch):
+    import sys
+
+    from smaformer.train.runlog import TensorBoard
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)     # import fails as if not installed
+    lines = []
+    tb = TensorBoard(tmp_path, True, lines.append)
+    assert tb.writer is None and len(lines) == 1 and "tensorboard is not installed" in lines[0]
+    assert TensorBoard(tmp_path, False, lines.append).writer is None and len(lines) == 1
