@@ -66,7 +66,6 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
-_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
 
 
 class _Loader(yaml.SafeLoader):
