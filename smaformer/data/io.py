@@ -23,23 +23,18 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from smaformer.errors import InputError
+from smaformer.data.arrays import H5_SUFFIXES, read_h5_volume
+from smaformer.errors import InputError, first_line
 from smaformer.io_utils import atomic_path, check_readable
 
 log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-H5_SUFFIXES = (".h5",)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 # file axes -> array axes: (k, j, i) = SimpleITK's (z, y, x), as the official Synapse/ACDC/nnU-Net code reads
 SITK_ORDER = (2, 1, 0)
 LABEL_INTENT = 1002  # NIFTI_INTENT_LABEL
 COMMENT_ECODE = 6  # NIfTI extension code for a comment; holds {"labels": {...}} as JSON
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -57,7 +52,7 @@ def _load_nifti(path: Path):
     try:
         return nib.load(str(path))
     except Exception as e:  # nibabel raises many types for non-NIfTI or truncated headers
-        raise InputError(path, f"not a readable NIfTI file ({_first_line(e)})") from None
+        raise InputError(path, f"not a readable NIfTI file ({first_line(e)})") from None
 
 
 def nifti_header_props(path: str | Path) -> dict[str, Any]:
@@ -91,7 +86,7 @@ def _read_nifti(path: Path, frame: int | None, dtype) -> tuple[np.ndarray, dict]
         data = img.dataobj[..., frame] if len(shape) == 4 else img.dataobj[...]
         data = np.asarray(data, dtype=dtype)
     except Exception as e:  # truncated gzip streams, short files
-        raise InputError(path, f"cannot read voxel data, file truncated? ({_first_line(e)})") from None
+        raise InputError(path, f"cannot read voxel data, file truncated? ({first_line(e)})") from None
     if data.ndim == 2:
         data = data[:, :, None]
     perm = SITK_ORDER
@@ -129,7 +124,7 @@ def _read_dicom_series(folder: Path, dtype=np.float32) -> tuple[np.ndarray, dict
     try:
         img = reader.Execute()
     except RuntimeError as e:
-        raise InputError(folder, f"cannot read DICOM series ({_first_line(e)})") from None
+        raise InputError(folder, f"cannot read DICOM series ({first_line(e)})") from None
     if img.GetDimension() != 3:
         raise InputError(folder, f"expected a 3D DICOM series, got {img.GetDimension()} dimensions")
     if img.GetNumberOfComponentsPerPixel() != 1:
@@ -161,7 +156,7 @@ def _check_series_slices(folder: Path, files: list[str]) -> None:
         try:
             probe.ReadImageInformation()
         except RuntimeError as e:
-            raise InputError(f, f"broken DICOM slice in series {folder.name} ({_first_line(e)})") from None
+            raise InputError(f, f"broken DICOM slice in series {folder.name} ({first_line(e)})") from None
         pos.append(np.array(probe.GetOrigin()))
     if len(pos) < 3:
         return
@@ -204,7 +199,7 @@ def _read_2d(path: Path, dtype) -> tuple[np.ndarray, dict]:
                         im = im.convert("L")
                 data = np.asarray(im)
     except Exception as e:
-        raise InputError(path, f"not a readable image ({_first_line(e)})") from None
+        raise InputError(path, f"not a readable image ({first_line(e)})") from None
     is_volume = False
     if data.ndim == 2:
         data = data[None]
@@ -218,28 +213,6 @@ def _read_2d(path: Path, dtype) -> tuple[np.ndarray, dict]:
     props = {"format": path.suffix.lower().lstrip("."), "path": str(path), "is_volume": is_volume,
              "affine": None, "spacing": spacing, "file_shape": data.shape, "dtype": str(data.dtype)}
     return np.ascontiguousarray(data, dtype=dtype), props
-
-
-def _read_h5_volume(path: Path, dtype) -> tuple[np.ndarray, dict]:
-    """The ``image`` (D,H,W) of a Synapse/ACDC ``.h5`` volume. Such files hold no orientation: the props get
-    the axis-aligned affine of their ``spacing`` (1 mm where absent), so labels are written as NIfTI with it."""
-    import h5py
-
-    _check_file(path)
-    try:
-        with h5py.File(path, "r") as f:
-            if "image" not in f:
-                raise InputError(path, f"no 'image' dataset in this h5 file (keys: {', '.join(f.keys())})")
-            data = np.asarray(f["image"])
-            spacing = tuple(float(s) for s in np.asarray(f["spacing"])) if "spacing" in f else (1.0, 1.0, 1.0)
-    except OSError as e:
-        raise InputError(path, f"not a readable h5 file ({_first_line(e)})") from None
-    if data.ndim != 3:
-        raise InputError(path, f"expected a (D,H,W) volume under 'image', got shape {data.shape}")
-    affine = np.diag([*reversed(spacing), 1.0])          # array axes are the file axes reversed
-    props = {"format": "h5", "path": str(path), "is_volume": True, "spacing": spacing, "affine": affine,
-             "header": None, "transpose": (2, 1, 0), "file_shape": tuple(reversed(data.shape))}
-    return (data if dtype is None else data.astype(dtype)), props
 
 
 def read_image(path: str | Path, frame: int | None = None, allow_nonfinite: bool = False,
@@ -259,7 +232,7 @@ def read_image(path: str | Path, frame: int | None = None, allow_nonfinite: bool
     elif path.suffix.lower() in IMAGE_SUFFIXES:
         data, props = _read_2d(path, dtype)
     elif path.suffix.lower() in H5_SUFFIXES:
-        data, props = _read_h5_volume(path, dtype)
+        data, props = read_h5_volume(path, dtype)
     elif path.suffix.lower() in (".dcm", "") and path.is_file():
         _check_file(path)
         data, props = _read_dicom_series(path.parent, dtype)

@@ -34,12 +34,8 @@ def normalize_intensity(arr: np.ndarray, spec: dict) -> np.ndarray:
         return (x - spec["offset"]) / spec["divisor"]
     if mode not in ("zscore", "minmax"):
         raise ValueError(f"unknown intensity mode {mode!r}; use window, zscore, minmax or none")
-    axes = tuple(range(1, x.ndim)) if spec.get("per_slice") else None
-    if mode == "zscore":
-        mean, std = x.mean(axis=axes, keepdims=True), x.std(axis=axes, keepdims=True)
-        return (x - mean) / np.where(std > 0, std, 1.0)
-    lo, hi = x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
-    return (x - lo) / np.where(hi > lo, hi - lo, 1.0)
+    offset, divisor = _offset_divisor(x, mode, tuple(range(1, x.ndim)) if spec.get("per_slice") else None)
+    return (x - offset) / divisor
 
 
 def fix_volume_statistics(arr: np.ndarray, spec: dict) -> dict:
@@ -47,17 +43,24 @@ def fix_volume_statistics(arr: np.ndarray, spec: dict) -> dict:
 
     Whole-stack statistics (zscore or minmax without ``per_slice``) are computed once here and become a
     fixed ``(x - offset) / divisor``; every other spec already works on any sub-stack and is returned as is.
-    This is what lets volume inference normalise one batch at a time, so only one batch is ever float32.
+    This is what lets volume inference normalise one batch at a time (the statistics take one float32 pass).
     """
     mode = spec.get("mode", "none")
     if mode not in ("zscore", "minmax") or spec.get("per_slice"):
         return spec
-    x = np.asarray(arr, dtype=np.float32)
+    offset, divisor = _offset_divisor(np.asarray(arr, dtype=np.float32), mode, None)
+    return {"mode": "fixed", "offset": np.float32(offset), "divisor": np.float32(divisor)}
+
+
+def _offset_divisor(x: np.ndarray, mode: str, axes: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
+    """zscore: (mean, std); minmax: (min, max - min), over ``axes`` (None: all); a zero divisor becomes 1."""
+    keep = axes is not None
     if mode == "zscore":
-        offset, scale = x.mean(), x.std()
+        offset, scale = x.mean(axis=axes, keepdims=keep), x.std(axis=axes, keepdims=keep)
     else:
-        offset, scale = x.min(), x.max() - x.min()
-    return {"mode": "fixed", "offset": np.float32(offset), "divisor": np.float32(scale if scale > 0 else 1.0)}
+        offset = x.min(axis=axes, keepdims=keep)
+        scale = x.max(axis=axes, keepdims=keep) - offset
+    return offset, np.where(scale > 0, scale, np.float32(1.0))
 
 
 def make_channels(x: torch.Tensor, mode: str, in_chans: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from smaformer import metrics as M
+from smaformer.data.arrays import spacing_affine
 from smaformer.data.sample import Sample, iter_cases
 from smaformer.errors import InputError
 from smaformer.infer.postprocess import postprocess_labels
@@ -88,8 +89,7 @@ def _save_prediction(path: Path, pred: np.ndarray, meta: dict, classes: list[str
         return write_labels(path, pred, meta["props"], classes)
     import nibabel as nib
 
-    spacing = tuple(meta.get("spacing") or (1.0,) * pred.ndim)
-    affine = np.diag([*map(float, reversed(spacing)), 1.0])  # array axes are the file's axes reversed
+    affine = spacing_affine(meta.get("spacing") or (1.0,) * pred.ndim)
     with atomic_path(path) as tmp:
         nib.save(nib.Nifti1Image(pred.astype(np.uint8).T, affine), str(tmp))
     return path

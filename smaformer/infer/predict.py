@@ -18,7 +18,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from smaformer.data.io import H5_SUFFIXES, IMAGE_SUFFIXES, is_nifti, read_image, write_labels
+from smaformer.data.arrays import H5_SUFFIXES
+from smaformer.data.io import IMAGE_SUFFIXES, is_nifti, read_image, write_labels
 from smaformer.errors import InputError
 from smaformer.export.runtimes import RUNTIMES
 from smaformer.infer.volume import infer_volume
@@ -61,8 +62,8 @@ def load_predictor(path: str | Path, engine: str = "auto", device: str | torch.d
 
 # ------------------------------------------------------------------------------------------ input/output
 def _is_case_file(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and (is_nifti(p) or p.suffix.lower() in IMAGE_SUFFIXES
-                                                           or p.suffix.lower() in H5_SUFFIXES)
+    return p.is_file() and not p.name.startswith(".") and (is_nifti(p)
+                                                           or p.suffix.lower() in IMAGE_SUFFIXES + H5_SUFFIXES)
 
 
 def list_cases(inp: str | Path) -> list[Path]:

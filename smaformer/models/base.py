@@ -28,7 +28,7 @@ class SegmentationModel(nn.Module):
     parts: ClassVar[dict[str, tuple[str, ...]]] = {}
     export_flags: ClassVar[dict[str, bool]] = EXPORT_FLAGS   # torchscript means torch.jit.trace
     official_layout: ClassVar[str | None] = None   # e.g. "HuCaoFighting/Swin-Unet @ 7d80541"
-    size_hint: ClassVar[str] = ""                  # appended to size errors, e.g. " or build with pad=True"
+    size_hint: ClassVar[str] = ""                  # appended to size errors, e.g. " or pass pad=True"
     gray_to_rgb: ClassVar[bool] = False  # built for 1 channel, repeat it to 3 (the official wrappers' 3-ch stem)
 
     in_chans: int

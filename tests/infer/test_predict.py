@@ -201,4 +201,4 @@ def test_h5_volumes_predict_to_nifti(data_dir, ckpt, tmp_path, capsys):
     with h5py.File(bad, "w") as f:
         f["label"] = np.zeros((2, 4, 4))
     assert main(["predict", "-i", str(bad), "-o", str(tmp_path / "b.nii.gz"), "-c", str(ckpt), "--quiet"]) == 1
-    assert "bad.h5: no 'image' dataset" in capsys.readouterr().out
+    assert "bad.h5: missing key 'image' (has: label)" in capsys.readouterr().out

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from smaformer.data.arrays import read_arrays
 from smaformer.data.formats import register_layout
-from smaformer.data.formats.base import ListedArrayReader, PairedReader, read_arrays
+from smaformer.data.formats.base import ListedArrayReader, PairedReader
 from smaformer.data.sample import Sample
 from smaformer.errors import InputError
 

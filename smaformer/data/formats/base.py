@@ -1,4 +1,4 @@
-"""Shared pieces of the layout readers: h5/npz array files with clear faults, and a reader for layouts
+"""Shared pieces of the layout readers: a reader for layouts of listed npz/h5 array files, and one for layouts
 made of (image file, label file) pairs, which most layouts are."""
 from __future__ import annotations
 
@@ -7,54 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from smaformer.data.io import _first_line, is_nifti, nifti_header_props, read_image
+from smaformer.data.arrays import array_shape
+from smaformer.data.io import is_nifti, nifti_header_props, read_image
 from smaformer.data.sample import Reader, Sample
 from smaformer.errors import InputError
-from smaformer.io_utils import check_readable
 
 log = logging.getLogger(__name__)
-
-
-def read_arrays(path: str | Path, keys: tuple[str, ...] = ("image", "label"),
-                optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Read ``keys`` from an ``.npz`` or ``.h5`` file; a missing required key is an InputError."""
-    path = check_readable(path)
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as f:
-                have = list(f.files)
-                out = {k: np.asarray(f[k]) for k in keys + optional if k in have}
-        else:
-            import h5py
-
-            with h5py.File(path, "r") as f:
-                out = {k: f[k][()] for k in keys + optional if k in f}
-                have = list(f.keys()) if len(out) < len(keys) else list(out)
-    except Exception as e:  # zipfile.BadZipFile, OSError from h5py, ValueError for pickled arrays
-        raise InputError(path, f"cannot read {path.suffix} file, truncated or not {path.suffix}? "
-                               f"({_first_line(e)})") from None
-    missing = [k for k in keys if k not in out]
-    if missing:
-        raise InputError(path, f"missing key {missing[0]!r} (has: {', '.join(have) or 'nothing'})")
-    return out
-
-
-def array_shape(path: str | Path, key: str = "image") -> tuple[int, ...]:
-    """Shape of one array in an h5 file without reading it (npz: reads the array)."""
-    path = Path(path)
-    if path.suffix == ".npz":
-        return read_arrays(path, (key,))[key].shape
-    if not path.is_file() or path.stat().st_size == 0:
-        return read_arrays(path, (key,))[key].shape  # raises the right fault
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if key not in f:
-                raise InputError(path, f"missing key {key!r} (has: {', '.join(f.keys()) or 'nothing'})")
-            return tuple(f[key].shape)
-    except OSError as e:
-        raise InputError(path, f"cannot read .h5 file, truncated or not HDF5? ({_first_line(e)})") from None
 
 
 def list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from smaformer.data.arrays import read_arrays
 from smaformer.data.formats import register_layout
-from smaformer.data.formats.base import ListedArrayReader, list_files, read_arrays, stem
+from smaformer.data.formats.base import ListedArrayReader, list_files, stem
 from smaformer.data.sample import Sample
 from smaformer.errors import InputError
 
