@@ -10,6 +10,10 @@ official ``scipy.ndimage.zoom(order=3)``. ``legacy_resize=True`` reproduces the 
 Swin-Unet / SMAFormer test scripts instead: ``zoom(order=3)`` in, argmax at model size, ``zoom(order=0)``
 of the labels back.
 
+Ensembles and test-time mirroring (``infer_ensemble``) average softmax probabilities, each member's
+taken at the case's grid after its own preprocessing; ``inference="sliding"`` runs model-sized windows at
+the slice's own resolution instead of resizing (MONAI's ``sliding_window_inference``, Gaussian blending).
+
 Memory stays bounded, whatever the volume: there is one loop over batches of slices. Each batch is
 normalised on its own (whole-volume statistics are fixed first, ``fix_volume_statistics``, which for
 zscore/minmax takes one float32 pass over the volume), so the raw volume keeps its stored type (int16 CT
@@ -19,7 +23,7 @@ asked, float16 probabilities.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +34,11 @@ from scipy import ndimage
 from smaformer.data.preprocess import fix_volume_statistics, make_channels, normalize_intensity
 from smaformer.runtime import PRECISIONS, autocast
 
+INFERENCE_MODES = ("resize", "sliding")
+#: the mirrorings test-time augmentation averages over: none, W, H, both (dims of a (B,C,H,W) batch)
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+SLIDING_OVERLAP = 0.5
+
 
 def as_stack(volume: np.ndarray) -> np.ndarray:
     """A (D,H,W) or (D,C,H,W) volume as (D,C,H,W), in its stored dtype (a view, no copy)."""
@@ -39,6 +48,15 @@ def as_stack(volume: np.ndarray) -> np.ndarray:
     if vol.ndim != 4:
         raise ValueError(f"volume must be (D,H,W) or (D,C,H,W), got shape {tuple(np.shape(volume))}")
     return vol
+
+
+def inference_mode_of(preprocessing: dict, requested: str | None = None) -> str:
+    """``requested``, else the mode the checkpoint's training implies (``preprocessing["inference"]``),
+    else ``resize``."""
+    mode = requested or preprocessing.get("inference") or "resize"
+    if mode not in INFERENCE_MODES:
+        raise ValueError(f"unknown inference mode {mode!r}; use one of {', '.join(INFERENCE_MODES)}")
+    return mode
 
 
 def _legacy_zoom_in(batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -58,45 +76,125 @@ def _legacy_zoom_out(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: Callable):
-    """Put an ``nn.Module`` in eval mode for the duration and restore its previous mode after."""
-    was_training = isinstance(model, nn.Module) and model.training
-    if isinstance(model, nn.Module):
-        model.eval()
+def _eval_mode(models: Sequence[Callable]):
+    """Put the ``nn.Module`` members in eval mode for the duration and restore their previous modes after."""
+    training = [m for m in models if isinstance(m, nn.Module) and m.training]
+    for m in models:
+        if isinstance(m, nn.Module):
+            m.eval()
     try:
         yield
     finally:
-        if was_training:
-            model.train()
+        for m in training:
+            m.train()
+
+
+class _Member:
+    """One model of an ensemble with what it needs to score a batch of slices at the case's grid."""
+
+    def __init__(self, model: Callable, preprocessing: dict, vol: np.ndarray, *, inference: str | None,
+                 device: torch.device, precision: str, batch_size: int):
+        self.model, self.pre, self.device, self.batch_size = model, preprocessing, device, batch_size
+        self.size = tuple(int(s) for s in preprocessing["img_size"])
+        self.mode = inference_mode_of(preprocessing, inference)
+        self.channel_mode = preprocessing.get("channel_mode", "repeat")
+        self.in_chans = int(preprocessing.get("in_chans", 1))
+        # exported runners compute in fp32 whatever is asked; autocast only means something for torch
+        self.precision = precision if isinstance(model, nn.Module) else "fp32"
+        self.spec = fix_volume_statistics(vol, preprocessing.get("intensity", {"mode": "none"}))
+        if isinstance(model, nn.Module):
+            model.to(device)
+
+    def inputs(self, raw: np.ndarray) -> torch.Tensor:
+        """A (B,C,H,W) batch of raw slices, normalised, at the case's resolution."""
+        x = torch.from_numpy(np.ascontiguousarray(normalize_intensity(raw, self.spec))).to(self.device)
+        if x.shape[1] > 1 and self.in_chans == 1 and self.channel_mode != "none":
+            x = x.mean(1, keepdim=True)      # colour image into a grey model: luminance-style mean
+        return x
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a model-sized (B,C,h,w) batch (channels made here)."""
+        x = make_channels(x, self.channel_mode, self.in_chans)
+        with autocast(self.precision, self.device):
+            logits = self.model(x)
+        logits = torch.as_tensor(logits).to(self.device).float()
+        if logits.ndim != 4 or logits.shape[0] != x.shape[0]:
+            raise ValueError(f"model returned shape {tuple(logits.shape)}; expected (B,K,h,w) logits")
+        if logits.shape[1] > 256:
+            raise ValueError(f"{logits.shape[1]} classes do not fit uint8 labels")
+        return logits
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,K,H,W) logits at the batch's own (H,W): resized in and out, or slid over in model-sized windows."""
+        hw = tuple(x.shape[-2:])
+        if self.mode == "sliding":
+            from monai.inferers import sliding_window_inference
+
+            return sliding_window_inference(x, self.size, self.batch_size, self.run, overlap=SLIDING_OVERLAP,
+                                            mode="gaussian", padding_mode="constant", cval=0.0)
+        if hw != self.size:
+            x = F.interpolate(x, size=self.size, mode="bicubic", align_corners=False)
+        logits = self.run(x)
+        if tuple(logits.shape[-2:]) != hw:
+            logits = F.interpolate(logits, size=hw, mode="bilinear", align_corners=False)
+        return logits
+
+    def probabilities(self, x: torch.Tensor, tta: bool) -> torch.Tensor:
+        """Softmax probabilities (B,K,H,W), averaged over the mirrorings when ``tta``."""
+        if not tta:
+            return self.logits(x).softmax(1)
+        total = None
+        for dims in TTA_FLIPS:
+            p = (self.logits(x.flip(dims)).flip(dims) if dims else self.logits(x)).softmax(1)
+            total = p if total is None else total + p
+        return total / len(TTA_FLIPS)
 
 
 def infer_volume(model: Callable[[torch.Tensor], torch.Tensor], volume: np.ndarray, preprocessing: dict, *,
                  batch_size: int = 16, device: str | torch.device = "cpu", precision: str = "fp32",
                  legacy_resize: bool = False, return_probabilities: bool = False, progress: bool = False,
-                 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Segment a volume slice by slice along axis 0.
+                 tta: bool = False, inference: str | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Segment a volume slice by slice along axis 0 with one model (``infer_ensemble`` for several).
 
     ``model`` maps a float (B,C,h,w) tensor to logits (B,K,h,w); an ``nn.Module`` is moved to ``device``
     and run in eval mode (its previous mode is restored). ``volume`` holds raw intensities (D,H,W) or
     (D,C,H,W); ``preprocessing`` is a checkpoint's preprocessing block. Returns uint8 labels (D,H,W), and
     with ``return_probabilities`` also float16 softmax probabilities (K,D,H,W).
     """
+    return infer_ensemble([(model, preprocessing)], volume, batch_size=batch_size, device=device,
+                          precision=precision, legacy_resize=legacy_resize, progress=progress, tta=tta,
+                          return_probabilities=return_probabilities, inference=inference)
+
+
+def infer_ensemble(members: Sequence[tuple[Callable, dict]], volume: np.ndarray, *, batch_size: int = 16,
+                   device: str | torch.device = "cpu", precision: str = "fp32", legacy_resize: bool = False,
+                   return_probabilities: bool = False, progress: bool = False, tta: bool = False,
+                   inference: str | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Segment a volume with ``(model, preprocessing)`` members: their softmax probabilities, each at the
+    case's grid (each member with its own intensity spec and input size), are averaged, over the
+    mirrorings too with ``tta``, and argmaxed. One member without ``tta`` argmaxes its logits directly.
+
+    ``inference`` is ``resize`` (the model input size; the default), ``sliding`` (model-sized windows at
+    the image's own resolution, overlap 0.5, Gaussian blending, zero padding where the image is smaller;
+    MONAI's ``sliding_window_inference``) or None: each member's checkpoint decides.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use one of {list(PRECISIONS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if return_probabilities and legacy_resize:
-        raise ValueError("return_probabilities needs the logits-resize path; drop legacy_resize")
+    if not members:
+        raise ValueError("no model to run")
+    if legacy_resize and (return_probabilities or tta or len(members) > 1 or inference == "sliding"):
+        raise ValueError("legacy_resize reproduces the official single-model script: no probabilities, "
+                         "tta, ensemble or sliding window")
     device = torch.device(device)
-    size = tuple(int(s) for s in preprocessing["img_size"])
-    mode, in_chans = preprocessing.get("channel_mode", "repeat"), int(preprocessing.get("in_chans", 1))
     vol = as_stack(volume)
     depth, hw = vol.shape[0], tuple(vol.shape[-2:])
     if depth == 0 or min(hw) == 0:
         raise ValueError(f"volume is empty: shape {tuple(np.shape(volume))}")
-    spec = fix_volume_statistics(vol, preprocessing.get("intensity", {"mode": "none"}))
-    if isinstance(model, nn.Module):
-        model.to(device)
+    runs = [_Member(m, pre, vol, inference=inference, device=device, precision=precision, batch_size=batch_size)
+            for m, pre in members]
+    averaged = tta or len(runs) > 1
 
     labels = np.empty((depth, *hw), dtype=np.uint8)
     probs = None
@@ -104,32 +202,27 @@ def infer_volume(model: Callable[[torch.Tensor], torch.Tensor], volume: np.ndarr
     if progress:
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc="slices", unit="batch", leave=False)
-    with _eval_mode(model), torch.inference_mode():
+    with _eval_mode([m for m, _ in members]), torch.inference_mode():
         for s in starts:
-            chunk = normalize_intensity(vol[s:s + batch_size], spec)
+            raw = vol[s:s + batch_size]
             if legacy_resize:
-                x = torch.from_numpy(np.ascontiguousarray(_legacy_zoom_in(chunk, size))).to(device)
-            else:
-                x = torch.from_numpy(np.ascontiguousarray(chunk)).to(device)
-                if hw != size:
-                    x = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
-            x = make_channels(x, mode, in_chans)
-            with autocast(precision, device):
-                logits = model(x)
-            logits = torch.as_tensor(logits).to(device).float()
-            if logits.ndim != 4 or logits.shape[0] != x.shape[0]:
-                raise ValueError(f"model returned shape {tuple(logits.shape)}; expected (B,K,h,w) logits")
-            if logits.shape[1] > 256:
-                raise ValueError(f"{logits.shape[1]} classes do not fit uint8 labels")
-            if legacy_resize:
-                lab = logits.argmax(1).to(torch.uint8).cpu().numpy()
-                labels[s:s + len(chunk)] = _legacy_zoom_out(lab, hw)
+                run = runs[0]
+                x = torch.from_numpy(np.ascontiguousarray(_legacy_zoom_in(normalize_intensity(raw, run.spec),
+                                                                          run.size))).to(device)
+                lab = run.run(x).argmax(1).to(torch.uint8).cpu().numpy()
+                labels[s:s + len(raw)] = _legacy_zoom_out(lab, hw)
                 continue
-            if tuple(logits.shape[-2:]) != hw:
-                logits = F.interpolate(logits, size=hw, mode="bilinear", align_corners=False)
-            labels[s:s + len(chunk)] = logits.argmax(1).to(torch.uint8).cpu().numpy()
+            if averaged:
+                parts = [r.probabilities(r.inputs(raw), tta) for r in runs]
+                if len({p.shape[1] for p in parts}) > 1:
+                    raise ValueError(f"ensemble members give {[p.shape[1] for p in parts]} classes; they must agree")
+                scores = sum(parts) / len(parts)
+            else:
+                scores = runs[0].logits(runs[0].inputs(raw))
+            labels[s:s + len(raw)] = scores.argmax(1).to(torch.uint8).cpu().numpy()
             if return_probabilities:
+                p = scores if averaged else scores.softmax(1)
                 if probs is None:
-                    probs = np.empty((logits.shape[1], depth, *hw), dtype=np.float16)
-                probs[:, s:s + len(chunk)] = logits.softmax(1).half().cpu().numpy().transpose(1, 0, 2, 3)
+                    probs = np.empty((p.shape[1], depth, *hw), dtype=np.float16)
+                probs[:, s:s + len(raw)] = p.half().cpu().numpy().transpose(1, 0, 2, 3)
     return (labels, probs) if return_probabilities else labels
