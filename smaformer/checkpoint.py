@@ -27,7 +27,7 @@ from smaformer.io_utils import atomic_write, check_readable, write_bytes
 FORMAT = "smaformer-checkpoint"
 VERSION = 1
 SIDECAR_FORMAT = "smaformer-safetensors"
-_SIDECAR_KEYS = ("model", "classes", "preprocessing", "config", "metrics")
+_SIDECAR_KEYS = ("model", "classes", "preprocessing", "config", "metrics", "splits", "fingerprint")
 
 
 def default_preprocessing(img_size=(224, 224), in_chans: int = 3, channel_mode: str = "repeat",
@@ -42,8 +42,12 @@ def default_preprocessing(img_size=(224, 224), in_chans: int = 3, channel_mode: 
 
 
 def build_checkpoint(model: nn.Module, classes: list[str], preprocessing: dict, config: dict | None = None,
-                     train_state: dict | None = None, metrics: dict | None = None) -> dict:
-    """Assemble the checkpoint dict for a model made by ``create_model``."""
+                     train_state: dict | None = None, metrics: dict | None = None, *, splits: dict | None = None,
+                     fingerprint: dict | None = None) -> dict:
+    """Assemble the checkpoint dict for a model made by ``create_model``.
+
+    ``splits`` is the cross-validation record of the run (``train.folds.FoldSplit.record()``) and
+    ``fingerprint`` the training set's ``data.fingerprint`` (None when unknown)."""
     net = model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
     name = getattr(net, "model_name", None)
     if name is None:
@@ -58,6 +62,8 @@ def build_checkpoint(model: nn.Module, classes: list[str], preprocessing: dict, 
         "config": config or {},
         "train_state": train_state or {},
         "metrics": metrics or {},
+        "splits": splits,
+        "fingerprint": fingerprint,
     }
 
 
@@ -159,7 +165,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     """Build the model a checkpoint describes, load its weights, return ``(model.eval(), info)``.
 
     ``path`` is a ``.pt`` checkpoint or a ``.safetensors`` + ``.json`` pair. ``info`` holds ``classes``,
-    ``preprocessing``, ``config``, ``metrics``, ``model`` and ``path``.
+    ``preprocessing``, ``config``, ``metrics``, ``model``, ``path``, ``splits`` (the cross-validation
+    record: ``{"fold", "folds", "seed", "source", "splits": [{"train", "val"}, ...]}``) and ``fingerprint``
+    (the training set's ``data.fingerprint``); the last two are None for checkpoints that lack them.
     """
     from smaformer.models import create_model
 
@@ -175,4 +183,5 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise CheckpointError(path, f"weights do not fit model {spec['name']!r}: {str(e).splitlines()[0]}") from None
     info = {k: ckpt[k] for k in ("classes", "preprocessing", "config", "metrics", "model")}
     info["path"] = str(path)
+    info.update({k: ckpt.get(k) or None for k in ("splits", "fingerprint")})
     return model.to(device).eval(), info

@@ -29,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
         "val_split": "val",          # null: no validation (best.pt then follows latest.pt)
         "test_split": "test",        # only its case names are listed, to refuse val/test overlap
         "val_cases": None,           # optional: hold these training cases out as the validation set
+        "fold": None,                # cross-validation: fold K of the training split validates (null: no CV)
+        "folds": 5,                  # number of folds made from train.seed (grouped by patient)
+        "splits_file": None,         # or the folds from this nnU-Net-style splits.json
         "classes": None,             # class names; default: the reader's, else class0..classK-1
         "img_size": [224, 224],
         "in_chans": 3,
@@ -208,10 +211,29 @@ def check_config(cfg: dict) -> None:
     for ok, msg in checks:
         if not ok:
             raise InputError(None, msg)
+    _check_fold(d)
     split_val, split_test = d.get("val_split"), d.get("test_split")
-    if split_val is not None and split_val == split_test and d.get("val_cases") is None:
+    if split_val is not None and split_val == split_test and d.get("val_cases") is None and d["fold"] is None:
         raise InputError(None, f"data.val_split and data.test_split are both {split_val!r}: the test split "
                                "must never be used for model selection")
+
+
+def _check_fold(d: dict) -> None:
+    """``data.fold`` / ``data.folds`` / ``data.splits_file``: cross-validation (the file's range is checked
+    when it is read)."""
+    fold, folds = d.get("fold"), d.get("folds")
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise InputError(None, f"data.folds={folds!r}: expected an integer >= 2")
+    if d.get("splits_file") is not None and not isinstance(d["splits_file"], str):
+        raise InputError(None, f"data.splits_file={d['splits_file']!r}: expected a path")
+    if fold is None:
+        return
+    if isinstance(fold, bool) or not isinstance(fold, int) or fold < 0:
+        raise InputError(None, f"data.fold={fold!r}: expected a fold index 0, 1, ... (or null: no cross-validation)")
+    if d.get("splits_file") is None and fold >= folds:
+        raise InputError(None, f"data.fold={fold} is out of range for data.folds={folds} (use 0..{folds - 1})")
+    if d.get("val_cases"):
+        raise InputError(None, "data.fold and data.val_cases both choose the validation cases; set one of them")
 
 
 def effective_lr(cfg: dict) -> float:

@@ -11,6 +11,9 @@ EPILOG = """examples:
   smaformer train --config acdc_swin_unet --set data.root=../shared/data/acdc --set train.epochs=50
   smaformer train --config synapse_smaformer --set train.batch_size=12 --set "loss.class_weights=[1,2,2,2,1,2,1,1,1]"
   smaformer train --config acdc_smaformer --dry-run          # build model and data, print the plan, train nothing
+  smaformer train --config acdc_swin_unet --fold 0 --dry-run   # 5-fold cross-validation: fold 0 validates
+  smaformer train --config acdc_swin_unet --fold 2 --folds 10 --set train.seed=7
+  smaformer train --config acdc_swin_unet --fold 0 --splits runs/acdc_swin_unet-20250101-120000/splits.json
   smaformer train --resume runs/acdc_swin_unet-20250101-120000
   torchrun --standalone --nproc_per_node=2 -m smaformer train --config acdc_swin_unet
 
@@ -22,6 +25,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="preset name (see below) or path to a YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. train.epochs=20, optim.lr=1e-3, data.img_size=[256,256]")
+    p.add_argument("--fold", type=int, metavar="K", help="cross-validation: train on the other folds of the "
+                   "training split, validate on fold K (sets data.fold; folds grouped by patient, from train.seed)")
+    p.add_argument("--folds", type=int, metavar="N", help="number of folds (data.folds, default 5)")
+    p.add_argument("--splits", metavar="FILE", help="take the folds from this splits.json (nnU-Net "
+                   "splits_final.json shape; sets data.splits_file)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where latest.pt left it")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: <train.out_dir>/<name>-<timestamp>)")
     p.add_argument("--dry-run", action="store_true", help="build the model and the data, print the plan, stop")
@@ -33,14 +41,17 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from smaformer.train import describe, train, trainer_session
 
+    folds = {k: v for k, v in (("fold", args.fold), ("folds", args.folds), ("splits_file", args.splits))
+             if v is not None}
     if args.resume:
-        if args.config or args.overrides:
-            raise InputError(args.resume, "--resume continues a run with its stored config; drop --config/--set")
+        if args.config or args.overrides or folds:
+            raise InputError(args.resume, "--resume continues a run with its stored config; "
+                                          "drop --config/--set/--fold/--folds/--splits")
         cfg = None
     elif not args.config:
         raise InputError(None, "give --config PRESET (or --resume RUN_DIR); presets: " + ", ".join(list_presets()))
     else:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, base={"data": folds} if folds else None)
     if args.dry_run:
         with trainer_session(cfg, run_dir=args.out, resume=args.resume, progress_bar=False) as trainer:
             print(describe(trainer))

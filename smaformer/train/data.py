@@ -1,6 +1,7 @@
 """Training data from a config: the slice dataset, the validation volumes, the classes and preprocessing.
 
-Validation always comes from the validation split (or from training cases held out by name), and only
+Validation always comes from the validation split (or from training cases held out by name, or, with
+``data.fold``, from a cross-validation fold of the training split: ``train.folds``), and only
 the *names* of the test cases are ever listed, to refuse a config whose validation or training cases
 overlap the test split. Validation Dice is volume-level: each validation case is segmented slice by slice
 with ``infer_volume`` and scored per class in 3D.
@@ -33,6 +34,7 @@ class TrainData:
     val: Any
     classes: list[str]
     preprocessing: dict
+    splits: Any = None   # a train.folds.FoldSplit when data.fold is set (cross-validation), else None
 
 
 class CaseSubset(Reader):
@@ -115,44 +117,60 @@ def build_data(cfg: dict) -> TrainData:
 
     d = cfg["data"]
     prep = preprocessing_of(cfg)
+    test_names: list[str] = []
     if d["layout"] == "synthetic":
         s = d["synthetic"]
         k = len(d["classes"]) if d["classes"] else int(cfg["model"]["kwargs"].get("num_classes", 5))
         train_reader = SyntheticReader(int(s["train_volumes"]), tuple(s["shape"]), k, seed=int(s["seed"]))
         val = SyntheticReader(int(s["val_volumes"]), tuple(s["shape"]), k, seed=int(s["seed"]) + 10_000, split="val")
-        test_names: list[str] = []
     else:
         if not d["root"]:
             raise InputError(None, "data.root is not set (e.g. --set data.root=/path/to/dataset)")
         layout = None if d["layout"] in (None, "auto") else d["layout"]
         train_reader = open_dataset(d["root"], layout=layout, split=d["train_split"])
-        if d["val_cases"]:
+        if d["test_split"]:
+            try:
+                test_names = _names(open_dataset(d["root"], layout=layout, split=d["test_split"]))
+            except InputError:   # this dataset has no test split here: nothing can leak into it
+                test_names = []
+        if d.get("fold") is not None:
+            val = []         # fold K of the training split, below
+        elif d["val_cases"]:
             want = {str(c) for c in d["val_cases"]}
             names = train_reader.cases()
             held = [n for n in names if n in want or case_key(n) in want]
             missing = sorted(want - {n for n in held} - {case_key(n) for n in held})
             if missing:
                 raise InputError(d["root"], f"data.val_cases not in the training split: {', '.join(missing[:5])}")
-            slices = any(_SLICE.search(n) for n in held)
-            val = StackedCases(train_reader, held) if slices else CaseSubset(train_reader, held)
-            train_reader = CaseSubset(train_reader, [n for n in names if n not in set(held)])
+            val, train_reader = _hold_out(train_reader, held)
         elif d["val_split"]:
             val = open_dataset(d["root"], layout=layout, split=d["val_split"])
         else:
             val = []
-        test_names = []
-        if d["test_split"]:
-            try:
-                test_names = _names(open_dataset(d["root"], layout=layout, split=d["test_split"]))
-            except InputError:   # this dataset has no test split here: nothing can leak into it
-                test_names = []
+    split = None
+    if d.get("fold") is not None:     # cross-validation: fold K of the training split is the validation set
+        from smaformer.train.folds import fold_split
+
+        split = fold_split(d, int(cfg["train"]["seed"]), train_reader.cases(), test_names)
+        val, train_reader = _hold_out(train_reader, split.val, split.train)
     check_no_leak(_names(train_reader), _names(val) if val else [], test_names, d["root"] or "synthetic data")
     classes = list(d["classes"] or getattr(train_reader, "classes", None) or [])
     if not classes:
         k = int(cfg["model"]["kwargs"].get("num_classes", 2))
         classes = ["background"] + [f"class{i}" for i in range(1, k)]
     train = SliceDataset(train_reader, preprocessing=prep, augment=bool(d["augment"]))
-    return TrainData(train, val, classes, prep)
+    return TrainData(train, val, classes, prep, split)
+
+
+def _hold_out(reader: Reader, held: list[str], keep: list[str] | None = None) -> tuple[Reader, Reader]:
+    """(validation reader of the ``held`` names, training reader of ``keep`` or of all the others): held-out
+    slices are regrouped into volumes (``StackedCases``), held-out volumes kept as they are."""
+    slices = any(_SLICE.search(n) for n in held)
+    val = StackedCases(reader, held) if slices else CaseSubset(reader, held)
+    if keep is None:
+        drop = set(held)
+        keep = [n for n in reader.cases() if n not in drop]
+    return val, CaseSubset(reader, keep)
 
 
 def val_samples(source, rank: int = 0, world_size: int = 1):

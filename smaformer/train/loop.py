@@ -4,7 +4,8 @@ validation, self-describing checkpoints, exact (mid-epoch) resume and DDP throug
 ``train(cfg)`` is the API; ``smaformer train`` only parses arguments and calls it. A run folder holds
 ``config.yaml``, ``latest.pt`` (full training state, rewritten atomically at every epoch end, every
 ``save_every_iters`` steps and on SIGINT/SIGTERM), ``best.pt`` (best mean validation Dice), ``train_log.csv``
-and ``curves.png``. Resuming restores model, optimizer, scheduler, scaler, the epoch and the step inside
+and ``curves.png``; a cross-validation fold adds ``splits.json`` and ``validation/`` (``train.crossval``).
+Resuming restores model, optimizer, scheduler, scaler, the epoch and the step inside
 it (the sampler skips what was consumed), the per-rank RNG states and the log history, so on CPU in
 deterministic mode a resumed run ends with bit-identical weights.
 """
@@ -33,7 +34,9 @@ from smaformer.models import create_model
 from smaformer.models.layers.axial import set_gates_trainable
 from smaformer.runtime import autocast, resolve_device, resolve_precision
 from smaformer.train import distributed as dd
+from smaformer.train.crossval import final_validation
 from smaformer.train.data import TrainData, build_data, validation_dice
+from smaformer.train.folds import write_splits
 from smaformer.train.runlog import TensorBoard, plot_curves, progress, write_csv
 from smaformer.train.sampling import ResumableSampler, SeededItems, capture_rng, restore_rng, seed_everything
 from smaformer.train.schedule import IterScheduler, build_optimizer
@@ -164,8 +167,9 @@ class Trainer:
         rng = dd.gather_objects(capture_rng(), self.dist)
         if not self.dist.main:
             return
+        splits = self.data.splits.record() if self.data.splits is not None else None
         ckpt = build_checkpoint(self.model, self.classes, self.data.preprocessing, self.cfg,
-                                self._train_state(rng), metrics)
+                                self._train_state(rng), metrics, splits=splits)
         save_checkpoint(ckpt, self.run_dir / "latest.pt")
         if best:
             ckpt["train_state"] = {"epoch": self.epoch, "iteration": self.iteration}
@@ -274,6 +278,8 @@ class Trainer:
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(self.cfg, self.run_dir / "config.yaml")
+            if self.data.splits is not None:
+                write_splits(self.data.splits.splits, self.run_dir / "splits.json")
         self.tb = TensorBoard(self.run_dir, bool(t["tensorboard"]) and self.dist.main, self.log)
         self._plotted = time.monotonic()
         old = self._install_signals()
@@ -326,6 +332,8 @@ class Trainer:
             for sig, h in old.items():
                 signal.signal(sig, h)
         last = self.history[-1]["mean_dice"] if self.history else math.nan
+        if stopped not in ("interrupted", "stop_after"):
+            final_validation(self)      # cross-validation: <run>/validation/metrics.json (main rank)
         if self.dist.main:
             self.log(f"run folder: {self.run_dir}" + (f"  (stopped: {stopped}; resume with "
                                                       f"`smaformer train --resume {self.run_dir}`)"

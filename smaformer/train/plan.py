@@ -1,6 +1,7 @@
 """The plan of a run (``smaformer train --dry-run``): model, data, schedule, precision and run folder."""
 from __future__ import annotations
 
+from smaformer.train.folds import describe_fold
 from smaformer.train.loop import Trainer
 
 
@@ -14,6 +15,7 @@ def describe(tr: Trainer) -> str:
         f"classes    {', '.join(tr.classes)}",
         f"data       {cfg['data']['layout']} {cfg['data']['root'] or ''}: {len(tr.data.train)} training slices, "
         f"{n_val} validation cases",
+        *([f"folds      {fold}"] if (fold := describe_fold(tr.data.splits)) else []),
         f"input      {tr.data.preprocessing}",
         f"optimizer  {cfg['optim']['name']} lr {tr.scheduler.base[0]:.3g} wd {cfg['optim']['weight_decay']}, "
         f"{cfg['schedule']['name']} schedule, {cfg['schedule']['warmup_iters']} warm-up steps",

@@ -1,0 +1,182 @@
+"""Cross-validation folds: patient-grouped, disjoint, seeded; split files honoured or refused in one line;
+``train --fold`` in the plan, and a fold run's splits.json, checkpoint record and validation metrics."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from smaformer.checkpoint import load_checkpoint, read_checkpoint
+from smaformer.cli import main
+from smaformer.config import load_config
+from smaformer.errors import InputError
+from smaformer.train.data import StackedCases, build_data, case_key
+from smaformer.train.folds import fold_split, make_folds, read_splits, write_splits
+from smaformer.train.loop import train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def acdc_names(patients=range(1, 31), frames=("01", "12"), slices=3) -> list[str]:
+    return [f"patient{p:03d}_frame{f}_slice_{s}" for p in patients for f in frames for s in range(slices)]
+
+
+def test_folds_are_grouped_disjoint_balanced_and_cover_all():
+    names = acdc_names()
+    folds = make_folds(names, 5, seed=3)
+    assert len(folds) == 5
+    seen = []
+    for f in folds:
+        assert sorted(f["train"] + f["val"]) == sorted(names)
+        assert not {case_key(n) for n in f["train"]} & {case_key(n) for n in f["val"]}
+        assert len({case_key(n) for n in f["val"]}) == 6          # 30 patients / 5 folds
+        seen += f["val"]
+    assert sorted(seen) == sorted(names)                          # every name validates exactly once
+    for p in range(1, 31):   # both frames and every slice of a patient in one fold
+        fold_of = {k for k, f in enumerate(folds) for n in f["val"] if case_key(n) == f"patient{p:03d}"}
+        assert len(fold_of) == 1
+
+
+def test_folds_deterministic_from_the_seed():
+    names = acdc_names()
+    assert make_folds(names, 5, seed=3) == make_folds(list(reversed(names)), 5, seed=3)
+    assert make_folds(names, 5, seed=3) != make_folds(names, 5, seed=4)
+    sizes = [len({case_key(n) for n in f["val"]}) for f in make_folds(acdc_names(range(1, 13)), 5, seed=0)]
+    assert sorted(sizes) == [2, 2, 2, 3, 3]  # 12 groups: sizes differ by at most one
+
+
+def test_too_few_cases_or_folds_refused():
+    with pytest.raises(InputError, match="cannot make 5 folds"):
+        make_folds(acdc_names(range(1, 4)), 5)
+    for bad, msg in (("data.folds=1", "data.folds"), ("data.fold=5", "out of range"), ("data.fold=-1", "fold index"),
+                     ("data.fold=true", "fold index")):
+        with pytest.raises(InputError, match=msg):
+            load_config(None, [bad])
+    with pytest.raises(InputError, match="val_cases"):
+        load_config(None, ["data.fold=0", "data.val_cases=[a]"])
+
+
+def _write_acdc(root, train_patients, test_patients=(), size=16):
+    """A tiny acdc_h5 folder: 2 frames x 2 slices per training patient, one volume per test patient."""
+    g = np.random.default_rng(0)
+    (root / "slices").mkdir(parents=True)
+    (root / "volumes").mkdir()
+    names = acdc_names(train_patients, slices=2)
+    for n in names:
+        with h5py.File(root / "slices" / f"{n}.h5", "w") as f:
+            f["image"] = g.random((size, size)).astype(np.float32)
+            f["label"] = (g.random((size, size)) * 4).astype(np.uint8)
+    (root / "train_slices.list").write_text("\n".join(names) + "\n")
+    vols = [f"patient{p:03d}_frame01" for p in test_patients]
+    for v in vols:
+        with h5py.File(root / "volumes" / f"{v}.h5", "w") as f:
+            f["image"] = g.random((2, size, size)).astype(np.float32)
+            f["label"] = (g.random((2, size, size)) * 4).astype(np.uint8)
+    (root / "test.list").write_text("\n".join(vols) + "\n")
+    return names
+
+
+def _cfg(root, *extra):
+    return load_config(None, ["data.layout=acdc_h5", f"data.root={root}", "data.val_split=null", "data.img_size=16",
+                              "model.name=unet", "model.kwargs={base: 4, depth: 2}", "data.num_workers=0", *extra])
+
+
+def test_build_data_uses_the_fold_and_never_the_test_split(tmp_path):
+    names = _write_acdc(tmp_path, range(1, 7), test_patients=(40,))
+    data = build_data(_cfg(tmp_path, "data.fold=1", "data.folds=3"))
+    assert isinstance(data.val, StackedCases) and data.splits.fold == 1 and data.splits.folds == 3
+    val_groups = {case_key(n) for n in data.val.cases()}
+    train_names = data.train.reader.cases()
+    assert len(val_groups) == 2 and not val_groups & {case_key(n) for n in train_names}
+    assert sorted(train_names + data.splits.val) == sorted(names)
+    assert "patient040" not in {case_key(n) for f in data.splits.splits for n in f["train"] + f["val"]}
+    # a training patient that is also in the test split is refused, folds or not
+    (tmp_path / "test.list").write_text("patient002_frame01\n")
+    with h5py.File(tmp_path / "volumes" / "patient002_frame01.h5", "w") as f:
+        f["image"], f["label"] = np.zeros((2, 16, 16), np.float32), np.zeros((2, 16, 16), np.uint8)
+    with pytest.raises(InputError, match="test split"):
+        build_data(_cfg(tmp_path, "data.fold=0", "data.folds=3"))
+
+
+def test_user_splits_file_is_honoured(tmp_path):
+    names = _write_acdc(tmp_path / "d", range(1, 5))
+    splits = [{"train": ["patient001", "patient002"], "val": ["patient003_frame01_slice_0", "patient004"]},
+              {"train": ["patient003", "patient004"], "val": ["patient001", "patient002"]}]
+    path = tmp_path / "my_splits.json"
+    path.write_text(json.dumps(splits))
+    data = build_data(_cfg(tmp_path / "d", "data.fold=0", f"data.splits_file={path}"))
+    assert data.splits.seed is None and data.splits.source == str(path) and data.splits.folds == 2
+    assert data.splits.val == sorted(["patient003_frame01_slice_0"] + [n for n in names if "patient004" in n])
+    assert {case_key(n) for n in data.train.reader.cases()} == {"patient001", "patient002"}
+    write_splits(data.splits.splits, tmp_path / "again.json")     # what a run writes reads back the same
+    assert read_splits(tmp_path / "again.json", names) == data.splits.splits
+
+
+@pytest.mark.parametrize(("content", "fault"), [
+    (None, "not found"),
+    ("{not json", "not valid JSON"),
+    ('{"train": []}', "non-empty JSON list"),
+    ('[{"train": ["patient001"]}]', "fold 0 is not"),
+    ('[{"train": ["patient001"], "val": ["patient099"]}]', "not in the training split"),
+    ('[{"train": ["patient001", "patient002"], "val": ["patient002_frame01_slice_0"]}]', "in both train and val"),
+    ('[{"train": ["patient001"], "val": ["patient002"]}, {"train": ["patient003"], "val": ["patient030"]}]',
+     "test split"),
+    ('[{"train": ["patient001"], "val": ["patient002"]}]', "out of range"),
+])
+def test_bad_splits_files_refused_in_one_line(tmp_path, content, fault):
+    path = tmp_path / "splits.json"
+    if content is not None:
+        path.write_text(content)
+    d = {"fold": 1, "folds": 5, "splits_file": str(path)}
+    with pytest.raises(InputError, match=fault) as e:
+        fold_split(d, 0, acdc_names(range(1, 5)), test_names=["patient030_frame01"])
+    assert "\n" not in str(e.value) and "splits.json" in str(e.value)
+
+
+def test_train_fold_dry_run_from_the_cli(tmp_path, capsys):
+    _write_acdc(tmp_path, range(1, 11))
+    args = ["--set", "data.layout=acdc_h5", "--set", f"data.root={tmp_path}", "--set", "data.val_split=null",
+            "--set", "model.name=unet", "--set", "model.kwargs={base: 4, depth: 2}", "--set", "data.img_size=16",
+            "--set", "data.num_workers=0", "--set", "train.batch_size=2"]
+    assert main(["train", "--config", "acdc_swin_unet", "--fold", "2", "--folds", "5", "--dry-run", *args]) == 0
+    out = capsys.readouterr().out
+    assert "fold 2 of 5 (seed 1234): train 8 cases (32 slices), val 2 cases (8 slices)" in out
+    assert "2 validation cases" in out
+    assert main(["train", "--config", "acdc_swin_unet", "--fold", "5", "--dry-run", *args]) == 2
+    assert "out of range" in capsys.readouterr().err
+
+
+def test_train_fold_dry_run_on_real_acdc(data_dir, capsys):
+    root = data_dir / "acdc"
+    if not (root / "train_slices.list").is_file():
+        pytest.skip(f"{root} has no ACDC h5 training split")
+    args = ["--set", f"data.root={root}", "--set", "model.name=unet", "--set", "model.kwargs={base: 4, depth: 2}",
+            "--set", "data.img_size=32", "--set", "data.num_workers=0"]
+    assert main(["train", "--config", "acdc_swin_unet", "--fold", "0", "--dry-run", *args]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("folds"))
+    assert "fold 0 of 5 (seed 1234)" in line and "val 14 cases" in line and "train 56 cases" in line
+
+
+def test_fold_run_writes_splits_checkpoint_record_and_validation(tmp_path):
+    cfg = load_config(None, ["model.name=unet", "model.kwargs={base: 4, depth: 2}", "data.img_size=32",
+                             "data.num_workers=0", "data.synthetic.shape=[4,32,32]", "data.synthetic.train_volumes=5",
+                             "model.kwargs.num_classes=3", "train.batch_size=4", "train.epochs=1",
+                             "train.tensorboard=false", "train.deterministic=true", "data.fold=1"])
+    res = train(cfg, run_dir=tmp_path / "run", progress_bar=False, log=lambda *a, **k: None)
+    run = res.run_dir
+    splits = json.loads((run / "splits.json").read_text())
+    assert len(splits) == 5 and len(splits[1]["val"]) == 1 and len(splits[1]["train"]) == 4
+    ckpt = read_checkpoint(run / "latest.pt")
+    assert ckpt["splits"]["fold"] == 1 and ckpt["splits"]["seed"] == 1234 and ckpt["splits"]["splits"] == splits
+    _, info = load_checkpoint(run / "best.pt")
+    assert info["splits"]["splits"][1]["val"] == splits[1]["val"]
+    metrics = json.loads((run / "validation" / "metrics.json").read_text())
+    assert [c["case"] for c in metrics["metric_per_case"]] == splits[1]["val"]
