@@ -141,3 +141,90 @@ def test_case_metrics_rejects_bad_input():
         M.case_metrics(np.zeros((3, 4, 4)), np.zeros((3, 4, 5)), [1])
     with pytest.raises(ValueError, match="spacing"):
         M.hd95(np.ones((3, 3), bool), np.ones((3, 3), bool), spacing=(1.0, 1.0, 1.0))
+
+
+def _ragged(rng: np.random.Generator, shape, noise: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two label maps of 4 classes from smooth random fields filling the volume (ragged, dense surfaces)."""
+    fields = np.stack([ndimage.gaussian_filter(rng.standard_normal(shape), 1.5) for _ in range(4)])
+    wobble = np.stack([ndimage.gaussian_filter(rng.standard_normal(shape), 1.5) for _ in range(4)])
+    return np.argmax(fields + noise * wobble, 0), np.argmax(fields, 0)
+
+
+def _compact(shape) -> tuple[np.ndarray, np.ndarray]:
+    """An ellipsoid organ, a shifted and dented copy of it, and a far false-positive blob in the copy."""
+    grid = np.indices(shape, dtype=np.float64)
+    centre = np.array(shape, dtype=np.float64)[:, None, None, None] / 2
+    radii = np.array(shape, dtype=np.float64)[:, None, None, None] / 4
+    ref = (((grid - centre) / radii) ** 2).sum(0) < 1
+    pred = np.roll(ref, (1, 2, -1), axis=(0, 1, 2))
+    pred[tuple(int(n) // 2 for n in shape[:1]) + (slice(None),) * 2] = False
+    pred[1:3, -4:-1, -5:-1] = True
+    return pred, ref
+
+
+@pytest.mark.parametrize("family", ["ragged", "compact"])
+@pytest.mark.parametrize("spacing", [None, (2.5, 0.78, 0.78), (0.9, 3.1, 1.7)])
+def test_every_method_equals_medpy(family, spacing):
+    """scan, kdtree, edt and auto give medpy's hd95/assd; their distance sets agree to rounding."""
+    rng = np.random.default_rng(7)
+    shape = (14, 40, 36)
+    pred, ref = _ragged(rng, shape, 0.3) if family == "ragged" else _compact(shape)
+    for k in ([0, 1, 2, 3] if family == "ragged" else [1]):
+        p, r = pred == k, ref == k
+        want_hd, want_assd = mb.hd95(p, r, spacing), mb.assd(p, r, spacing)
+        base = None
+        for method in M.METHODS:
+            d1, d2 = M.surface_distances(p, r, spacing, method=method)
+            assert _rel(float(np.percentile(np.hstack((d1, d2)), 95)), want_hd) <= 1e-9, (k, method)
+            assert _rel(float(np.concatenate((d1, d2)).mean()), want_assd) <= 1e-9, (k, method)
+            if base is None:
+                base = (d1, d2)
+            np.testing.assert_allclose(d1, base[0], rtol=1e-12, atol=0)
+            np.testing.assert_allclose(d2, base[1], rtol=1e-12, atol=0)
+        assert _rel(M.hd95(p, r, spacing), want_hd) <= 1e-9
+        assert _rel(M.assd(p, r, spacing), want_assd) <= 1e-9
+
+
+@pytest.mark.parametrize("fallback", ["kdtree", "edt"])
+def test_auto_hands_points_to_either_fallback(monkeypatch, fallback):
+    """A tiny offset table and a costly scan leave most points to the fallback the cost model picks."""
+    monkeypatch.setattr(M, "_SCAN_OFFSETS", 7)
+    monkeypatch.setattr(M, "_COST_PROBE", 1.0)
+    monkeypatch.setattr(M, "_COST_EDT_VOXEL", 0.0 if fallback == "edt" else 1.0)
+    used = []
+    for name in ("_edt_at", "_kdtree_at"):
+        real = getattr(M, name)
+        monkeypatch.setattr(M, name, lambda *a, _real=real, _name=name: used.append(_name) or _real(*a))
+    pred, ref = _ragged(np.random.default_rng(3), (12, 30, 34), 0.4)
+    spacing = (3.0, 0.7, 1.1)
+    res = M.case_metrics(pred, ref, [0, 1, 2, 3], spacing=spacing)
+    assert set(used) == {f"_{fallback}_at"}
+    for k in range(4):
+        p, r = pred == k, ref == k
+        assert _rel(res[k]["standard"]["hd95"], mb.hd95(p, r, spacing)) <= 1e-9
+        assert _rel(res[k]["standard"]["assd"], mb.assd(p, r, spacing)) <= 1e-9
+        assert _rel(res[k]["legacy"]["hd95"], mb.hd95(p, r)) <= 1e-9
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_border_is_medpy_surface(ndim):
+    rng = np.random.default_rng(ndim)
+    mask = _blob(rng, (30, 26, 21)[:ndim], 0.5)
+    mask[(0,) * ndim] = True  # touches the array border
+    for connectivity in range(1, ndim + 1):
+        footprint = ndimage.generate_binary_structure(ndim, connectivity)
+        want = mask ^ ndimage.binary_erosion(mask, structure=footprint, iterations=1)
+        assert np.array_equal(M._border(mask, connectivity), want)
+
+
+def test_ragged_2d_and_connectivity_2_equal_medpy():
+    pred, ref = _ragged(np.random.default_rng(5), (90, 80), 0.3)
+    for k in range(4):
+        p, r = pred == k, ref == k
+        got = M._hd95(*M.surface_distances(p, r, (0.6, 1.4), connectivity=2))
+        assert _rel(got, mb.hd95(p, r, (0.6, 1.4), connectivity=2)) <= 1e-9
+
+
+def test_surface_distances_rejects_unknown_method():
+    with pytest.raises(ValueError, match="method"):
+        M.surface_distances(np.ones((3, 3), bool), np.ones((3, 3), bool), method="fast")
