@@ -4,8 +4,9 @@ Surface distances follow ``medpy.metric.binary`` exactly: the surface of a mask 
 erosion (``generate_binary_structure(ndim, connectivity)``, voxels on the array border count as surface),
 distances are Euclidean in spacing units, and HD95 is ``numpy.percentile`` (linear) at 95 of both directed
 distance sets pooled. It is fast because both masks are cropped to the bounding box of their union (+1
-voxel, which keeps erosion at the array border identical) and nearest surface points come from a KD-tree
-instead of a full-volume distance transform.
+voxel, which keeps erosion at the array border identical), surfaces come from shifted ANDs, and nearest
+surface points from a local scan of offsets sorted by length (points on both surfaces settle at once),
+with a KD-tree or a distance transform of the crop for the few points it leaves (see METHODS).
 
 Two conventions for empty masks are always reported side by side:
 
