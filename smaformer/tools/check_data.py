@@ -2,17 +2,24 @@
 intensity ranges, the label histogram per class and every fault (missing pairs, shape mismatches,
 labels outside the class range, NaN/inf, unreadable files), plus warnings (image/label affine
 mismatches, classes never present, patients shared between splits).
-Exits 1 when there is a fault, so it can gate a training script.
+Exits 1 when there is a fault, so it can gate a training script. With ``fingerprint=True`` each split
+also gets its dataset fingerprint (``data.fingerprint``, cases grouped by patient as training groups
+them), which ``write_fingerprint`` saves as JSON.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from smaformer.data.fingerprint import FingerprintBuilder
 from smaformer.data.formats import LAYOUTS, detect_layout, open_dataset
 from smaformer.data.sample import iter_cases
 from smaformer.errors import InputError
+from smaformer.io_utils import write_text
+from smaformer.train.data import case_key
 
 
 @dataclass
@@ -23,6 +30,7 @@ class SplitReport:
     faults: list[tuple[str, str]] = field(default_factory=list)
     voxels: dict[int, int] = field(default_factory=dict)
     cases_with: dict[int, int] = field(default_factory=dict)
+    fingerprint: dict | None = None
 
 
 @dataclass
@@ -46,8 +54,9 @@ def _patient(case: str) -> str:
 
 
 def check_dataset(path, layout: str | None = None, split: str | None = None, limit: int | None = None,
-                  classes: list[str] | None = None) -> CheckReport:
-    """Read every case of each split (or ``split`` only) and collect statistics and faults."""
+                  classes: list[str] | None = None, fingerprint: bool = False) -> CheckReport:
+    """Read every case of each split (or ``split`` only) and collect statistics and faults (and, with
+    ``fingerprint``, each split's dataset fingerprint; the cases are then read patient by patient)."""
     layout = layout or detect_layout(path)
     report = CheckReport(str(path), layout)
     splits = [split] if split else list(LAYOUTS[layout].splits)
@@ -64,7 +73,13 @@ def check_dataset(path, layout: str | None = None, split: str | None = None, lim
             continue
         rep = SplitReport(sp, list(reader.classes))
         case_sets[sp] = cases
-        for case, s, fault in iter_cases(reader, cases[:limit]):
+        todo = sorted(cases[:limit], key=case_key) if fingerprint else cases[:limit]
+        fp = FingerprintBuilder(case_key) if fingerprint else None
+        for case, s, fault in iter_cases(reader, todo):
+            if fp is not None and fault is None:
+                fp.add(case, s)
+            elif fp is not None:
+                fp.fail(case, fault)
             if fault is not None:
                 rep.faults.append((case, fault))
                 rep.rows.append({"case": case, "status": "FAULT"})
@@ -84,6 +99,7 @@ def check_dataset(path, layout: str | None = None, split: str | None = None, lim
                 row["labels"] = "(none)"
             rep.rows.append(row)
         rep.faults.extend(reader.skipped)
+        rep.fingerprint = fp.result() if fp is not None else None
         n = len(rep.classes)
         missing = [rep.classes[k] for k in range(1, n) if k not in rep.voxels] if rep.voxels else []
         if missing:
@@ -97,6 +113,13 @@ def check_dataset(path, layout: str | None = None, split: str | None = None, lim
                 report.warnings.append(f"splits {a!r} and {b!r} share {len(shared)} case/patient ids "
                                        f"(e.g. {shared[0]}): possible leakage")
     return report
+
+
+def write_fingerprint(report: CheckReport, path: str | Path) -> Path:
+    """Write each checked split's dataset fingerprint as one JSON file (``{"splits": {split: ...}}``)."""
+    doc = {"format": "smaformer-dataset-fingerprint", "path": report.path, "layout": report.layout,
+           "splits": {rep.split: rep.fingerprint for rep in report.splits if rep.fingerprint is not None}}
+    return write_text(path, json.dumps(doc, indent=1) + "\n")
 
 
 def format_table(rows: list[list[str]], headers: list[str]) -> str:
@@ -126,6 +149,11 @@ def format_report(report: CheckReport, max_rows: int | None = 20) -> str:
                      f"{100 * rep.voxels.get(k, 0) / total:.3f}%", rep.cases_with.get(k, 0)] for k in ids]
             out.append("label histogram:")
             out.append(format_table(hist, ["id", "class", "voxels", "share", "cases"]))
+        inten = (rep.fingerprint or {}).get("summary", {}).get("intensity", {})
+        if inten.get("p50"):
+            meds = " / ".join(f"{inten[k]['median']:.4g}" for k in ("p0.5", "p50", "p99.5"))
+            out.append(f"intensity percentiles 0.5 / 50 / 99.5, median over {rep.fingerprint['num_cases']} "
+                       f"cases: {meds}")
         for case, fault in rep.faults:
             out.append(f"FAULT {case}: {fault}")
     for w in report.warnings:

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from smaformer.checkpoint import default_preprocessing
+from smaformer.data.fingerprint import dataset_fingerprint
 from smaformer.data.sample import Reader, Sample, iter_cases
 from smaformer.errors import InputError
 from smaformer.infer.evaluate import volume_dice
@@ -171,6 +172,13 @@ def _hold_out(reader: Reader, held: list[str], keep: list[str] | None = None) ->
         drop = set(held)
         keep = [n for n in reader.cases() if n not in drop]
     return val, CaseSubset(reader, keep)
+
+
+def training_fingerprint(data: TrainData) -> dict | None:
+    """The training set's ``data.fingerprint`` (checkpoints store it), slices grouped into cases by
+    ``case_key``; None when the training set is not read through a reader."""
+    reader = getattr(data.train, "reader", None)
+    return None if reader is None else dataset_fingerprint(reader, group=case_key)
 
 
 def val_samples(source, rank: int = 0, world_size: int = 1):

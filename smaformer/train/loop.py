@@ -35,7 +35,7 @@ from smaformer.models.layers.axial import set_gates_trainable
 from smaformer.runtime import autocast, resolve_device, resolve_precision
 from smaformer.train import distributed as dd
 from smaformer.train.crossval import final_validation
-from smaformer.train.data import TrainData, build_data, validation_dice
+from smaformer.train.data import TrainData, build_data, training_fingerprint, validation_dice
 from smaformer.train.folds import write_splits
 from smaformer.train.runlog import TensorBoard, plot_curves, progress, write_csv
 from smaformer.train.sampling import ResumableSampler, SeededItems, capture_rng, restore_rng, seed_everything
@@ -137,6 +137,7 @@ class Trainer:
         self._stop_signal = 0          # the number of the SIGINT/SIGTERM that asked the run to stop
         self._time_up = False
         self._plotted = 0.0
+        self.fingerprint: dict | None = None     # the training set's, computed when fit starts
         if state is not None:
             self._load_state(state)
 
@@ -161,6 +162,7 @@ class Trainer:
         self.loss_sum, self.loss_count, self.elapsed = st["loss_sum"], st["loss_count"], st["elapsed"]
         self.best, self.bad_vals, self.history = st["best_dice"], st["bad_validations"], list(st["history"])
         restore_rng(st["rng"][self.dist.rank])
+        self.fingerprint = ckpt.get("fingerprint")
 
     def save(self, best: bool = False, metrics: dict | None = None) -> None:
         """latest.pt (and best.pt); collective in DDP because every rank's RNG state is stored."""
@@ -169,7 +171,7 @@ class Trainer:
             return
         splits = self.data.splits.record() if self.data.splits is not None else None
         ckpt = build_checkpoint(self.model, self.classes, self.data.preprocessing, self.cfg,
-                                self._train_state(rng), metrics, splits=splits)
+                                self._train_state(rng), metrics, splits=splits, fingerprint=self.fingerprint)
         save_checkpoint(ckpt, self.run_dir / "latest.pt")
         if best:
             ckpt["train_state"] = {"epoch": self.epoch, "iteration": self.iteration}
@@ -280,6 +282,12 @@ class Trainer:
             dump_config(self.cfg, self.run_dir / "config.yaml")
             if self.data.splits is not None:
                 write_splits(self.data.splits.splits, self.run_dir / "splits.json")
+            if self.fingerprint is None:
+                f0 = time.perf_counter()
+                self.fingerprint = training_fingerprint(self.data)
+                if self.fingerprint:
+                    self.log(f"fingerprint of {self.fingerprint['num_cases']} training cases: "
+                             f"{time.perf_counter() - f0:.1f} s")
         self.tb = TensorBoard(self.run_dir, bool(t["tensorboard"]) and self.dist.main, self.log)
         self._plotted = time.monotonic()
         old = self._install_signals()

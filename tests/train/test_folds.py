@@ -178,5 +178,25 @@ def test_fold_run_writes_splits_checkpoint_record_and_validation(tmp_path):
     assert ckpt["splits"]["fold"] == 1 and ckpt["splits"]["seed"] == 1234 and ckpt["splits"]["splits"] == splits
     _, info = load_checkpoint(run / "best.pt")
     assert info["splits"]["splits"][1]["val"] == splits[1]["val"]
+    fp = info["fingerprint"]       # the training set's: the 4 cases of the other folds
+    assert fp["num_cases"] == 4 and {c["case"] for c in fp["cases"]} == set(splits[1]["train"])
+    assert fp["summary"]["spacing"]["min"] == [3.0, 1.5, 1.5]
     metrics = json.loads((run / "validation" / "metrics.json").read_text())
     assert [c["case"] for c in metrics["metric_per_case"]] == splits[1]["val"]
+
+
+def test_old_checkpoints_lack_splits_and_fingerprint_and_safetensors_keep_them(tmp_path):
+    from smaformer.checkpoint import build_checkpoint, default_preprocessing, save_checkpoint, save_safetensors_pair
+    from smaformer.models import create_model
+
+    model = create_model("unet", base=4, depth=2, num_classes=2, img_size=32, in_chans=1)
+    ckpt = build_checkpoint(model, ["bg", "fg"], default_preprocessing((32, 32), 1), splits={"fold": 0},
+                            fingerprint={"num_cases": 3, "summary": {}})
+    w, _ = save_safetensors_pair(ckpt, tmp_path / "model.safetensors")
+    _, info = load_checkpoint(w)
+    assert info["splits"] == {"fold": 0} and info["fingerprint"]["num_cases"] == 3
+    for k in ("splits", "fingerprint"):
+        del ckpt[k]
+    save_checkpoint(ckpt, tmp_path / "old.pt")
+    _, info = load_checkpoint(tmp_path / "old.pt")
+    assert info["splits"] is None and info["fingerprint"] is None
