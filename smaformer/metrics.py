@@ -74,8 +74,8 @@ def _merge(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None, shape) -> t
 # - "edt": scipy's EDT of the other surface's complement inside the crop, as medpy does on the whole
 #   volume; exact because the crop holds all of that surface (cost grows with the crop).
 # "auto" scans until the scan has cost what the cheaper fallback would (ski rental), then hands the points
-# left to that fallback. Costs in seconds per unit, measured by benchmarks/bench_metrics.py --costs;
-# only their ratios matter.
+# left to that fallback. Costs are seconds per unit on the build machine (docs/bench/metrics.md, the
+# crossover); only their ratios matter.
 METHODS = ("auto", "scan", "kdtree", "edt")
 _SCAN_OFFSETS = 20_000      # offsets in the scan table: a ball of radius ~17 voxels in isotropic 3D
 _SCAN_CHUNK = 1 << 18       # probes per vectorised step
@@ -129,16 +129,13 @@ def _scan(pos: np.ndarray, dst: np.ndarray, steps: np.ndarray, lengths: np.ndarr
     q, spent, k = pos[todo], 0.0, 1
     while todo.size and k < steps.size:
         g = min(steps.size - k, max(1, _SCAN_CHUNK // todo.size))
-        if g == 1:
-            found = dst[q + steps[k]]
-            dist[todo[found]] = lengths[k]
-        else:
-            hits = dst[q[:, None] + steps[k:k + g]]
-            found = hits.any(axis=1)
-            dist[todo[found]] = lengths[k + hits[found].argmax(axis=1)]
+        block = dst[steps[k:k + g, None] + q]  # (g, n): row j probes offset k + j for every point
+        found = np.logical_or.reduce(block, axis=0)
         spent += _COST_PROBE * todo.size * g
-        if found.any():
-            todo, q = todo[~found], q[~found]
+        if found.any():  # the first hit of a point is its nearest: offsets are sorted by length
+            dist[todo[found]] = lengths[k + np.compress(found, block, axis=1).argmax(axis=0)]
+            keep = np.flatnonzero(~found)
+            todo, q = todo[keep], q[keep]
         k += g
         if budget is not None and spent >= budget(todo.size):
             break
