@@ -27,7 +27,7 @@ from smaformer.io_utils import atomic_write, check_readable, write_bytes
 FORMAT = "smaformer-checkpoint"
 VERSION = 1
 SIDECAR_FORMAT = "smaformer-safetensors"
-_SIDECAR_KEYS = ("model", "classes", "preprocessing", "config", "metrics", "splits", "fingerprint")
+_SIDECAR_KEYS = ("model", "classes", "preprocessing", "config", "metrics", "splits", "fingerprint", "postprocessing")
 
 
 def default_preprocessing(img_size=(224, 224), in_chans: int = 3, channel_mode: str = "repeat",
@@ -167,7 +167,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     ``path`` is a ``.pt`` checkpoint or a ``.safetensors`` + ``.json`` pair. ``info`` holds ``classes``,
     ``preprocessing``, ``config``, ``metrics``, ``model``, ``path``, ``splits`` (the cross-validation
     record: ``{"fold", "folds", "seed", "source", "splits": [{"train", "val"}, ...]}``) and ``fingerprint``
-    (the training set's ``data.fingerprint``); the last two are None for checkpoints that lack them.
+    (the training set's ``data.fingerprint``) and ``postprocessing`` (the per-class choice made on validation,
+    ``store_postprocessing``); these are None for checkpoints that lack them.
     """
     from smaformer.models import create_model
 
@@ -183,5 +184,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise CheckpointError(path, f"weights do not fit model {spec['name']!r}: {str(e).splitlines()[0]}") from None
     info = {k: ckpt[k] for k in ("classes", "preprocessing", "config", "metrics", "model")}
     info["path"] = str(path)
-    info.update({k: ckpt.get(k) or None for k in ("splits", "fingerprint")})
+    info.update({k: ckpt.get(k) or None for k in ("splits", "fingerprint", "postprocessing")})
     return model.to(device).eval(), info
+
+
+def store_postprocessing(path: str | Path, decision: dict) -> Path:
+    """Record the post-processing chosen on validation in a checkpoint, rewriting it atomically: a ``.pt``
+    file keeps everything else as it was; a safetensors pair gets it in its JSON sidecar."""
+    path = Path(path)
+    if path.suffix in (".safetensors", ".json"):
+        side = sidecar_path(path.with_suffix(".safetensors"))
+        meta = json.loads(side.read_text(encoding="utf-8"))
+        meta["postprocessing"] = decision
+        return write_bytes(side, json.dumps(meta, indent=2, default=str).encode())
+    ckpt = read_checkpoint(path)
+    ckpt["postprocessing"] = decision
+    return save_checkpoint(ckpt, path)

@@ -5,29 +5,34 @@ from __future__ import annotations
 import argparse
 import math
 
-from smaformer.cli._common import add_runtime_args
-from smaformer.errors import InputError
+from smaformer.cli._common import add_model_args, add_runtime_args, parse_postprocess
 
-EPILOG = """example:
+EPILOG = """examples:
   smaformer evaluate -c runs/acdc/best.pt -d ../shared/data/acdc -o eval/acdc --split val --overlays 2
   smaformer evaluate -c best.pt -d data/synapse -o eval/legacy --split test --legacy-resize --postprocess lcc
+  smaformer evaluate -c f0/best.pt f1/best.pt f2/best.pt -d ../shared/data/acdc -o eval/ens --tta   # ensemble
+  smaformer evaluate -c best.pt -d ../shared/data/acdc -o eval/pp --choose-postprocessing        # stored in best.pt
+  smaformer evaluate -c best.pt -d ../shared/data/drive -o eval/drive --split test --inference sliding
 
 Both conventions are always reported: 'standard' (NaN when both masks are empty, diagonal HD95 when one is)
 and 'legacy' (the TransUNet/Swin-Unet rule, HD95 in voxels), plus slice-level Dice with its empty/empty rule.
+--choose-postprocessing scores the raw predictions, decides per class whether keeping the largest component
+or dropping components under a size helps Dice, reports before/after and stores the decision in a single
+checkpoint (predict and evaluate then apply it by default). Choose it on validation data, never on test.
 """
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
-    p.add_argument("-c", "--checkpoint", required=True, help="smaformer checkpoint (.pt) from training")
+    add_model_args(p)
     p.add_argument("-d", "--data", required=True, help="dataset folder (any layout open_dataset knows)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--split", default="val", help="dataset split to evaluate (default: val)")
     p.add_argument("--layout", help="dataset layout (default: auto-detect)")
     p.add_argument("--legacy-resize", action="store_true",
                    help="zoom the argmax back with order 0 like the official scripts (default: resize logits)")
-    p.add_argument("--postprocess", nargs="+", metavar=("lcc|min-size", "N"),
-                   help="3D post-processing: 'lcc' (largest component per class) or 'min-size N' (drop smaller)")
+    p.add_argument("--choose-postprocessing", action="store_true",
+                   help="choose per-class post-processing on this data (validation!) and store it in the checkpoint")
     p.add_argument("--save-nifti", action="store_true", help="write predictions as NIfTI under predictions/")
     p.add_argument("--overlays", type=int, default=3, metavar="K", help="overlay slices per case (default: 3)")
     p.add_argument("--cases", nargs="+", metavar="CASE", help="only these cases")
@@ -35,23 +40,15 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     add_runtime_args(p)
 
 
-def _postprocess(values: list[str] | None) -> tuple[str | None, int]:
-    if not values:
-        return None, 0
-    mode = values[0].replace("-", "_")
-    if mode == "lcc" and len(values) == 1:
-        return "lcc", 0
-    if mode == "min_size" and len(values) == 2 and values[1].isdigit() and int(values[1]) > 0:
-        return "min_size", int(values[1])
-    raise InputError(None, "--postprocess takes 'lcc' or 'min-size N' with N a positive voxel count")
-
-
 def run(args: argparse.Namespace) -> int:
     from smaformer.infer.evaluate import evaluate
+    from smaformer.infer.postprocess import describe_postprocessing
 
-    mode, min_size = _postprocess(args.postprocess)
+    mode, min_size = parse_postprocess(args.postprocess)
     res = evaluate(args.checkpoint, args.data, args.output, split=args.split, layout=args.layout,
                    legacy_resize=args.legacy_resize, postprocess=mode, min_size=min_size,
+                   choose_postprocessing=args.choose_postprocessing, tta=args.tta, inference=args.inference,
+                   engine=args.engine,
                    save_nifti=args.save_nifti, overlays=args.overlays, device=args.device,
                    batch_size=args.batch_size, precision=args.precision, cases=args.cases,
                    progress=not args.no_progress)
@@ -70,6 +67,13 @@ def run(args: argparse.Namespace) -> int:
           f"{f(fg['legacy']['dice']):>11} {f(fg['legacy']['hd95'], 2):>11} {f(fg['slice']['dice']):>10}")
     print(f"HD95 in {unit} (legacy HD95 in voxels); {res['data']['n_cases']} cases, "
           f"{res['data']['n_failed']} failed; report: {args.output}/report.html")
+    pp = res.get("postprocessing")
+    if pp:
+        for k, rule in pp["per_class"].items():
+            if k in pp["dice_before"]:
+                print(f"post-processing {k} {res['classes'][k]}: {describe_postprocessing({'per_class': {k: rule}})}"
+                      f" (validation Dice {pp['dice_before'][k]:.4f} -> {pp['dice_after'][k]:.4f})")
+        print(f"stored in {pp['stored_in']}" if pp.get("stored_in") else "not stored (see metrics.json)")
     for fc in res["failed_cases"]:
         print(f"failed: {fc['case']}: {fc['error']}")
     return 1 if res["failed_cases"] and not res["metric_per_case"] else 0

@@ -1,14 +1,18 @@
-"""``smaformer predict -i INPUT -o OUTPUT -c CHECKPOINT`` (nnU-Net / TotalSegmentator-style flags)."""
+"""``smaformer predict -i INPUT -o OUTPUT -c CHECKPOINT [CHECKPOINT...]`` (nnU-Net / TotalSegmentator-style
+flags)."""
 from __future__ import annotations
 
 import argparse
 
-from smaformer.cli._common import add_runtime_args
-from smaformer.infer.predict import ENGINES, predict
+from smaformer.cli._common import add_model_args, add_runtime_args, parse_postprocess
+from smaformer.infer.postprocess import rule_for_all_classes
+from smaformer.infer.predict import predict
 
 EPILOG = """examples:
   smaformer predict -i ct.nii.gz -o ct_seg.nii.gz -c runs/synapse/best.pt
   smaformer predict -i scans/ -o segs/ -c best.pt --device auto --precision bf16
+  smaformer predict -i scans/ -o segs/ -c fold0/best.pt fold1/best.pt fold2/best.pt --tta   # ensemble + mirroring
+  smaformer predict -i retina.tif -o vessels.png -c drive.pt --inference sliding
   smaformer predict -i dicom_series/ -o seg.nii.gz -c model.safetensors        # + model.json sidecar
   smaformer predict -i slice.png -o mask.png -c model.onnx --engine onnxruntime
   smaformer predict -i ct.nii.gz -o seg.nii.gz -c model.onnx --engine openvino --save-probabilities
@@ -16,7 +20,9 @@ EPILOG = """examples:
 INPUT is a NIfTI file, a folder of NIfTI files, a DICOM series folder (or a folder of them), a PNG/JPG/
 TIFF image or a folder of them. Volumes give a uint8 label NIfTI with the input's shape, affine and header
 (checked before writing) and the class names in the header; 2D images give PNG masks of class ids.
-Preprocessing (window, channels, size) comes from the checkpoint. Exit status 1 when any case failed.
+Preprocessing (window, channels, size) comes from each checkpoint. The post-processing chosen on
+validation and stored in the checkpoint is applied unless --postprocess says otherwise.
+Exit status 1 when any case failed.
 """
 
 
@@ -24,9 +30,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     p.add_argument("-i", "--input", required=True, help="file or folder to segment")
     p.add_argument("-o", "--output", required=True, help="output file (one case) or folder")
-    p.add_argument("-c", "--checkpoint", required=True, help=".pt checkpoint, .safetensors (+ .json) or .onnx")
-    p.add_argument("--engine", choices=ENGINES, default="auto",
-                   help="auto: onnxruntime for .onnx files, torch otherwise")
+    add_model_args(p)
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <case>_probabilities.npz: float16 softmax (K, D, H, W)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -34,8 +38,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    mode, min_size = parse_postprocess(args.postprocess)
     results = predict(args.input, args.output, args.checkpoint, engine=args.engine, device=args.device,
-                      precision=args.precision, batch_size=args.batch_size,
+                      precision=args.precision, batch_size=args.batch_size, tta=args.tta, inference=args.inference,
+                      postprocess=mode if mode in ("auto", "none") else rule_for_all_classes(mode, min_size),
                       save_probabilities=args.save_probabilities, progress=not args.quiet)
     failed = [r for r in results if r.error]
     slices = sum(r.slices for r in results)

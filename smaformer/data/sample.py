@@ -156,3 +156,23 @@ def iter_cases(reader: Reader, cases: list[str] | None = None) -> Iterator[tuple
             yield case, None, str(e)
             continue
         yield case, sample, None
+
+
+class SampleList(Reader):
+    """Samples held in memory (e.g. validation volumes passed to ``train``) behind the Reader interface;
+    cases are the samples' names, or ``case000``... for unnamed ones."""
+
+    layout = "samples"
+
+    def __init__(self, samples: list[Sample], split: str = "val"):
+        self.root, self.split, self.classes, self.skipped = None, split, [], []
+        self._samples = {s.case or f"case{i:03d}": s for i, s in enumerate(samples)}
+
+    def __repr__(self) -> str:
+        return f"{len(self._samples)} in-memory samples"
+
+    def cases(self) -> list[str]:
+        return list(self._samples)
+
+    def load_case(self, case: str) -> Sample:
+        return self._samples[case]

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import math
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,17 @@ import torch
 
 from smaformer import metrics as M
 from smaformer.data.arrays import spacing_affine
-from smaformer.data.sample import Sample, iter_cases
+from smaformer.data.sample import Sample, SampleList, iter_cases
 from smaformer.errors import InputError
-from smaformer.infer.postprocess import postprocess_labels
-from smaformer.infer.volume import infer_volume
+from smaformer.infer.postprocess import (
+    PostprocessingSearch,
+    apply_postprocessing,
+    describe_postprocessing,
+    rule_for_all_classes,
+)
+from smaformer.infer.volume import infer_ensemble, infer_volume
 from smaformer.io_utils import atomic_path, file_sha256, write_text
-from smaformer.runtime import resolve_device, resolve_precision
+from smaformer.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -95,24 +101,34 @@ def _save_prediction(path: Path, pred: np.ndarray, meta: dict, classes: list[str
     return path
 
 
-def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: str | None = "val",
-             layout: str | None = None, legacy_resize: bool = False, postprocess: str | None = None,
-             min_size: int = 0, save_nifti: bool = False, overlays: int = 3, device: str | None = None,
-             batch_size: int = 16, precision: str = "fp32", cases: list[str] | None = None,
-             progress: bool = True) -> dict:
-    """Evaluate ``checkpoint`` on ``data`` (a dataset path for ``open_dataset``, or a reader) into ``out_dir``.
+def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, split: str | None = "val",
+             layout: str | None = None, legacy_resize: bool = False, postprocess: str | None = "auto",
+             min_size: int = 0, choose_postprocessing: bool = False, tta: bool = False,
+             inference: str | None = None, engine: str = "auto", save_nifti: bool = False, overlays: int = 3,
+             device: str | None = None, batch_size: int = 16, precision: str = "fp32",
+             cases: list[str] | None = None, progress: bool = True) -> dict:
+    """Evaluate ``checkpoint`` (one path, or several averaged as an ensemble) on ``data`` (a dataset path
+    for ``open_dataset``, a reader or a list of Samples) into ``out_dir``.
 
-    ``postprocess`` is None, ``"lcc"`` or ``"min_size"`` (with ``min_size`` voxels). ``overlays`` slices per
-    case go to PNGs and into report.html. Returns the metrics.json dict.
+    ``postprocess`` is ``"auto"`` (what the checkpoint stores, chosen on validation; none if it stores
+    nothing), ``"none"``, ``"lcc"`` or ``"min_size"`` (with ``min_size`` voxels). ``choose_postprocessing``
+    scores the raw predictions, chooses the per-class post-processing that helps validation Dice, reports
+    it under ``postprocessing`` and stores it in a single checkpoint. ``overlays`` slices per case go to
+    PNGs and into report.html. Returns the metrics.json dict.
     """
-    from smaformer.checkpoint import load_checkpoint
     from smaformer.data import open_dataset
+    from smaformer.infer.members import load_members, member_precision
     from smaformer.infer.report import overlay_png, select_slices, write_html
 
+    paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     device = resolve_device(device)
-    precision = resolve_precision(precision, device)
     out = Path(out_dir)
-    model, info = load_checkpoint(checkpoint, device=device)
+    members = load_members(paths, engine, device)
+    precision = member_precision(members, precision, device, paths[0])
+    info = members[0][1]
+    decision = _postprocessing(postprocess, min_size, choose_postprocessing, members, paths)
+    if isinstance(data, (list, tuple)):
+        data = SampleList(list(data))
     reader = data if hasattr(data, "load_case") else open_dataset(data, layout=layout, split=split)
     num_classes = int(info["model"]["kwargs"].get("num_classes", len(info["classes"])))
     names = list(info["classes"]) or [str(i) for i in range(num_classes)]
@@ -122,8 +138,11 @@ def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: s
                     "checkpoint's names", data_classes, names)
     labels = list(range(1, num_classes))
     class_map = {k: names[k] if k < len(names) else str(k) for k in labels}
+    search = PostprocessingSearch(labels) if choose_postprocessing else None
     todo = list(cases) if cases is not None else list(reader.cases())
     config = {"legacy_resize": legacy_resize, "postprocess": postprocess, "min_size": min_size,
+              "postprocessing_applied": describe_postprocessing(decision), "postprocessing_rule": decision,
+              "choose_postprocessing": choose_postprocessing, "tta": tta, "inference": inference or "per checkpoint",
               "batch_size": batch_size, "precision": precision, "device": str(device),
               "preprocessing": info["preprocessing"], "overlays": overlays, "save_nifti": save_nifti}
 
@@ -149,10 +168,14 @@ def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: s
             was_2d = not sample.is_volume
             vol = sample.as_volume()
             image, ref = vol.image, vol.label
-            pred = infer_volume(model, image, info["preprocessing"], batch_size=batch_size, device=device,
-                                precision=precision, legacy_resize=legacy_resize)
-            if postprocess:
-                pred = postprocess_labels(pred, postprocess, min_size=min_size)
+            t0 = time.perf_counter()
+            pred = infer_ensemble([(m, i["preprocessing"]) for m, i in members], image, batch_size=batch_size,
+                                  device=device, precision=precision, legacy_resize=legacy_resize, tta=tta,
+                                  inference=inference)
+            if search is not None:
+                search.add(pred, ref)
+            pred = apply_postprocessing(pred, decision)
+            seconds = time.perf_counter() - t0
             spacing = sample.meta.get("spacing")
             units.add("voxel" if spacing is None else "mm")
             res = M.case_metrics(pred[0] if was_2d else pred, ref[0] if was_2d else ref, labels,
@@ -160,7 +183,7 @@ def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: s
             metrics = {str(k): v for k, v in res.items()}
             entry = {"case": case, "shape": list(ref.shape[1:] if was_2d else ref.shape),
                      "spacing": None if spacing is None else [float(s) for s in spacing],
-                     "reference_file": sample.meta.get("path"), "metrics": metrics,
+                     "reference_file": sample.meta.get("path"), "seconds": round(seconds, 3), "metrics": metrics,
                      "foreground_mean": _case_fg(metrics)}
             if save_nifti and not was_2d:
                 entry["prediction_file"] = str(_save_prediction(out / "predictions" / f"{case}.nii.gz", pred,
@@ -180,7 +203,7 @@ def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: s
     result = {
         "format": FORMAT, "version": 1,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "checkpoint": {"path": str(checkpoint), "sha256": file_sha256(checkpoint), "model": info["model"],
+        "checkpoint": {"path": str(paths[0]), "sha256": file_sha256(paths[0]), "model": info.get("model"),
                        "train_config": info.get("config", {})},
         "data": {"path": str(getattr(reader, "root", None) or reader), "layout": getattr(reader, "layout", layout),
                  "split": getattr(reader, "split", split), "n_cases": len(per_case), "n_failed": len(failed)},
@@ -193,11 +216,49 @@ def evaluate(checkpoint: str | Path, data: Any, out_dir: str | Path, *, split: s
         "mean": mean,
         "foreground_mean": fg,
     }
+    if len(paths) > 1:
+        result["ensemble"] = [{"path": str(p), "sha256": file_sha256(p), "model": i.get("model")}
+                              for p, (_, i) in zip(paths, members, strict=True)]
+    if search is not None:
+        result["postprocessing"] = search.decide()
+        result["postprocessing"]["stored_in"] = _store_decision(paths, result["postprocessing"])
     result = _nan_to_none(result)
     write_text(out / "metrics.json", json.dumps(result, indent=1, default=str))
     write_summary_csv(result, out / "summary.csv")
     write_html(result, overlay_paths, out / "report.html")
     return result
+
+
+def _postprocessing(postprocess: str | None, min_size: int, choose: bool, members: list,
+                    paths: list) -> dict | None:
+    """The per-class rule the evaluation applies (None: raw predictions)."""
+    from smaformer.infer.members import stored_postprocessing
+
+    if choose:
+        if postprocess not in (None, "auto", "none"):
+            raise InputError(None, "--choose-postprocessing scores the raw predictions; drop --postprocess")
+        return None
+    if postprocess in (None, "auto"):
+        return stored_postprocessing(members, paths)
+    if postprocess == "none":
+        return None
+    try:
+        return rule_for_all_classes(postprocess, min_size)
+    except ValueError as e:
+        raise InputError(None, f"{e} (or auto, none)") from None
+
+
+def _store_decision(paths: list, decision: dict) -> str | None:
+    """Write the chosen post-processing into a single .pt checkpoint or safetensors sidecar; an ensemble's
+    decision is reported only."""
+    from smaformer.checkpoint import store_postprocessing
+
+    if len(paths) != 1 or Path(paths[0]).suffix == ".onnx":
+        log.warning("the post-processing chosen for %s is reported in metrics.json, not stored (stored only "
+                    "for a single .pt or .safetensors checkpoint)", " ".join(map(str, paths)))
+        return None
+    keep = {k: decision[k] for k in ("per_class", "dice_before", "dice_after", "rule", "n_cases")}
+    return str(store_postprocessing(paths[0], keep))
 
 
 CSV_FIELDS = ["case", "class_id", "class", "dice", "iou", "hd95", "assd", "legacy_dice", "legacy_hd95",

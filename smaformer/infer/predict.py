@@ -21,12 +21,12 @@ import torch
 from smaformer.data.arrays import H5_SUFFIXES
 from smaformer.data.io import IMAGE_SUFFIXES, is_nifti, read_image, write_labels
 from smaformer.errors import InputError
-from smaformer.export.runtimes import RUNTIMES
-from smaformer.infer.volume import infer_volume
-from smaformer.io_utils import atomic_path, check_readable
-from smaformer.runtime import resolve_device, resolve_precision
+from smaformer.infer.members import Member, load_members, member_precision, stored_postprocessing
+from smaformer.infer.postprocess import apply_postprocessing, describe_postprocessing
+from smaformer.infer.volume import infer_ensemble
+from smaformer.io_utils import atomic_path
+from smaformer.runtime import resolve_device
 
-ENGINES = ("auto", "torch", "onnxruntime", "openvino")
 OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".png", ".tif", ".tiff")
 
 
@@ -39,25 +39,6 @@ class CaseResult:
     slices: int = 0
     seconds: float = 0.0
     error: str | None = None
-
-
-# ---------------------------------------------------------------------------------------------- engines
-def load_predictor(path: str | Path, engine: str = "auto", device: str | torch.device = "cpu") -> tuple[Callable, dict]:
-    """``(model_or_runner, info)`` for a checkpoint (.pt, .safetensors pair) or an exported .onnx file."""
-    from smaformer.checkpoint import load_checkpoint
-
-    path = Path(path)
-    if engine == "auto":
-        engine = "onnxruntime" if path.suffix == ".onnx" else "torch"
-    if engine not in ENGINES:
-        raise InputError(path, f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
-    if engine == "torch":
-        if path.suffix == ".onnx":
-            raise InputError(path, "an .onnx file runs with --engine onnxruntime or openvino")
-        return load_checkpoint(path, device)
-    if path.suffix != ".onnx":
-        raise InputError(path, f"--engine {engine} needs an .onnx file (smaformer export --format onnx)")
-    return RUNTIMES[engine](check_readable(path, "ONNX file"), torch.device(device))
 
 
 # ------------------------------------------------------------------------------------------ input/output
@@ -128,34 +109,46 @@ def _write_case(out: Path, labels: np.ndarray, props: dict, classes: list[str]) 
         write_labels(out, labels, props, classes, check=lambda tmp: check_geometry(tmp, props))
 
 
-def _as_volume(image: np.ndarray, props: dict, in_chans: int) -> np.ndarray:
-    """(D,H,W) or (D,C,H,W) for ``infer_volume``; a 2D (C,H,W) image is one slice."""
-    if props.get("is_volume", True):
-        return image
-    if image.shape[0] == 1:
-        return image
-    if in_chans == 1:  # colour image into a grey model: luminance-style mean
-        return image.mean(axis=0, keepdims=True)
-    return image[None]
+def _as_volume(image: np.ndarray, props: dict) -> np.ndarray:
+    """(D,H,W) or (D,C,H,W) for ``infer_ensemble``; a 2D (C,H,W) image is one slice (a colour image going
+    into a grey model is averaged there, per member)."""
+    return image if props.get("is_volume", True) or image.shape[0] == 1 else image[None]
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def predict_case(model: Callable, info: dict, case: Path, output: Path, *, single: bool = True,
-                 batch_size: int = 16, device: str | torch.device = "cpu", precision: str = "fp32",
-                 save_probabilities: bool = False, progress: bool = False) -> tuple[Path, int]:
-    """Segment one case and write it (see ``output_path``); returns ``(written path, slices)``."""
-    pre = info["preprocessing"]
+@dataclass
+class Settings:
+    """How every case of a ``predict`` call runs."""
+
+    batch_size: int = 16
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"
+    tta: bool = False
+    inference: str | None = None
+    postprocessing: dict | None = None
+    save_probabilities: bool = False
+    progress: bool = False
+
+
+def predict_case(members: list[Member], case: Path, output: Path, settings: Settings, *,
+                 single: bool = True) -> tuple[Path, int]:
+    """Segment one case with the members (averaged) and write it (see ``output_path``); returns
+    ``(written path, slices)``."""
+    info = members[0][1]
     image, props = read_image(case, dtype=None)  # stored type (int16 CT stays int16: half the memory)
     if image.dtype == np.float64:
         image = image.astype(np.float32)
     out = output_path(case, Path(output), single, props)
-    vol = _as_volume(image, props, int(pre.get("in_chans", 1)))
+    vol = _as_volume(image, props)
     try:
-        result = infer_volume(model, vol, pre, batch_size=batch_size, device=device, precision=precision,
-                              return_probabilities=save_probabilities, progress=progress)
+        result = infer_ensemble([(m, i["preprocessing"]) for m, i in members], vol, batch_size=settings.batch_size,
+                                device=settings.device, precision=settings.precision, tta=settings.tta,
+                                inference=settings.inference, return_probabilities=settings.save_probabilities,
+                                progress=settings.progress)
     except ValueError as e:
         raise InputError(case, str(e)) from None
-    labels, probs = result if save_probabilities else (result, None)
+    labels, probs = result if settings.save_probabilities else (result, None)
+    labels = apply_postprocessing(labels, settings.postprocessing)
     _write_case(out, labels, props, list(info.get("classes") or []))
     if probs is not None:
         stem = out.name[: -len(".nii.gz")] if out.name.endswith(".nii.gz") else out.stem
@@ -164,18 +157,26 @@ def predict_case(model: Callable, info: dict, case: Path, output: Path, *, singl
     return out, int(vol.shape[0])
 
 
-def predict(inp: str | Path, output: str | Path, checkpoint: str | Path, *, engine: str = "auto",
+def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, *, engine: str = "auto",
             device: str = "auto", precision: str = "fp32", batch_size: int = 16, save_probabilities: bool = False,
+            tta: bool = False, inference: str | None = None, postprocess: str | dict | None = "auto",
             progress: bool = True, log: Callable[[str], None] = print) -> list[CaseResult]:
-    """Segment every case of ``inp`` into ``output``; failing cases are reported and skipped."""
+    """Segment every case of ``inp`` into ``output`` with one checkpoint or an ensemble of several;
+    failing cases are reported and skipped.
+
+    ``postprocess`` is ``"auto"`` (the checkpoint's stored choice), ``"none"`` or a per-class rule dict
+    (``infer.postprocess.apply_postprocessing``).
+    """
+    paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     device = resolve_device(device)
-    model, info = load_predictor(checkpoint, engine, device)
-    if isinstance(model, torch.nn.Module):
-        precision = resolve_precision(precision, device)
-    elif precision in ("auto", "fp32"):
-        precision = "fp32"   # exported files run in fp32
-    else:
-        raise InputError(checkpoint, f"--precision {precision} runs with --engine torch; exported files run fp32")
+    members = load_members(paths, engine, device)
+    settings = Settings(batch_size=batch_size, device=device, tta=tta, inference=inference,
+                        precision=member_precision(members, precision, device, paths[0]),
+                        postprocessing=(stored_postprocessing(members, paths) if postprocess in (None, "auto")
+                                        else None if postprocess == "none" else postprocess),
+                        save_probabilities=save_probabilities, progress=progress)
+    log(f"{len(members)} model(s), precision {settings.precision}, tta {'on' if tta else 'off'}, inference "
+        f"{inference or 'per checkpoint'}, post-processing {describe_postprocessing(settings.postprocessing)}")
     cases, output = list_cases(inp), Path(output)
     single = cases == [Path(inp)]
     bar = cases
@@ -188,9 +189,7 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path, *, engi
         res = CaseResult(case)
         t0 = time.perf_counter()
         try:
-            res.output, res.slices = predict_case(model, info, case, output, single=single, batch_size=batch_size,
-                                                  device=device, precision=precision,
-                                                  save_probabilities=save_probabilities, progress=progress)
+            res.output, res.slices = predict_case(members, case, output, settings, single=single)
         except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch; reported below
             res.output, res.error = None, str(e).splitlines()[0] if str(e) else type(e).__name__
             log(f"FAILED {case}: {res.error}")

@@ -341,7 +341,7 @@ class Trainer:
                 signal.signal(sig, h)
         last = self.history[-1]["mean_dice"] if self.history else math.nan
         if stopped not in ("interrupted", "stop_after"):
-            final_validation(self)      # cross-validation: <run>/validation/metrics.json (main rank)
+            final_validation(self)      # <run>/validation/metrics.json, post-processing chosen (main rank)
         if self.dist.main:
             self.log(f"run folder: {self.run_dir}" + (f"  (stopped: {stopped}; resume with "
                                                       f"`smaformer train --resume {self.run_dir}`)"

@@ -1,0 +1,87 @@
+"""The models a prediction runs: one checkpoint, or several averaged as an ensemble (``-c a.pt b.pt``).
+
+A member is a ``.pt`` checkpoint, a ``.safetensors`` + ``.json`` pair or an exported ``.onnx`` file (run
+through ONNX Runtime or OpenVINO); each brings its own preprocessing (input size, intensity, channels)
+from its metadata. Members must predict the same classes; ``infer.volume.infer_ensemble`` averages them.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from smaformer.errors import InputError
+from smaformer.export.runtimes import RUNTIMES
+from smaformer.io_utils import check_readable
+from smaformer.runtime import resolve_precision
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "torch", "onnxruntime", "openvino")
+Member = tuple[Callable, dict]
+
+
+def load_predictor(path: str | Path, engine: str = "auto", device: str | torch.device = "cpu") -> Member:
+    """``(model_or_runner, info)`` for a checkpoint (.pt, .safetensors pair) or an exported .onnx file."""
+    from smaformer.checkpoint import load_checkpoint
+
+    path = Path(path)
+    if engine == "auto":
+        engine = "onnxruntime" if path.suffix == ".onnx" else "torch"
+    if engine not in ENGINES:
+        raise InputError(path, f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if engine == "torch":
+        if path.suffix == ".onnx":
+            raise InputError(path, "an .onnx file runs with --engine onnxruntime or openvino")
+        return load_checkpoint(path, device)
+    if path.suffix != ".onnx":
+        raise InputError(path, f"--engine {engine} needs an .onnx file (smaformer export --format onnx)")
+    return RUNTIMES[engine](check_readable(path, "ONNX file"), torch.device(device))
+
+
+def load_members(paths: str | Path | Sequence[str | Path], engine: str = "auto",
+                 device: str | torch.device = "cpu") -> list[Member]:
+    """Every checkpoint of an ensemble; an ``onnxruntime``/``openvino`` engine applies to the .onnx members.
+    Members whose classes differ from the first one's are refused (one line naming the file)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise InputError(None, "no checkpoint given")
+    members = []
+    for p in paths:
+        own = engine if len(paths) == 1 or Path(p).suffix == ".onnx" or engine == "torch" else "auto"
+        members.append(load_predictor(p, own, device))
+    first = _classes(members[0][1])
+    for p, (_, info) in zip(paths[1:], members[1:], strict=True):
+        if _classes(info) != first:
+            raise InputError(p, f"classes {_classes(info)} differ from {paths[0]}'s {first}; the members of an "
+                                "ensemble must predict the same classes")
+    return members
+
+
+def _classes(info: dict) -> list[str]:
+    classes = list(info.get("classes") or [])
+    k = (info.get("model") or {}).get("kwargs", {}).get("num_classes")
+    return classes or [str(i) for i in range(int(k or 0))]
+
+
+def member_precision(members: Sequence[Member], precision: str, device: torch.device, where=None) -> str:
+    """The autocast dtype for the torch members (exported files always run fp32)."""
+    if any(isinstance(m, torch.nn.Module) for m, _ in members):
+        return resolve_precision(precision, device)
+    if precision in ("auto", "fp32"):
+        return "fp32"
+    raise InputError(where, f"--precision {precision} runs with --engine torch; exported files run fp32")
+
+
+def stored_postprocessing(members: Sequence[Member], paths: Sequence) -> dict | None:
+    """The post-processing chosen on validation and stored in the checkpoint(s): for an ensemble only when
+    every member stores the same decision (a decision made for one model is not one for their average)."""
+    decisions = [info.get("postprocessing") for _, info in members]
+    if all(d == decisions[0] for d in decisions):
+        return decisions[0] or None
+    log.warning("the members of the ensemble store different post-processing; none is applied "
+                "(choose one for the ensemble with 'smaformer evaluate -c %s --choose-postprocessing')",
+                " ".join(str(p) for p in paths))
+    return None

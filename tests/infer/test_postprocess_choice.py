@@ -1,0 +1,134 @@
+"""Post-processing chosen on validation (nnU-Net's determine_postprocessing), stored in the checkpoint and
+applied by predict; ensembles and mirroring from the command line."""
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from smaformer.checkpoint import build_checkpoint, default_preprocessing, load_checkpoint, save_checkpoint
+from smaformer.cli import main
+from smaformer.infer.postprocess import PostprocessingSearch, apply_postprocessing, rule_for_all_classes
+from smaformer.models import create_model
+from smaformer.models.registry import tiny_kwargs
+
+
+def _cases(n: int = 3):
+    """Class 1: one organ, predicted with a far-away false-positive speck (LCC helps). Class 2: two
+    separate true parts (kidneys), predicted exactly (LCC hurts)."""
+    out = []
+    for i in range(n):
+        ref = np.zeros((8, 40, 40), np.uint8)
+        ref[2:6, 5:15, 5:15] = 1
+        ref[2:6, 25:30, 5:10] = 2
+        ref[2:6, 25:30, 30:35] = 2
+        pred = ref.copy()
+        pred[1, 36 - i:38, 36:38] = 1
+        out.append((pred, ref))
+    return out
+
+
+def test_choice_picks_lcc_where_it_helps_and_refuses_it_where_it_hurts():
+    search = PostprocessingSearch([1, 2])
+    for pred, ref in _cases():
+        search.add(pred, ref)
+    d = search.decide()
+    assert d["per_class"]["1"]["mode"] in ("lcc", "min_size")
+    assert d["per_class"]["2"] == {"mode": "none"}
+    assert d["dice_after"]["1"] > d["dice_before"]["1"]
+    assert d["candidates"]["2"]["lcc"] < d["dice_before"]["2"] == 1.0
+    for pred, ref in _cases():
+        fixed = apply_postprocessing(pred, d)
+        assert np.array_equal(fixed, ref)
+
+
+def test_choice_keeps_raw_predictions_when_nothing_helps():
+    search = PostprocessingSearch([1, 2])
+    for _, ref in _cases():
+        search.add(ref, ref)
+    d = search.decide()
+    assert d["per_class"] == {"1": {"mode": "none"}, "2": {"mode": "none"}}
+    speckled = _cases()[0][0]
+    assert apply_postprocessing(speckled, None) is speckled
+    assert not apply_postprocessing(speckled, rule_for_all_classes("lcc"))[1].any()   # the speck goes
+
+
+class _Fixed(torch.nn.Module):
+    """Logits that reproduce a label map, whatever the input: lets a 'model' make a chosen mistake."""
+
+    def __init__(self, labels: np.ndarray, k: int = 3):
+        super().__init__()
+        self.register_buffer("logits", 10 * torch.nn.functional.one_hot(torch.from_numpy(labels).long(), k)
+                             .permute(0, 3, 1, 2).float())
+        self.i = 0
+
+    def forward(self, x):
+        out = self.logits[self.i:self.i + x.shape[0]]
+        self.i = (self.i + x.shape[0]) % len(self.logits)
+        return out
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("unet", **tiny_kwargs("unet"), num_classes=3, in_chans=1, img_size=32)
+    pre = default_preprocessing((32, 32), 1, "repeat", {"mode": "minmax"})
+    return save_checkpoint(build_checkpoint(model, ["background", "a", "b"], pre), tmp_path / "tiny.pt")
+
+
+def test_evaluate_chooses_stores_and_predict_applies(tiny, tmp_path, capsys, monkeypatch):
+    from smaformer.data.sample import Sample
+    from smaformer.infer.evaluate import evaluate
+
+    pred, ref = _cases(1)[0]
+    samples = [Sample(np.random.default_rng(0).random(ref.shape).astype(np.float32), ref.astype(np.int64),
+                      {"case": "c0", "is_volume": True})]
+    import smaformer.infer.members as members
+
+    monkeypatch.setattr(members, "load_predictor", lambda p, e, d: (_Fixed(pred), load_checkpoint(p)[1]))
+    res = evaluate(tiny, samples, tmp_path / "ev", overlays=0, progress=False, choose_postprocessing=True,
+                   device="cpu", batch_size=8)
+    after = evaluate(tiny, samples, tmp_path / "ev2", overlays=0, progress=False, device="cpu", batch_size=8)
+    monkeypatch.undo()
+    assert res["postprocessing"]["per_class"]["2"] == {"mode": "none"}
+    assert res["postprocessing"]["stored_in"] == str(tiny)
+    assert load_checkpoint(tiny)[1]["postprocessing"]["per_class"]["1"]["mode"] in ("lcc", "min_size")
+    assert res["mean"]["1"]["standard"]["dice"] < 1.0
+    assert after["mean"]["1"]["standard"]["dice"] == 1.0            # the stored choice is applied by default
+    assert after["config"]["postprocess"] == "auto"
+
+    vol = np.random.default_rng(1).random((4, 20, 24)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "v.nii.gz"))
+    out = tmp_path / "seg.nii.gz"
+    assert main(["predict", "-i", str(tmp_path / "v.nii.gz"), "-o", str(out), "-c", str(tiny), "--quiet"]) == 0
+    assert "post-processing 1: " in capsys.readouterr().out
+    assert main(["predict", "-i", str(tmp_path / "v.nii.gz"), "-o", str(out), "-c", str(tiny), "--quiet",
+                 "--postprocess", "none"]) == 0
+    assert "post-processing none" in capsys.readouterr().out
+
+
+def test_cli_ensemble_with_tta_keeps_geometry_and_refuses_other_classes(tiny, tmp_path, capsys):
+    affine = np.array([[0.7, 0, 0, -10], [0, 0.8, 0, 5], [0, 0, 3.0, 2], [0, 0, 0, 1]])
+    vol = np.random.default_rng(2).integers(-50, 200, (20, 24, 5)).astype(np.int16)
+    nib.save(nib.Nifti1Image(vol, affine), str(tmp_path / "ct.nii.gz"))
+    torch.manual_seed(1)
+    other = create_model("unet", **tiny_kwargs("unet"), num_classes=3, in_chans=3, img_size=48)
+    second = save_checkpoint(build_checkpoint(other, ["background", "a", "b"],
+                                              default_preprocessing((48, 48), 3, "repeat", {"mode": "zscore"})),
+                             tmp_path / "second.pt")
+    out = tmp_path / "seg.nii.gz"
+    assert main(["predict", "-i", str(tmp_path / "ct.nii.gz"), "-o", str(out), "-c", str(tiny), str(second),
+                 "--tta", "--quiet"]) == 0
+    seg = nib.load(str(out))
+    assert seg.shape == vol.shape and np.array_equal(seg.affine, nib.load(str(tmp_path / "ct.nii.gz")).affine)
+    assert "2 model(s)" in capsys.readouterr().out
+
+    wrong = save_checkpoint(build_checkpoint(other, ["background", "liver", "spleen"],
+                                             default_preprocessing((48, 48), 3, "repeat", {"mode": "zscore"})),
+                            tmp_path / "wrong.pt")
+    assert main(["predict", "-i", str(tmp_path / "ct.nii.gz"), "-o", str(tmp_path / "x.nii.gz"), "-c", str(tiny),
+                 str(wrong), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "wrong.pt" in err[0] and "same classes" in err[0]
+    assert not (tmp_path / "x.nii.gz").exists()
