@@ -2,8 +2,9 @@
 import pytest
 import torch
 
+import smaformer.runtime as runtime
 from smaformer.errors import InputError
-from smaformer.runtime import autocast, resolve_device, resolve_precision
+from smaformer.runtime import autocast, cpu_bf16_units, cpu_description, resolve_device, resolve_precision
 
 
 def test_auto_device_is_the_best_present():
@@ -38,3 +39,14 @@ def test_autocast_context():
         assert (x @ x).dtype == torch.bfloat16
     with autocast("fp32", "cpu"):
         assert (x @ x).dtype == torch.float32
+
+
+def test_cpu_bf16_units_and_auto_stays_fp32_on_cpu(monkeypatch):
+    flags = " ".join(line for line in runtime._cpuinfo_lines() if line.startswith("flags")).split()
+    want = next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), None)
+    if flags:
+        assert cpu_bf16_units() == want
+    assert cpu_bf16_units() in (None, "amx_bf16", "avx512_bf16")
+    assert "bf16 units" in cpu_description() and "torch capability" in cpu_description()
+    monkeypatch.setattr(runtime, "cpu_bf16_units", lambda: "amx_bf16")
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"   # bf16 failed the label check (DEPLOY.md)

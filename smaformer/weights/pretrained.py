@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 
 from smaformer.errors import InputError
-from smaformer.models.layers.swin import interpolate_rel_pos_table
+from smaformer.models.layers.window_attention import interpolate_rel_pos_table
 from smaformer.weights.official import COMPUTED_BUFFERS, read_state_dict
 
 _TABLE = "relative_position_bias_table"

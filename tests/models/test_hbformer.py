@@ -12,7 +12,7 @@ from golden_weights import golden_file_state_dict
 from smaformer.errors import CheckpointError
 from smaformer.models import create_model
 from smaformer.models.hbformer import HBFormer, pick_window
-from smaformer.models.layers.swin import interpolate_rel_pos_table
+from smaformer.models.layers.window_attention import interpolate_rel_pos_table
 from smaformer.models.registry import tiny_kwargs
 from smaformer.weights import load_official, load_pretrained
 from smaformer.weights.official import convert_official

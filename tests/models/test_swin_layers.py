@@ -12,6 +12,8 @@ from smaformer.models.layers.swin import (
     PatchMerging,
     SwinBlock,
     SwinStage,
+)
+from smaformer.models.layers.window_attention import (
     WindowAttention,
     interpolate_rel_pos_table,
     relative_position_index,

@@ -12,7 +12,7 @@ from golden_weights import golden_tensor
 
 from smaformer.errors import InputError
 from smaformer.models import create_model
-from smaformer.models.layers.swin import interpolate_rel_pos_table
+from smaformer.models.layers.window_attention import interpolate_rel_pos_table
 from smaformer.models.registry import tiny_kwargs
 from smaformer.models.swin_unet import SwinUnet
 from smaformer.weights import CoverageReport, load_pretrained

@@ -6,16 +6,15 @@ input resolution at construction, so any size works (Swin V1 padding to window m
 API
 - ``PatchEmbed(in_chans, embed_dim, patch_size=4)``: ``(B, C, H, W) -> (B, H/4, W/4, D)``; conv k4 s4 then
   LayerNorm (``proj``, ``norm``). H, W that are not multiples of the patch are zero-padded bottom/right.
-- ``WindowAttention(dim, num_heads, window_size, qkv_bias=True)``: ``forward(x (B*nW, N, C), window, mask)``
-  with mask ``(nW, N, N) | None``;
-  ``qkv``, ``proj``, ``relative_position_bias_table`` ((2w-1)^2, heads); ``relative_position_index`` is a
-  computed, non-persistent buffer. Runs ``F.scaled_dot_product_attention`` with bias (+ shift mask) as the
-  additive mask.
+- ``WindowAttention``: see ``window_attention`` (the explicit and fused attention paths).
 - ``SwinBlock(dim, num_heads, window_size, shift, mlp_ratio=4., drop_path=0.)``: ``(B, H, W, C) -> same``.
   Pre-norm (``norm1``, ``attn``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``). Shifted blocks roll by window // 2.
   When min(H, W) <= window there is no shift and the window is the whole (short side of the) map, as in
-  official Swin. The shift mask (0 / -100) is cached per (H, W, window, shift, device);
-  ``window_mask(H, W, device)`` returns it (None when unshifted).
+  official Swin. Roll + window partition is one ``index_select`` with a precomputed token order, and window
+  reverse + roll back one more (exact copies; ``torch.roll`` and permute copies were the slow part). The
+  shift mask (0 / -100) and the token orders are cached per (H, W, window, shift, device), for at most
+  ``LAYOUT_CACHE`` input sizes per block; ``window_mask(H, W, device)`` returns the mask (None when
+  unshifted).
 - ``SwinStage(dim, depth, num_heads, window_size, drop_path, mlp_ratio=4., downsample=False, upsample=False)``:
   ``blocks`` alternating W-MSA / SW-MSA, then an optional ``downsample`` (PatchMerging) or ``upsample``
   (PatchExpand), named as in official Swin / Swin-Unet so checkpoints map by renaming.
@@ -25,19 +24,18 @@ API
   split as (p1 p2 c), ``norm`` LN(C/2).
 - ``FinalPatchExpandX4(dim)``: ``(B, H, W, C) -> (B, 4H, 4W, C)``; Linear(C, 16C, no bias), p=4, LN(C).
 - ``DropPath(p)``: stochastic depth per sample.
-- ``interpolate_rel_pos_table(table, new_window)``: bicubic resize of a ((2w-1)^2, heads) bias table; the
-  same tensor values come back when the window is unchanged.
 - ``init_swin_weights(module)``: official init (trunc-normal 0.02 Linear weights, zero biases, LN 1/0).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from smaformer.models.layers.window_attention import WindowAttention
+
 MASK_VALUE = -100.0  # official Swin uses -100 (not -inf) for cross-region pairs
+LAYOUT_CACHE = 4  # input sizes whose shift mask and token order a block keeps
 
 
 class DropPath(nn.Module):
@@ -56,69 +54,6 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
-
-
-def relative_position_index(window: int) -> torch.Tensor:
-    """(N, N) index into a ((2w-1)^2, heads) table: ``(dh + w-1) * (2w-1) + (dw + w-1)``, dh = h_q - h_k."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
-    rel = coords[:, :, None] - coords[:, None, :] + (window - 1)
-    return rel[0] * (2 * window - 1) + rel[1]
-
-
-def interpolate_rel_pos_table(table: torch.Tensor, new_window: int) -> torch.Tensor:
-    """Resize a ((2w-1)^2, heads) relative-position bias table to ``new_window`` bicubically (as timm does).
-
-    An unchanged window returns the values exactly (a clone)."""
-    side = math.isqrt(table.shape[0])
-    if side * side != table.shape[0]:
-        raise ValueError(f"bias table with {table.shape[0]} rows is not (2w-1)^2")
-    new_side = 2 * new_window - 1
-    if new_side == side:
-        return table.clone()
-    grid = table.T.reshape(1, table.shape[1], side, side).float()
-    grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
-    return grid.reshape(table.shape[1], new_side * new_side).T.contiguous().to(table.dtype)
-
-
-class WindowAttention(nn.Module):
-    """Multi-head self-attention inside windows with a learned relative-position bias."""
-
-    def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.dim, self.num_heads, self.window_size = dim, num_heads, window_size
-        self.scale = (dim // num_heads) ** -0.5
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def relative_bias(self, window: int) -> torch.Tensor:
-        """(heads, N, N) bias for a window of side ``window`` (<= the table's window: a centred sub-range)."""
-        index = self.relative_position_index
-        if window != self.window_size:  # map smaller than the window: the same offsets, from the top-left block
-            full = self.window_size
-            index = index.view(full, full, full, full)[:window, :window, :window, :window]
-        n = window * window
-        return self.relative_position_bias_table[index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
-
-    def forward(self, x: torch.Tensor, window: int, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B*nW, N, C) windows of side ``window``; mask: (nW, N, N) additive shift mask or None."""
-        b_, n, c = x.shape
-        qkv = self.qkv(x).reshape(b_, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (B*nW, heads, N, hd)
-        bias = self.relative_bias(window).to(q.dtype)
-        if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0), scale=self.scale)
-        else:
-            nw = mask.shape[0]
-            shape = (b_ // nw, nw, self.num_heads, n, -1)
-            attn_mask = bias.unsqueeze(0) + mask.to(q.dtype).unsqueeze(1)  # (nW, heads, N, N)
-            out = F.scaled_dot_product_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape),
-                                                 attn_mask=attn_mask, scale=self.scale)
-        return self.proj(out.reshape(b_, self.num_heads, n, -1).transpose(1, 2).reshape(b_, n, c))
 
 
 class Mlp(nn.Module):
@@ -158,7 +93,7 @@ class SwinBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self._masks: dict[tuple, torch.Tensor] = {}
+        self._layouts: dict[tuple, tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]] = {}
 
     def geometry(self, h: int, w: int) -> tuple[int, int]:
         """(window, shift) used at resolution (h, w): whole-map window and no shift when min(h, w) <= window."""
@@ -168,35 +103,43 @@ class SwinBlock(nn.Module):
 
     def window_mask(self, h: int, w: int, device: torch.device | None = None) -> torch.Tensor | None:
         """The cached (nW, N, N) shift mask for an (h, w) input, or None when this block does not shift."""
+        return self._layout(h, w, device or self.attn.qkv.weight.device)[0]
+
+    def _layout(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(shift mask or None, token order, inverse order) of the padded (hp, wp) map, cached per
+        (hp, wp, window, shift, device), at most ``LAYOUT_CACHE`` sizes per block (oldest dropped first).
+
+        ``order`` lists the flat token indices of the rolled map window by window, so one ``index_select``
+        does roll + window partition, and ``inverse`` does window reverse + roll back (exact copies)."""
         window, shift = self.geometry(h, w)
-        if shift == 0:
-            return None
         hp, wp = -(-h // window) * window, -(-w // window) * window
-        device = device or self.attn.qkv.weight.device
         key = (hp, wp, window, shift, str(device))
-        if key not in self._masks:
-            self._masks[key] = _shift_mask(hp, wp, window, shift, device)
-        return self._masks[key]
+        if key not in self._layouts:
+            grid = torch.arange(hp * wp, device=device).view(hp, wp)
+            if shift:
+                grid = torch.roll(grid, shifts=(-shift, -shift), dims=(0, 1))
+            order = grid.view(hp // window, window, wp // window, window).permute(0, 2, 1, 3).reshape(-1)
+            mask = _shift_mask(hp, wp, window, shift, device) if shift else None
+            while len(self._layouts) >= LAYOUT_CACHE:
+                self._layouts.pop(next(iter(self._layouts)))
+            self._layouts[key] = (mask, order, torch.argsort(order))
+        return self._layouts[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
-        window, shift = self.geometry(h, w)
+        window, _ = self.geometry(h, w)
+        mask, order, inverse = self._layout(h, w, x.device)
         shortcut = x
         x = self.norm1(x)
         pad_h, pad_w = (-h) % window, (-w) % window
         if pad_h or pad_w:  # Swin V1: zero-pad normalised tokens bottom/right, crop back after attention
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         hp, wp = h + pad_h, w + pad_w
-        if shift:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        windows = x.reshape(b, hp // window, window, wp // window, window, c).permute(0, 1, 3, 2, 4, 5)
-        windows = self.attn(windows.reshape(-1, window * window, c), window, self.window_mask(h, w, x.device))
-        x = windows.reshape(b, hp // window, wp // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
-        x = x.reshape(b, hp, wp, c)
-        if shift:
-            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        windows = x.reshape(b, hp * wp, c).index_select(1, order).view(-1, window * window, c)
+        windows = self.attn(windows, window, mask)
+        x = windows.reshape(b, hp * wp, -1).index_select(1, inverse).view(b, hp, wp, -1)
         if pad_h or pad_w:
-            x = x[:, :h, :w].contiguous()
+            x = x[:, :h, :w]
         x = shortcut + self.drop_path(x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
