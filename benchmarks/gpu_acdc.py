@@ -220,7 +220,7 @@ def one_run(rep, opts, site, preset: str, plans: dict, later: list[str], correct
     cmd = [sys.executable, "-m", "smaformer", "train", "--config", preset, "--out", str(run_dir), "--no-progress"]
     cmd += [a for s in sets for a in ("--set", s)]
     rep.log(f"acdc {preset}: training {epochs}/{p['epochs_recipe']} epochs, time limit {time_limit:.0f} s")
-    rec["train"] = run_logged(cmd, tmp / f"{preset}_train.log", own - EVAL_S / 2, env)
+    rec["train"] = run_logged(cmd, tmp / f"{preset}_train.log", own, env)
     rep.append_log(tmp / f"{preset}_train.log", f"{preset} train")
     log_text = (tmp / f"{preset}_train.log").read_text(encoding="utf-8", errors="replace")
     history = train_log(run_dir)
@@ -237,8 +237,8 @@ def one_run(rep, opts, site, preset: str, plans: dict, later: list[str], correct
         shutil.copyfile(run_dir / "train_log.csv", rep.out / f"{preset}_train_log.csv")
     rep.log(f"acdc {preset}: {rec['stopped']} after {rec['epochs_done']} epochs, {rec['iterations']} iterations, "
             f"{rec['train']['wall_s']} s")
-    if rec["train"]["rc"] not in (0, 143) or not (run_dir / "latest.pt").is_file():
-        raise RuntimeError(f"training {preset} failed (rc {rec['train']['rc']}); see the log")
+    if not (run_dir / "latest.pt").is_file():    # a run stopped at the timeout still has its last epoch's weights
+        raise RuntimeError(f"training {preset} left no latest.pt (rc {rec['train']['rc']}); see the log")
     device = "cpu" if opts.dry_run else opts.device
     cmd = [sys.executable, "-m", "smaformer", "evaluate", "-c", str(run_dir / "latest.pt"), "-d", data["root"],
            "-o", str(tmp / f"{preset}_eval"), "--split", "val", "--overlays", "0", "--no-progress", "--device", device,

@@ -34,6 +34,7 @@ import time
 import traceback
 from pathlib import Path
 
+T0 = time.perf_counter()       # the deadline counts from here (imports included)
 REPO = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 DEFAULT_DATA = REPO / "pack" / "acdc_u8.npz"
@@ -55,7 +56,7 @@ class Report:
     """The JSON record, the log, the deadline and the guards around each measurement."""
 
     def __init__(self, out: Path, deadline_s: float, argv: list[str]):
-        self.t0, self.deadline_s, self.out = time.perf_counter(), deadline_s, out
+        self.t0, self.deadline_s, self.out = T0, deadline_s, out
         out.mkdir(parents=True, exist_ok=True)
         self.log_path, self.json_path = out / "gpu_check.log", out / "gpu_check.json"
         self._log = self.log_path.open("w", encoding="utf-8")
@@ -257,6 +258,30 @@ def speed(rep: Report, opts: argparse.Namespace, device) -> None:
         rep.save()
 
 
+GOALS = {"smaformer bf16 inference slices/s": 3000, "smaformer AMP training slices/s": 600}   # docs/BENCHMARKS.md
+
+
+def summary(data: dict) -> dict:
+    """The figures at a glance: slices/s and peak MiB per model, the goals, the ACDC Dice."""
+    out: dict = {}
+    for section, key in (("inference", "inference_slices_s"), ("training", "training_slices_s")):
+        for r in data.get(section, {}).get("rows", []):
+            if "slices_s" in r:
+                name = f"{r['model']} {r['precision']}"
+                out.setdefault(key, {})[name] = r["slices_s"]
+                out.setdefault(key.replace("slices_s", "peak_mem_mib"), {})[name] = r["peak_mem_mib"]
+    inf, tr = out.get("inference_slices_s", {}), out.get("training_slices_s", {})
+    out["goals"] = {
+        goal: {spec: {"measured": v, "met": v >= target} for spec in ("smaformer_compat", "smaformer_native")
+               if (v := (inf if "inference" in goal else tr).get(f"{spec} bf16")) is not None} or "not measured"
+        for goal, target in GOALS.items()} if not data.get("dry_run") else "dry run: tiny models on CPU, not comparable"
+    out["acdc_dice_mean_standard"] = {
+        r["run"]: {"dice": r["scores"]["dice_mean_standard"], "epochs": r.get("epochs_done"),
+                   "of_recipe": r.get("epochs_recipe")} if "scores" in r else r.get("skipped") or "not scored"
+        for r in data.get("acdc", {}).get("runs", [])}
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from bench_models import SPECS
     from gpu_acdc import RUNS
@@ -304,6 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     with rep.guard("environment"):
         import torch
 
+        try:
+            import smaformer  # noqa: F401
+        except ImportError as e:
+            raise RuntimeError(f"cannot import smaformer ({e}); on the device machine run "
+                               "benchmarks/pack_acdc.py here first (it copies nibabel into pack/site) and carry "
+                               "pack") from e
+
         device = torch.device(opts.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("CUDA is not available (torch " + torch.__version__ + ")")
@@ -326,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                 acdc(rep, opts, site)
         else:
             rep.skip("acdc", "not asked for (--sections)")
+    rep.data["summary"] = summary(rep.data)
     rep.log(f"done in {rep.elapsed():.0f} s: {len(rep.data['errors'])} errors, {len(rep.data['skipped'])} skipped; "
             f"{rep.json_path}")
     rep.save()

@@ -79,3 +79,29 @@ def test_gpu_check_dry_run_writes_the_record(tmp_path):
                             "acdc_smaformer_train_log.csv", "acdc_swin_unet_metrics.json",
                             "acdc_smaformer_metrics.json"])
     assert "acdc acdc_smaformer: mean Dice" in (out / "gpu_check.log").read_text()
+
+
+def test_gpu_check_deadline_skips_and_says_why(tmp_path):
+    """Too little time for anything: every measurement is skipped with its reason, the JSON still written."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--dry-run", "--deadline", "1",
+                           "--models", "swin_unet", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = json.loads((out / "gpu_check.json").read_text())
+    whys = {s["what"]: s["why"] for s in rec["skipped"]}
+    assert whys["speed swin_unet"].startswith("deadline") and rec["inference"]["rows"] == []
+    assert "no measured training throughput" in whys["acdc acdc_swin_unet"]
+    assert rec["summary"]["goals"].startswith("dry run")
+
+
+def test_acdc_estimate_counts_slices_saves_and_validation():
+    sys.path.insert(0, str(BENCH))
+    import gpu_acdc
+
+    data = {"n_slices": 1312, "n_volumes": 20, "n_volume_slices": 200}
+    row = {"slices_s": 1000.0 / gpu_acdc.EFFICIENCY, "checkpoint_save_s": 0.5}   # 1,000 /s in the loop
+    plan = gpu_acdc.estimate({"train": {"epochs": 150}}, data, row, infer_slices_s=2000.0, batch=24, val_every=0)
+    assert plan["steps_per_epoch"] == 54 and plan["estimated_epoch_s"] == round(1.296 + 0.5, 2)
+    assert plan["estimated_recipe_s"] == round(150 * 1.796, 1)
+    with_val = gpu_acdc.estimate({"train": {"epochs": 150}}, data, row, 2000.0, 24, val_every=5)
+    assert with_val["estimated_epoch_s"] == round(1.796 + (0.1 + 1.0) / 5, 2)
