@@ -278,6 +278,7 @@ class Trainer:
         """Train to the end (or to ``stop_after`` optimizer steps, saving latest.pt there)."""
         t = self.cfg["train"]
         if self.dist.main:
+            self.log(f"device {self.device}, precision {self.precision} (train.precision {t['precision']})")
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(self.cfg, self.run_dir / "config.yaml")
             if self.data.splits is not None:
