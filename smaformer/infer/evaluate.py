@@ -117,7 +117,7 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
     PNGs and into report.html. Returns the metrics.json dict.
     """
     from smaformer.data import open_dataset
-    from smaformer.infer.members import load_members, member_precision
+    from smaformer.infer.members import domain_warnings, load_members, member_precision
     from smaformer.infer.report import overlay_png, select_slices, write_html
 
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
@@ -168,6 +168,9 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
             was_2d = not sample.is_volume
             vol = sample.as_volume()
             image, ref = vol.image, vol.label
+            warnings = domain_warnings(members, image, sample.meta.get("spacing"), case)
+            for w in warnings:
+                log.warning("%s", w)
             t0 = time.perf_counter()
             pred = infer_ensemble([(m, i["preprocessing"]) for m, i in members], image, batch_size=batch_size,
                                   device=device, precision=precision, legacy_resize=legacy_resize, tta=tta,
@@ -183,7 +186,8 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
             metrics = {str(k): v for k, v in res.items()}
             entry = {"case": case, "shape": list(ref.shape[1:] if was_2d else ref.shape),
                      "spacing": None if spacing is None else [float(s) for s in spacing],
-                     "reference_file": sample.meta.get("path"), "seconds": round(seconds, 3), "metrics": metrics,
+                     "reference_file": sample.meta.get("path"), "seconds": round(seconds, 3), "warnings": warnings,
+                     "metrics": metrics,
                      "foreground_mean": _case_fg(metrics)}
             if save_nifti and not was_2d:
                 entry["prediction_file"] = str(_save_prediction(out / "predictions" / f"{case}.nii.gz", pred,

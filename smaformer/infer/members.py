@@ -10,8 +10,10 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from smaformer.data.fingerprint import intensity_warnings
 from smaformer.errors import InputError
 from smaformer.export.runtimes import RUNTIMES
 from smaformer.io_utils import check_readable
@@ -85,3 +87,13 @@ def stored_postprocessing(members: Sequence[Member], paths: Sequence) -> dict | 
                 "(choose one for the ensemble with 'smaformer evaluate -c %s --choose-postprocessing')",
                 " ".join(str(p) for p in paths))
     return None
+
+
+def domain_warnings(members: list[Member], image: np.ndarray, spacing, case: str) -> list[str]:
+    """The intensity/spacing guard of every member (its training fingerprint), each warning once."""
+    found: list[str] = []
+    for _, info in members:
+        for w in intensity_warnings(info.get("fingerprint"), image, spacing, case, info.get("preprocessing")):
+            if w not in found:
+                found.append(w)
+    return found

@@ -9,9 +9,10 @@ does the same check) and only then moved into place. A failing case is reported 
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -21,10 +22,10 @@ import torch
 from smaformer.data.arrays import H5_SUFFIXES
 from smaformer.data.io import IMAGE_SUFFIXES, is_nifti, read_image, write_labels
 from smaformer.errors import InputError
-from smaformer.infer.members import Member, load_members, member_precision, stored_postprocessing
+from smaformer.infer.members import Member, domain_warnings, load_members, member_precision, stored_postprocessing
 from smaformer.infer.postprocess import apply_postprocessing, describe_postprocessing
 from smaformer.infer.volume import infer_ensemble
-from smaformer.io_utils import atomic_path
+from smaformer.io_utils import atomic_path, write_text
 from smaformer.runtime import resolve_device
 
 OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".png", ".tif", ".tiff")
@@ -39,6 +40,7 @@ class CaseResult:
     slices: int = 0
     seconds: float = 0.0
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------ input/output
@@ -131,13 +133,14 @@ class Settings:
 
 
 def predict_case(members: list[Member], case: Path, output: Path, settings: Settings, *,
-                 single: bool = True) -> tuple[Path, int]:
+                 single: bool = True) -> tuple[Path, int, list[str]]:
     """Segment one case with the members (averaged) and write it (see ``output_path``); returns
-    ``(written path, slices)``."""
+    ``(written path, slices, warnings of the intensity guard)``."""
     info = members[0][1]
     image, props = read_image(case, dtype=None)  # stored type (int16 CT stays int16: half the memory)
     if image.dtype == np.float64:
         image = image.astype(np.float32)
+    warnings = domain_warnings(members, image, props.get("spacing"), case_stem(case))
     out = output_path(case, Path(output), single, props)
     vol = _as_volume(image, props)
     try:
@@ -154,7 +157,7 @@ def predict_case(members: list[Member], case: Path, output: Path, settings: Sett
         stem = out.name[: -len(".nii.gz")] if out.name.endswith(".nii.gz") else out.stem
         with atomic_path(out.with_name(stem + "_probabilities.npz")) as tmp:
             np.savez_compressed(tmp, probabilities=probs, classes=np.array(info.get("classes") or []))
-    return out, int(vol.shape[0])
+    return out, int(vol.shape[0]), warnings
 
 
 def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, *, engine: str = "auto",
@@ -189,7 +192,9 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
         res = CaseResult(case)
         t0 = time.perf_counter()
         try:
-            res.output, res.slices = predict_case(members, case, output, settings, single=single)
+            res.output, res.slices, res.warnings = predict_case(members, case, output, settings, single=single)
+            for w in res.warnings:
+                log(f"WARNING {w}")
         except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch; reported below
             res.output, res.error = None, str(e).splitlines()[0] if str(e) else type(e).__name__
             log(f"FAILED {case}: {res.error}")
@@ -197,4 +202,17 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
         if res.error is None:
             log(f"{case} -> {res.output} ({res.slices} slices, {res.seconds:.1f} s)")
         results.append(res)
+    _write_summary(output, single, paths, settings, results)
     return results
+
+
+def _write_summary(output: Path, single: bool, paths: list, settings: Settings, results: list[CaseResult]) -> Path:
+    """``predict.json`` beside the outputs (``<name>.json`` for a single output file): the models and
+    settings, and per case its output, time, guard warnings or error."""
+    path = output.with_name(case_stem(output) + ".json") if single and not output.is_dir() else output / "predict.json"
+    doc = {"format": "smaformer-predictions", "version": 1, "checkpoints": [str(p) for p in paths],
+           "precision": settings.precision, "device": str(settings.device), "tta": settings.tta,
+           "inference": settings.inference or "per checkpoint",
+           "postprocessing": describe_postprocessing(settings.postprocessing),
+           "cases": [{**asdict(r), "source": str(r.source), "output": r.output and str(r.output)} for r in results]}
+    return write_text(path, json.dumps(doc, indent=1))

@@ -1,5 +1,6 @@
 """``smaformer predict``: geometry kept exactly (RAS, LPS, oblique, DICOM), 2D masks, engines, failures."""
 import math
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -202,3 +203,32 @@ def test_h5_volumes_predict_to_nifti(data_dir, ckpt, tmp_path, capsys):
         f["label"] = np.zeros((2, 4, 4))
     assert main(["predict", "-i", str(bad), "-o", str(tmp_path / "b.nii.gz"), "-c", str(ckpt), "--quiet"]) == 1
     assert "bad.h5: missing key 'image' (has: label)" in capsys.readouterr().out
+
+
+def test_intensity_guard_warns_on_hu_into_an_mri_model_and_records_it(tmp_path, capsys):
+    """A checkpoint trained on [0, 1] MRI-like volumes: raw-HU CT gets a one-line warning naming the case
+    (printed and in predict.json); data like the training data gets none."""
+    import json
+
+    from smaformer.data.fingerprint import dataset_fingerprint
+    from smaformer.data.sample import Sample, SampleList
+
+    rng = np.random.default_rng(0)
+    train = [Sample(rng.random((4, 24, 24)).astype(np.float32), np.zeros((4, 24, 24), np.int64),
+                    {"case": f"mri{i}", "is_volume": True}) for i in range(3)]
+    torch.manual_seed(0)
+    model = create_model("unet", **tiny_kwargs("unet"), num_classes=3, in_chans=1, img_size=32)
+    ckpt = build_checkpoint(model, CLASSES, default_preprocessing((32, 32), 1, "repeat", {"mode": "none"}),
+                            fingerprint=dataset_fingerprint(SampleList(train)))
+    path = save_checkpoint(ckpt, tmp_path / "mri.pt")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(rng.integers(-1024, 2000, (24, 24, 4)).astype(np.int16), np.eye(4)),
+             str(folder / "ct_hu.nii.gz"))
+    nib.save(nib.Nifti1Image(rng.random((24, 24, 4)).astype(np.float32), np.eye(4)), str(folder / "mri_like.nii.gz"))
+    assert main(["predict", "-i", str(folder), "-o", str(tmp_path / "out"), "-c", str(path), "--quiet"]) == 0
+    warned = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("WARNING")]
+    assert len(warned) == 1 and "case ct_hu:" in warned[0] and "far outside" in warned[0]
+    doc = json.loads((tmp_path / "out" / "predict.json").read_text())
+    by_case = {Path(c["source"]).name: c["warnings"] for c in doc["cases"]}
+    assert by_case["mri_like.nii.gz"] == [] and len(by_case["ct_hu.nii.gz"]) == 1
