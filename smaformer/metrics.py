@@ -118,14 +118,11 @@ def _offset_table(sp: tuple[float, ...], size: int) -> tuple[np.ndarray, np.ndar
     return grid[order], length[order], reach
 
 
-def _scan(pos: np.ndarray, dst: np.ndarray, steps: np.ndarray, lengths: np.ndarray, dist: np.ndarray,
-          budget) -> np.ndarray:
-    """Settle the points ``pos`` (flat indices into the padded flat surface ``dst``) at the first offset
-    (flat ``steps``, sorted by ``lengths``; steps[0] is 0) that hits ``dst``, writing ``dist``; return the
+def _scan(pos: np.ndarray, todo: np.ndarray, dst: np.ndarray, steps: np.ndarray, lengths: np.ndarray,
+          dist: np.ndarray, budget) -> np.ndarray:
+    """Settle the points ``pos[todo]`` (flat indices into the padded flat surface ``dst``) at the first
+    offset (flat ``steps[1:]``, sorted by ``lengths``) that hits ``dst``, writing ``dist``; return the
     indices of the points left unsettled (all offsets tried, or the scan has cost as much as ``budget``)."""
-    on = dst[pos]
-    dist[on] = 0.0
-    todo = np.flatnonzero(~on)
     q, spent, k = pos[todo], 0.0, 1
     while todo.size and k < steps.size:
         g = min(steps.size - k, max(1, _SCAN_CHUNK // todo.size))
@@ -154,37 +151,44 @@ def _edt_at(dst: np.ndarray, pts: np.ndarray, sp: np.ndarray) -> np.ndarray:
     return ndimage.distance_transform_edt(~dst, sampling=sp)[tuple(pts.T)]
 
 
-def _directed(src: np.ndarray, dst: np.ndarray, dst_crop: np.ndarray, reach: np.ndarray, sp: np.ndarray,
-              method: str) -> np.ndarray:
-    """Distance from each ``src`` surface voxel (C order, like medpy's ``dt[border]``) to the nearest
-    ``dst`` surface voxel, in spacing units. ``src``/``dst`` are the surfaces of one crop padded by
-    ``reach`` (the scan's reach, 0 without a scan); ``dst_crop`` is ``dst`` unpadded."""
-    pos = np.flatnonzero(src)
-    dist = np.empty(pos.size)
-    todo = np.arange(pos.size)  # points not yet settled
+def _directed(pos: np.ndarray, dst: np.ndarray, dst_crop: np.ndarray, shape: tuple[int, ...],
+              reach: np.ndarray, sp: np.ndarray, method: str) -> np.ndarray:
+    """Distance from each source surface voxel to the nearest ``dst`` surface voxel, in spacing units.
+
+    ``pos``: the source voxels as flat indices (C order, like medpy's ``dt[border]``) into the crop padded
+    by ``reach`` (the scan's reach, 0 without a scan), of padded shape ``shape``; ``dst``: the other
+    surface, padded and flat; ``dst_crop``: it unpadded. Voxels on both surfaces are at distance 0."""
+    dist = np.zeros(pos.size)
+    todo = np.flatnonzero(~dst[pos])  # points not yet settled
     n_dst = int(np.count_nonzero(dst_crop))
 
     def kd_cost(n: int) -> float:
         return _COST_KD_POINT * n_dst + _COST_KD_QUERY * n
 
     edt_cost = _COST_EDT_VOXEL * dst_crop.size
-    if method in ("auto", "scan"):
+    if method in ("auto", "scan") and todo.size:
         steps, lengths, _ = _offset_table(tuple(sp), _SCAN_OFFSETS)
-        strides = np.cumprod((src.shape[1:] + (1,))[::-1])[::-1]
-        todo = _scan(pos, dst.ravel(), steps @ strides, lengths, dist,
+        strides = np.cumprod((shape[1:] + (1,))[::-1])[::-1]
+        todo = _scan(pos, todo, dst, steps @ strides, lengths, dist,
                      None if method == "scan" else lambda n: min(kd_cost(n), edt_cost))
     if todo.size:
-        pts = np.stack(np.unravel_index(pos[todo], src.shape), axis=1) - reach
+        pts = np.stack(np.unravel_index(pos[todo], shape), axis=1) - reach
         edt = method == "edt" or (method == "auto" and edt_cost < kd_cost(todo.size))
         dist[todo] = (_edt_at if edt else _kdtree_at)(dst_crop, pts, sp)
     return dist
 
 
-def _distance_pair(pb: np.ndarray, rb: np.ndarray, sp: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """Both directed distance sets (pb→rb, rb→pb) between two non-empty surfaces of one crop."""
-    reach = _offset_table(tuple(sp), _SCAN_OFFSETS)[2] if method in ("auto", "scan") else np.zeros(pb.ndim, np.int64)
+def _distance_pairs(pb: np.ndarray, rb: np.ndarray, spacings: Sequence[np.ndarray],
+                    method: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Both directed distance sets (pb→rb, rb→pb) between two non-empty surfaces of one crop, for each
+    spacing; the padded surfaces and their voxel lists are made once for all spacings."""
+    scan = method in ("auto", "scan")
+    reach = (np.max([_offset_table(tuple(sp), _SCAN_OFFSETS)[2] for sp in spacings], axis=0) if scan
+             else np.zeros(pb.ndim, np.int64))
     pp, rp = (np.pad(m, [(r, r) for r in reach]) for m in (pb, rb)) if reach.any() else (pb, rb)
-    return _directed(pp, rp, rb, reach, sp, method), _directed(rp, pp, pb, reach, sp, method)
+    pos_p, pos_r, fp, fr = np.flatnonzero(pp), np.flatnonzero(rp), pp.ravel(), rp.ravel()
+    return [(_directed(pos_p, fr, rb, pp.shape, reach, sp, method),
+             _directed(pos_r, fp, pb, pp.shape, reach, sp, method)) for sp in spacings]
 
 
 def _mask_box(mask: np.ndarray) -> tuple[slice, ...] | None:
@@ -213,7 +217,7 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: float | Sequen
         raise ValueError("surface distances need two non-empty masks")
     box = _merge(pbox, rbox, pred.shape)
     sp = _spacing(spacing, pred.ndim)
-    return _distance_pair(_border(pred[box], connectivity), _border(ref[box], connectivity), sp, method)
+    return _distance_pairs(_border(pred[box], connectivity), _border(ref[box], connectivity), [sp], method)[0]
 
 
 def _hd95(d1: np.ndarray, d2: np.ndarray) -> float:
@@ -300,12 +304,13 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int],
                    (n_pred > 0, n_ref > 0), "both")}
         if n_pred and n_ref:
             pb, rb = _border(p, connectivity), _border(r, connectivity)
-            d1, d2 = _distance_pair(pb, rb, sp, "auto")
+            unit = np.ones_like(sp)
+            pairs = _distance_pairs(pb, rb, [sp] if np.all(sp == 1) else [sp, unit], "auto")
+            d1, d2 = pairs[0]
             std_dice = 2.0 * tp / (n_pred + n_ref)
             res["standard"] = {"dice": std_dice, "iou": tp / (n_pred + n_ref - tp),
                                "hd95": _hd95(d1, d2), "assd": _assd(d1, d2)}
-            unit = np.ones_like(sp)
-            legacy_hd = res["standard"]["hd95"] if np.all(sp == 1) else _hd95(*_distance_pair(pb, rb, unit, "auto"))
+            legacy_hd = res["standard"]["hd95"] if len(pairs) == 1 else _hd95(*pairs[1])  # in voxels
             res["legacy"] = {"dice": std_dice, "hd95": legacy_hd}
         elif n_pred or n_ref:
             res["standard"] = {"dice": 0.0, "iou": 0.0, "hd95": diag, "assd": diag}
