@@ -17,9 +17,9 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     """``-c`` (one checkpoint or an ensemble), ``--engine``, ``--tta``, ``--inference``, ``--postprocess``."""
-    p.add_argument("-c", "--checkpoint", required=True, nargs="+", metavar="CHECKPOINT",
+    p.add_argument("-c", "--checkpoint", required=required, nargs="+", metavar="CHECKPOINT",
                    help=".pt checkpoint, .safetensors (+ .json) or .onnx; several: an ensemble averaging their "
                         "softmax (same classes; each with its own preprocessing)")
     p.add_argument("--engine", choices=ENGINES, default="auto",

@@ -6,6 +6,7 @@ import argparse
 import math
 
 from smaformer.cli._common import add_model_args, add_runtime_args, parse_postprocess
+from smaformer.errors import InputError
 
 EPILOG = """examples:
   smaformer evaluate -c runs/acdc/best.pt -d ../shared/data/acdc -o eval/acdc --split val --overlays 2
@@ -13,6 +14,7 @@ EPILOG = """examples:
   smaformer evaluate -c f0/best.pt f1/best.pt f2/best.pt -d ../shared/data/acdc -o eval/ens --tta   # ensemble
   smaformer evaluate -c best.pt -d ../shared/data/acdc -o eval/pp --choose-postprocessing        # stored in best.pt
   smaformer evaluate -c best.pt -d ../shared/data/drive -o eval/drive --split test --inference sliding
+  smaformer evaluate --cross-validation runs/f0 runs/f1 runs/f2 runs/f3 runs/f4 -o eval/cv   # pooled folds
 
 Both conventions are always reported: 'standard' (NaN when both masks are empty, diagonal HD95 when one is)
 and 'legacy' (the TransUNet/Swin-Unet rule, HD95 in voxels), plus slice-level Dice with its empty/empty rule.
@@ -24,8 +26,8 @@ checkpoint (predict and evaluate then apply it by default). Choose it on validat
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
-    add_model_args(p)
-    p.add_argument("-d", "--data", required=True, help="dataset folder (any layout open_dataset knows)")
+    add_model_args(p, required=False)
+    p.add_argument("-d", "--data", help="dataset folder (any layout open_dataset knows)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--split", default="val", help="dataset split to evaluate (default: val)")
     p.add_argument("--layout", help="dataset layout (default: auto-detect)")
@@ -37,6 +39,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlays", type=int, default=3, metavar="K", help="overlay slices per case (default: 3)")
     p.add_argument("--cases", nargs="+", metavar="CASE", help="only these cases")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cross-validation", nargs="+", metavar="RUN_DIR",
+                   help="instead of -c/-d: pool the validation results of these fold runs into one summary")
     add_runtime_args(p)
 
 
@@ -44,6 +48,12 @@ def run(args: argparse.Namespace) -> int:
     from smaformer.infer.evaluate import evaluate
     from smaformer.infer.postprocess import describe_postprocessing
 
+    if args.cross_validation:
+        if args.checkpoint or args.data:
+            raise InputError(None, "--cross-validation pools finished fold runs; drop -c/-d")
+        return _cross_validation(args)
+    if not args.checkpoint or not args.data:
+        raise InputError(None, "evaluate needs -c CHECKPOINT and -d DATA (or --cross-validation RUN_DIR...)")
     mode, min_size = parse_postprocess(args.postprocess)
     res = evaluate(args.checkpoint, args.data, args.output, split=args.split, layout=args.layout,
                    legacy_resize=args.legacy_resize, postprocess=mode, min_size=min_size,
@@ -53,18 +63,8 @@ def run(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size, precision=args.precision, cases=args.cases,
                    progress=not args.no_progress)
 
-    def f(v, d=4):
-        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
-
+    _print_table(res)
     unit = res["conventions"]["hd95_unit"]
-    print(f"{'class':<20} {'Dice':>7} {'HD95':>8} {'legacy Dice':>11} {'legacy HD95':>11} {'slice Dice':>10}")
-    for k, name in res["classes"].items():
-        m = res["mean"][k]
-        print(f"{k + ' ' + name:<20} {f(m['standard']['dice']):>7} {f(m['standard']['hd95'], 2):>8} "
-              f"{f(m['legacy']['dice']):>11} {f(m['legacy']['hd95'], 2):>11} {f(m['slice']['dice']):>10}")
-    fg = res["foreground_mean"]
-    print(f"{'foreground mean':<20} {f(fg['standard']['dice']):>7} {f(fg['standard']['hd95'], 2):>8} "
-          f"{f(fg['legacy']['dice']):>11} {f(fg['legacy']['hd95'], 2):>11} {f(fg['slice']['dice']):>10}")
     print(f"HD95 in {unit} (legacy HD95 in voxels); {res['data']['n_cases']} cases, "
           f"{res['data']['n_failed']} failed; report: {args.output}/report.html")
     pp = res.get("postprocessing")
@@ -77,3 +77,27 @@ def run(args: argparse.Namespace) -> int:
     for fc in res["failed_cases"]:
         print(f"failed: {fc['case']}: {fc['error']}")
     return 1 if res["failed_cases"] and not res["metric_per_case"] else 0
+
+
+def _f(v, d=4):
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
+
+
+def _print_table(res: dict) -> None:
+    print(f"{'class':<20} {'Dice':>7} {'HD95':>8} {'legacy Dice':>11} {'legacy HD95':>11} {'slice Dice':>10}")
+    rows = [(f"{k} {name}", res["mean"][k]) for k, name in res["classes"].items()]
+    for label, m in rows + [("foreground mean", res["foreground_mean"])]:
+        print(f"{label:<20} {_f(m['standard']['dice']):>7} {_f(m['standard']['hd95'], 2):>8} "
+              f"{_f(m['legacy']['dice']):>11} {_f(m['legacy']['hd95'], 2):>11} {_f(m['slice']['dice']):>10}")
+
+
+def _cross_validation(args: argparse.Namespace) -> int:
+    from smaformer.infer.crossval import pool_cross_validation
+
+    res = pool_cross_validation(args.cross_validation, args.output)
+    for f in res["folds"]:
+        print(f"fold {f['fold']}: {f['n_cases']} cases, mean Dice {_f(f['foreground_mean']['standard']['dice'])} "
+              f"({f['run']})")
+    _print_table(res)
+    print(f"{res['n_cases']} validation cases of {len(res['folds'])} folds pooled -> {args.output}/metrics.json")
+    return 0

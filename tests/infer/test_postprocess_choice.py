@@ -132,3 +132,31 @@ def test_cli_ensemble_with_tta_keeps_geometry_and_refuses_other_classes(tiny, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "wrong.pt" in err[0] and "same classes" in err[0]
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_cross_validation_summary_pools_the_folds(tiny, tmp_path, capsys):
+    import json
+
+    from smaformer.data.sample import Sample
+    from smaformer.infer.evaluate import evaluate
+
+    rng = np.random.default_rng(3)
+    cases = [Sample(rng.random((3, 24, 24)).astype(np.float32), rng.integers(0, 3, (3, 24, 24)),
+                    {"case": f"p{i}", "is_volume": True}) for i in range(4)]
+    runs = [tmp_path / "f0", tmp_path / "f1"]
+    for run, part in zip(runs, (cases[:3], cases[3:]), strict=True):
+        evaluate(tiny, part, run / "validation", overlays=0, progress=False, device="cpu")
+        (run / "splits.json").write_text(json.dumps([{"train": ["p3"], "val": ["p0", "p1", "p2"]},
+                                                     {"train": ["p0", "p1", "p2"], "val": ["p3"]}]))
+    out = tmp_path / "cv"
+    assert main(["evaluate", "--cross-validation", *map(str, runs), "-o", str(out)]) == 0
+    pooled = json.loads((out / "metrics.json").read_text())
+    assert pooled["n_cases"] == 4 and [r["case"] for r in pooled["metric_per_case"]] == ["p0", "p1", "p2", "p3"]
+    dice = [r["metrics"]["1"]["standard"]["dice"] for r in pooled["metric_per_case"]]
+    assert abs(pooled["mean"]["1"]["standard"]["dice"] - np.mean(dice)) < 1e-9
+    assert (out / "summary.csv").is_file() and "4 validation cases of 2 folds" in capsys.readouterr().out
+
+    assert main(["evaluate", "--cross-validation", str(runs[0]), str(runs[0]), "-o", str(out)]) == 2
+    assert "folds must be disjoint" in capsys.readouterr().err
+    assert main(["evaluate", "--cross-validation", str(tmp_path / "nope"), "-o", str(out)]) == 2
+    assert "metrics.json: not found" in capsys.readouterr().err
