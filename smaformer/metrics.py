@@ -81,8 +81,8 @@ _SCAN_OFFSETS = 20_000      # offsets in the scan table: a ball of radius ~17 vo
 _SCAN_CHUNK = 1 << 18       # probes per vectorised step
 _COST_PROBE = 3e-9          # one (point, offset) probe of the scan
 _COST_KD_POINT = 5e-7       # KD-tree build, per point of the other surface
-_COST_KD_QUERY = 2e-6       # KD-tree query, per point
-_COST_EDT_VOXEL = 6e-7      # scipy EDT, per crop voxel
+_COST_KD_QUERY = 2e-6       # KD-tree query, per point (1.5-2 us)
+_COST_EDT_VOXEL = 3e-7      # scipy EDT, per crop voxel (0.15 us at 0.5M voxels, 0.46 us at 3.1M)
 
 
 def _border(mask: np.ndarray, connectivity: int) -> np.ndarray:
