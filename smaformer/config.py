@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "channel_mode": "repeat",    # repeat | pseudo_hdr | none
         "intensity": {"mode": "none"},
         "augment": True,
+        "patches": "resize",         # resize: whole slices to img_size | crop: img_size crops at native resolution
         "num_workers": 2,
         "synthetic": {"train_volumes": 8, "val_volumes": 2, "shape": [24, 96, 96], "seed": 0},
     },
@@ -207,6 +208,7 @@ def check_config(cfg: dict) -> None:
         (t["precision"] in ("auto", *PRECISIONS), f"train.precision {t['precision']!r}: "
                                                              "use auto, fp32, bf16 or fp16"),
         (d["channel_mode"] in ("repeat", "pseudo_hdr", "none"), f"data.channel_mode {d['channel_mode']!r}"),
+        (d["patches"] in ("resize", "crop"), f"data.patches {d['patches']!r}: use resize or crop"),
     ]
     for ok, msg in checks:
         if not ok:

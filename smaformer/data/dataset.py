@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from smaformer.data.preprocess import make_channels, normalize_intensity
 from smaformer.data.sample import Reader, Sample
-from smaformer.data.transforms import RandomGenerator, resize_pair
+from smaformer.data.transforms import RandomGenerator, random_crop, resize_pair
 from smaformer.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ class SliceDataset(Dataset):
             ``(image (C,H,W), label (H,W)) -> (image, label)`` at the output size, or ``False``.
         img_size: output size; ``None`` keeps each slice's own size (then batch only equal sizes).
         skip_empty: drop slices whose label is all background (some recipes train on these only).
+        crop: take a random ``img_size`` crop of each slice at its own resolution (zero-padded where the
+            slice is smaller) instead of resizing the whole slice; such a model predicts with a sliding
+            window. The augmentation then runs on the crop.
     Cases that fail while indexing are left out; a case that fails later is replaced by the next good
     slice. Both are listed in ``self.skipped`` (per process: DataLoader workers keep their own lists).
     """
@@ -43,7 +46,7 @@ class SliceDataset(Dataset):
     def __init__(self, source: Reader | Sequence[Sample], *, preprocessing: dict | None = None,
                  augment: bool | Augment = False, img_size: int | tuple[int, int] | None = None,
                  intensity: dict | None = None, channel_mode: str | None = None, in_chans: int | None = None,
-                 skip_empty: bool = False, cache_bytes: int = 2 << 30):
+                 skip_empty: bool = False, cache_bytes: int = 2 << 30, crop: bool = False):
         prep = dict(preprocessing or {})
         self.img_size = img_size if img_size is not None else prep.get("img_size")
         self.intensity = dict(intensity or prep.get("intensity") or {"mode": "none"})
@@ -54,6 +57,9 @@ class SliceDataset(Dataset):
                 raise ValueError("augment=True needs img_size (the official augmentation zooms to it)")
             augment = RandomGenerator(tuple(self._size()))
         self.augment: Augment | None = augment or None
+        if crop and self.img_size is None:
+            raise ValueError("crop=True needs img_size (the crop size)")
+        self.crop = bool(crop)
         self.cache_bytes = int(cache_bytes)
         self._cache: OrderedDict[str, Sample] = OrderedDict()
         self._cached_bytes = 0
@@ -144,6 +150,8 @@ class SliceDataset(Dataset):
     def _item(self, case: str, k: int) -> dict:
         sl = self._load(case).slice(k)
         image, label = sl.image, sl.label
+        if self.crop:
+            image, label = random_crop(image, label, self._size())
         if self.augment is not None:
             image, label = self.augment(image, label)
         elif self.img_size is not None:

@@ -142,3 +142,17 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def random_crop(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``size`` window of a (C,H,W) image and its (H,W) label at their own resolution; an axis
+    shorter than the window is zero-padded (label: background), as sliding-window inference pads."""
+    oh, ow = _size2(size)
+    h, w = label.shape[-2:]
+    ph, pw = max(oh - h, 0), max(ow - w, 0)
+    if ph or pw:
+        image = np.pad(image, ((0, 0), (0, ph), (0, pw)))
+        label = np.pad(label, ((0, ph), (0, pw)))
+    y = np.random.randint(0, label.shape[0] - oh + 1)
+    x = np.random.randint(0, label.shape[1] - ow + 1)
+    return image[:, y:y + oh, x:x + ow], label[y:y + oh, x:x + ow]

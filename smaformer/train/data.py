@@ -93,8 +93,12 @@ def case_key(name: str) -> str:
 
 
 def preprocessing_of(cfg: dict) -> dict:
+    """The checkpoint's preprocessing block; ``inference`` records how prediction should see the images:
+    a model trained on native-resolution crops (``data.patches: crop``) predicts with a sliding window."""
     d = cfg["data"]
-    return default_preprocessing(d["img_size"], d["in_chans"], d["channel_mode"], d["intensity"])
+    prep = default_preprocessing(d["img_size"], d["in_chans"], d["channel_mode"], d["intensity"])
+    prep["inference"] = "sliding" if d["patches"] == "crop" else "resize"
+    return prep
 
 
 def _names(source) -> list[str]:
@@ -159,7 +163,7 @@ def build_data(cfg: dict) -> TrainData:
     if not classes:
         k = int(cfg["model"]["kwargs"].get("num_classes", 2))
         classes = ["background"] + [f"class{i}" for i in range(1, k)]
-    train = SliceDataset(train_reader, preprocessing=prep, augment=bool(d["augment"]))
+    train = SliceDataset(train_reader, preprocessing=prep, augment=bool(d["augment"]), crop=d["patches"] == "crop")
     return TrainData(train, val, classes, prep, split)
 
 

@@ -166,3 +166,25 @@ def test_seed_worker_gives_each_worker_its_own_reproducible_stream():
     draws = draw()
     assert (draws[0] != draws[1]).all()  # workers do not share NumPy or Python streams
     assert torch.equal(draws, draw())
+
+
+def test_crop_patches_keep_native_resolution_and_imply_sliding_inference():
+    import numpy as np
+
+    from smaformer.config import load_config
+    from smaformer.data import Sample, SliceDataset
+    from smaformer.train.data import preprocessing_of
+
+    rng = np.random.default_rng(0)
+    img = rng.random((2, 40, 30)).astype(np.float32)
+    lab = (img > 0.5).astype(np.int64)
+    ds = SliceDataset([Sample(img, lab, {"case": "a", "is_volume": True})], img_size=(16, 48), crop=True,
+                      in_chans=1, channel_mode="repeat")
+    item = ds[0]
+    assert tuple(item["image"].shape) == (1, 16, 48) and tuple(item["label"].shape) == (16, 48)
+    x = item["image"][0].numpy()
+    assert np.all(x[:, 30:] == 0) and np.all(item["label"].numpy()[:, 30:] == 0)   # padded: 30 < 48
+    rows = [y for y in range(40 - 16 + 1) if np.array_equal(img[0, y:y + 16], x[:, :30])]
+    assert rows, "the crop is a window of the slice at its own pixels"
+    assert preprocessing_of(load_config(None, ["data.patches=crop"]))["inference"] == "sliding"
+    assert preprocessing_of(load_config(None, []))["inference"] == "resize"
