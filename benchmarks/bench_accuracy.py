@@ -9,6 +9,11 @@ selection touches the evaluated volumes). ``full`` is the preset's own recipe (f
     python benchmarks/bench_accuracy.py acdc_swin_unet                  # cpu-reduced budget
     python benchmarks/bench_accuracy.py acdc_smaformer --budget full --device cuda
     python benchmarks/bench_accuracy.py --list
+    python benchmarks/bench_accuracy.py --compare-labels runs/x/eval_fp32 runs/x/eval_bf16   # --save-nifti folders
+
+``--compare-labels`` is the bf16 check of docs/DEPLOY.md: it compares the predicted labels of two
+``smaformer evaluate --save-nifti`` folders voxel by voxel (differing voxels per foreground voxel of the
+first) and their mean foreground Dice.
 """
 from __future__ import annotations
 
@@ -137,6 +142,28 @@ def run(name: str, budget: str, runs_dir: Path, docs_dir: Path, device: str, thr
     return docs
 
 
+def compare_labels(first: Path, second: Path) -> dict:
+    """Voxels whose label differs between two evaluate folders (per case and in all), per foreground voxel of
+    ``first``, and the mean foreground Dice (standard convention) of each."""
+    import nibabel as nib
+    import numpy as np
+
+    cases, total_diff, total_fg = {}, 0, 0
+    for path in sorted((first / "predictions").glob("*.nii.gz")):
+        a = np.asarray(nib.load(path).dataobj)
+        b = np.asarray(nib.load(second / "predictions" / path.name).dataobj)
+        diff, fg = int((a != b).sum()), int((a > 0).sum())
+        cases[path.name.removesuffix(".nii.gz")] = {"differing_voxels": diff, "foreground_voxels": fg}
+        total_diff, total_fg = total_diff + diff, total_fg + fg
+    worst = max(cases.items(), key=lambda kv: kv[1]["differing_voxels"] / max(kv[1]["foreground_voxels"], 1))
+    dice = [json.loads((d / "metrics.json").read_text("utf-8"))["foreground_mean"]["standard"]["dice"]
+            for d in (first, second)]
+    return {"cases": len(cases), "differing_voxels": total_diff, "foreground_voxels": total_fg,
+            "differing_per_foreground": total_diff / max(total_fg, 1),
+            "worst_case": worst,
+            "mean_dice": dice, "dice_change_points": 100 * (dice[1] - dice[0]), "per_case": cases}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="*", help=f"runs to do, one after the other: {', '.join(RUNS)}")
@@ -148,7 +175,13 @@ def main() -> None:
                     help="torch threads (1 is faster than 2 when other jobs share the cores)")
     ap.add_argument("--iterations", type=int, help="override the budget's iteration cap (run folder gets -<N>it)")
     ap.add_argument("--list", action="store_true", help="print the runs and their overrides")
+    ap.add_argument("--compare-labels", nargs=2, type=Path, metavar=("EVAL_A", "EVAL_B"),
+                    help="compare the labels and mean Dice of two 'evaluate --save-nifti' folders, then stop")
     args = ap.parse_args()
+    if args.compare_labels:
+        result = compare_labels(*args.compare_labels)
+        print(json.dumps({k: v for k, v in result.items() if k != "per_case"}, indent=1))
+        return
     if args.list or not args.runs:
         for name, (preset, data, split, budgets) in RUNS.items():
             print(f"{name}: preset {preset}, data {data}, evaluated on {split}; {args.budget}: "

@@ -120,18 +120,14 @@ def ref_block(block: SwinBlock, x: torch.Tensor, cached: dict | None = None) -> 
 
 
 def our_attention_path(block: SwinBlock, x: torch.Tensor) -> torch.Tensor:
-    """Our attention residual branch (SwinBlock.forward minus the residual and MLP), for the ``attn`` level."""
+    """Our attention residual branch (SwinBlock.forward minus the residual and MLP), for the ``attn`` level:
+    norm1, one index_select for roll + partition, attention, one for reverse + roll back."""
     b, h, w, c = x.shape
-    window, shift = block.geometry(h, w)
-    x = block.norm1(x)
-    if shift:
-        x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-    win = x.reshape(b, h // window, window, w // window, window, c).permute(0, 1, 3, 2, 4, 5)
-    win = block.attn(win.reshape(-1, window * window, c), window, block.window_mask(h, w, x.device))
-    x = win.reshape(b, h // window, w // window, window, window, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
-    if shift:
-        x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
-    return x
+    window, _ = block.geometry(h, w)
+    mask, order, inverse = block._layout(h, w, x.device)
+    win = block.norm1(x).reshape(b, h * w, c).index_select(1, order).view(-1, window * window, c)
+    win = block.attn(win, window, mask)
+    return win.reshape(b, h * w, c).index_select(1, inverse).view(b, h, w, c)
 
 
 @contextlib.contextmanager
@@ -223,13 +219,17 @@ def bench_model(name: str, batch: int, repeats: int, cached_mask: bool, tol: flo
 
 
 def sdpa_layouts(batch: int, res: int, window: int, heads: int, head_dim: int, repeats: int) -> dict[str, float]:
-    """The attention core alone for one shifted stage, three ways: SDPA on 5D (B, nW, heads, N, d) tensors with
-    the (nW, heads, N, N) bias+mask broadcast (what ``WindowAttention`` does), SDPA on 4D tensors with the
-    mask repeated to (B*nW, heads, N, N), and explicit matmul-softmax. Median ms of each."""
+    """The attention core alone for one shifted stage, four ways: SDPA on 5D (B, nW, heads, N, d) tensors with
+    the (nW, heads, N, N) bias+mask broadcast (``WindowAttention`` before 2026-12-01), SDPA on 4D tensors with
+    the mask repeated to (B*nW, heads, N, N), SDPA on 4D tensors with the windows folded into the heads,
+    (B, nW*heads, N, d), and the mask broadcast over the batch (``WindowAttention``'s fused path now), and
+    explicit matmul-softmax (its training path). Median ms of each."""
     nw, n = (res // window) ** 2, window * window
     q, k, v = (torch.randn(batch, nw, heads, n, head_dim) for _ in range(3))
     mask = torch.randn(nw, heads, n, n)
     flat = [t.reshape(batch * nw, heads, n, head_dim) for t in (q, k, v)]
+
+    folded = [t.reshape(batch, nw * heads, n, head_dim) for t in (q, k, v)]
 
     def explicit() -> torch.Tensor:
         scores = (flat[0] * head_dim ** -0.5) @ flat[1].transpose(-2, -1)
@@ -240,6 +240,7 @@ def sdpa_layouts(batch: int, res: int, window: int, heads: int, head_dim: int, r
         t = interleaved({
             "sdpa_5d": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
             "sdpa_4d": lambda: F.scaled_dot_product_attention(*flat, attn_mask=mask.repeat(batch, 1, 1, 1)),
+            "sdpa_4d_heads": lambda: F.scaled_dot_product_attention(*folded, attn_mask=mask.view(1, nw * heads, n, n)),
             "explicit": explicit}, repeats)
     return {k: 1e3 * v for k, v in t.items() if not k.endswith("_cpu")}
 
@@ -266,11 +267,11 @@ def main() -> None:
             print(f"| {model} | {res}x{res}, {dim}, {heads}, {depth}, {window} | {_pair(r, 'attn')} | "
                   f"{_pair(r, 'stage')} | {r['max_abs_diff']:.1e} |", flush=True)
     print("\n| attention core of a shifted stage (B, HxW, win, heads) | SDPA 5D broadcast mask ms | "
-          "SDPA 4D repeated mask ms | explicit ms |\n|---|---|---|---|")
+          "SDPA 4D repeated mask ms | SDPA 4D windows-in-heads ms | explicit ms |\n|---|---|---|---|---|")
     for res, window, heads in ((56, 7, 3), (64, 8, 3), (16, 8, 12)):
         r = sdpa_layouts(args.batch, res, window, heads, 32, args.repeats)
         print(f"| {args.batch}, {res}x{res}, {window}, {heads} | {r['sdpa_5d']:.2f} | {r['sdpa_4d']:.2f} | "
-              f"{r['explicit']:.2f} |", flush=True)
+              f"{r['sdpa_4d_heads']:.2f} | {r['explicit']:.2f} |", flush=True)
     if args.model_repeats:
         print("\n| model | ours forward ms | ref forward ms | ratio (cpu) | max abs diff |\n|---|---|---|---|---|")
         for name in ("swin_unet", "smaformer"):

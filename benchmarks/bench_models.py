@@ -11,12 +11,21 @@ interpreter and the torch import) belongs to that phase alone. Phases:
 Every row records the 1-minute load average at its end: on a shared machine the numbers are only as good
 as that reading.
 
+``--ratios`` is a separate table, in this one process: bf16 autocast / fp32 and our window-attention paths
+now / as before (5-D SDPA, ``torch.roll`` + permute copies, restated in ``legacy_swin``), for the forward
+(inference mode) and the AdamW train step at batches 1 and 8. Variants alternate within each round and the
+ratio is the median over rounds of the per-round ratios; the CPU model, its bf16 units and the load go
+with it.
+
     python benchmarks/bench_models.py                          # all models, all phases, 2 threads
     python benchmarks/bench_models.py --models medt --phases eager train --repeats 3
+    python benchmarks/bench_models.py --ratios --models swin_unet smaformer_compat smaformer_native medt --repeats 3
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import resource
@@ -129,6 +138,110 @@ def run_train(model: torch.nn.Module, side: int, repeats: int, batch: int = 4) -
     return {f"train_b{batch}_samples_s": batch / median_time(step, repeats)}
 
 
+@contextlib.contextmanager
+def legacy_swin():
+    """Every SwinBlock as before the per-mode attention paths: roll + view/permute partition, 5-D SDPA with the
+    (nW, heads, N, N) mask broadcast (PyTorch's math path), reverse + roll back. Same values to ~1e-6."""
+    from smaformer.models.layers.swin import SwinBlock
+
+    def attention(attn, x: torch.Tensor, window: int, mask: torch.Tensor | None) -> torch.Tensor:
+        b_, n, c = x.shape
+        q, k, v = attn.qkv(x).reshape(b_, n, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
+        bias = attn.relative_bias(window).to(q.dtype)
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0), scale=attn.scale)
+        else:
+            shape = (b_ // mask.shape[0], mask.shape[0], attn.num_heads, n, -1)
+            out = F.scaled_dot_product_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), scale=attn.scale,
+                                                 attn_mask=bias.unsqueeze(0) + mask.to(q.dtype).unsqueeze(1))
+        return attn.proj(out.reshape(b_, attn.num_heads, n, -1).transpose(1, 2).reshape(b_, n, c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        window, shift = self.geometry(h, w)
+        y = self.norm1(x)
+        pad_h, pad_w = (-h) % window, (-w) % window
+        y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else y
+        hp, wp = h + pad_h, w + pad_w
+        y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2)) if shift else y
+        win = y.reshape(b, hp // window, window, wp // window, window, c).permute(0, 1, 3, 2, 4, 5)
+        win = attention(self.attn, win.reshape(-1, window * window, c), window, self.window_mask(h, w, x.device))
+        y = win.reshape(b, hp // window, wp // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
+        y = y.reshape(b, hp, wp, c)
+        y = torch.roll(y, shifts=(shift, shift), dims=(1, 2)) if shift else y
+        y = x + self.drop_path(y[:, :h, :w])
+        return y + self.drop_path(self.mlp(self.norm2(y)))
+
+    original, SwinBlock.forward = SwinBlock.forward, forward
+    try:
+        yield
+    finally:
+        SwinBlock.forward = original
+
+
+def _call(model: torch.nn.Module, opt: torch.optim.Optimizer, mode: str, x: torch.Tensor, y: torch.Tensor,
+          precision: str, legacy: bool = False) -> None:
+    """One inference-mode forward or one train step, in fp32 or under bf16 autocast, on either Swin path."""
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    with legacy_swin() if legacy else contextlib.nullcontext(), ctx:
+        if mode == "forward":
+            with torch.inference_mode():
+                model.eval()(x)
+        else:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model.train()(x).float(), y).backward()
+            opt.step()
+
+
+def ratios(spec: str, repeats: int, batches: tuple[int, ...] = (1, 8), tiny: bool = False,
+           modes: tuple[str, ...] = ("forward", "train"), bf16: bool = True) -> list[dict]:
+    """Per (mode, batch): median seconds of fp32, bf16 (unless ``bf16`` is False) and legacy-fp32, and the
+    median per-round ratios."""
+    model, side = build(spec, tiny)
+    has_swin = any(type(m).__name__ == "SwinBlock" for m in model.modules())
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every round sees the same weights
+    rows = []
+    for mode in modes:
+        for batch in batches:
+            x = torch.randn(batch, model.in_chans, side, side)
+            y = torch.randint(0, model.num_classes, (batch, side, side))
+
+            call = functools.partial(_call, model, opt, mode, x, y)
+            variants = {"fp32": functools.partial(call, "fp32")}
+            if bf16:
+                variants["bf16"] = functools.partial(call, "bf16")
+            if has_swin:
+                variants["legacy_fp32"] = functools.partial(call, "fp32", legacy=True)
+            times: dict[str, list[float]] = {k: [] for k in variants}
+            for fn in variants.values():
+                fn()  # warm-up
+            for r in range(repeats):
+                keys = list(variants)[r % len(variants):] + list(variants)[:r % len(variants)]  # rotate the order
+                for key in keys:
+                    t0 = time.perf_counter()
+                    variants[key]()
+                    times[key].append(time.perf_counter() - t0)
+            row = {"model": spec, "input": side, "mode": mode, "batch": batch, "rounds": repeats,
+                   **{f"{k}_s": statistics.median(v) for k, v in times.items()},
+                   "load_1min": os.getloadavg()[0]}
+            if bf16:
+                row["bf16_over_fp32"] = statistics.median(
+                    b / f for b, f in zip(times["bf16"], times["fp32"], strict=True))
+            if has_swin:
+                row["new_over_legacy_fp32"] = statistics.median(
+                    f / o for f, o in zip(times["fp32"], times["legacy_fp32"], strict=True))
+            rows.append(row)
+            print(ratio_row(row), flush=True)
+    return rows
+
+
+def ratio_row(r: dict) -> str:
+    legacy = f"{1e3 * r['legacy_fp32_s']:.0f} | {r['new_over_legacy_fp32']:.2f}" if "legacy_fp32_s" in r else "- | -"
+    low = f"{1e3 * r['bf16_s']:.0f} | **{r['bf16_over_fp32']:.2f}**" if "bf16_s" in r else "- | -"
+    return (f"| {r['model']} ({r['input']}) | {r['mode']} | {r['batch']} | {1e3 * r['fp32_s']:.0f} | {low} | "
+            f"{legacy} | {r['load_1min']:.1f} |")
+
+
 def worker(spec: str, phase: str, repeats: int, threads: int, tiny: bool) -> dict:
     """Run one phase of one model in this process; returns its numbers plus peak RSS and load."""
     torch.set_num_threads(threads)
@@ -181,10 +294,29 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tiny", action="store_true", help="tiny variants at 64x64, batch 2 (smoke test)")
     ap.add_argument("--json", type=Path, help="also write all results to this JSON file")
+    ap.add_argument("--ratios", action="store_true",
+                    help="bf16/fp32 and new/legacy attention-path ratios (forward and train step, batch 1 and 8)")
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8], help="--ratios: batch sizes")
+    ap.add_argument("--modes", nargs="+", choices=("forward", "train"), default=["forward", "train"],
+                    help="--ratios: what to time")
+    ap.add_argument("--no-bf16", action="store_true", help="--ratios: only fp32 now vs legacy (emulated bf16 is slow)")
     ap.add_argument("--worker", nargs=2, metavar=("MODEL", "PHASE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(*args.worker, args.repeats, args.threads, args.tiny)))
+        return
+    if args.ratios:
+        from smaformer.runtime import cpu_description
+
+        torch.set_num_threads(args.threads)
+        print(f"{cpu_description()}; torch {torch.__version__}, {args.threads} threads, {args.repeats} rounds; "
+              f"load {os.getloadavg()[0]:.1f} at start")
+        print("| model (input) | mode | batch | fp32 ms | bf16 ms | bf16/fp32 | legacy fp32 ms | new/legacy fp32 | "
+              "load 1m |\n" + "|---" * 9 + "|")
+        results = [r for spec in args.models for r in ratios(spec, args.repeats, tuple(args.batches),
+                                                             modes=tuple(args.modes), bf16=not args.no_bf16)]
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
         return
     print(f"torch {torch.__version__}, {args.threads} threads, medians of {args.repeats}; "
           f"throughput at batch {2 if args.tiny else 16}, train at batch 4")

@@ -55,7 +55,7 @@ def test_bench_stage_reports_both_paths(attention):
     assert {"ours_attn", "ref_attn", "ours_stage", "ref_stage", "ours_attn_cpu"} <= set(r)
     assert r["max_abs_diff"] < 1e-4
     layouts = attention.sdpa_layouts(1, 8, 4, 2, 8, repeats=1)
-    assert set(layouts) == {"sdpa_5d", "sdpa_4d", "explicit"} and min(layouts.values()) > 0
+    assert set(layouts) == {"sdpa_5d", "sdpa_4d", "sdpa_4d_heads", "explicit"} and min(layouts.values()) > 0
 
 
 def test_bench_models_tiny_eager_and_train():
@@ -65,6 +65,40 @@ def test_bench_models_tiny_eager_and_train():
     out = models.worker("swin_unet", "train", repeats=1, threads=1, tiny=True)
     assert out["train_b4_samples_s"] > 0
     assert "| swin_unet (64x64" in models.row(out)
+
+
+def test_bench_models_ratios_and_legacy_path():
+    models = _load("bench_models")
+    model, side = models.build("swin_unet", tiny=True)
+    x = torch.randn(2, model.in_chans, side, side)
+    with torch.no_grad():
+        now = model.eval()(x)
+        with models.legacy_swin():
+            before = model(x)
+    torch.testing.assert_close(now, before, atol=1e-5, rtol=1e-5)
+    rows = models.ratios("swin_unet", repeats=1, batches=(1,), tiny=True)
+    assert [r["mode"] for r in rows] == ["forward", "train"]
+    assert all(r["bf16_over_fp32"] > 0 and r["new_over_legacy_fp32"] > 0 for r in rows)
+
+
+def test_compare_labels(tmp_path):
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    accuracy = _load("bench_accuracy")
+    for name, flip, dice in (("a", 0, 0.5), ("b", 3, 0.6)):
+        (tmp_path / name / "predictions").mkdir(parents=True)
+        labels = np.zeros((4, 5, 5), np.uint8)
+        labels[1:3] = 1
+        labels.reshape(-1)[:flip] = 2
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / name / "predictions" / "case1.nii.gz")
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {"foreground_mean": {"standard": {"dice": dice}}}), encoding="utf-8")
+    r = accuracy.compare_labels(tmp_path / "a", tmp_path / "b")
+    assert (r["differing_voxels"], r["foreground_voxels"]) == (3, 50)
+    assert r["dice_change_points"] == pytest.approx(10.0)
 
 
 @pytest.mark.slow

@@ -108,3 +108,14 @@ def test_layout_cache_is_bounded():
         block.window_mask(side, side)
     assert len(block._layouts) == LAYOUT_CACHE
     assert block.window_mask(8, 8) is not mask and torch.equal(block.window_mask(8, 8), mask)
+
+
+def test_layout_made_in_inference_mode_serves_training():
+    """The cached token order is used by index_select, which saves it for backward: it must not be an
+    inference tensor even when the first forward ran under torch.inference_mode (validation, then training)."""
+    block = _block(True).train()
+    x = torch.randn(1, 8, 8, 16)
+    with torch.inference_mode():
+        block(x)
+    block(x).sum().backward()
+    assert block.attn.relative_position_bias_table.grad is not None

@@ -115,15 +115,19 @@ class SwinBlock(nn.Module):
         hp, wp = -(-h // window) * window, -(-w // window) * window
         key = (hp, wp, window, shift, str(device))
         if key not in self._layouts:
-            grid = torch.arange(hp * wp, device=device).view(hp, wp)
-            if shift:
-                grid = torch.roll(grid, shifts=(-shift, -shift), dims=(0, 1))
-            order = grid.view(hp // window, window, wp // window, window).permute(0, 2, 1, 3).reshape(-1)
-            mask = _shift_mask(hp, wp, window, shift, device) if shift else None
-            while len(self._layouts) >= LAYOUT_CACHE:
-                self._layouts.pop(next(iter(self._layouts)))
-            self._layouts[key] = (mask, order, torch.argsort(order))
+            with torch.inference_mode(False):  # normal tensors: one made in inference mode cannot serve training
+                self._layouts[key] = self._new_layout(hp, wp, window, shift, device)
         return self._layouts[key]
+
+    def _new_layout(self, hp: int, wp: int, window: int, shift: int, device: torch.device) -> tuple:
+        while len(self._layouts) >= LAYOUT_CACHE:
+            self._layouts.pop(next(iter(self._layouts)))
+        grid = torch.arange(hp * wp, device=device).view(hp, wp)
+        if shift:
+            grid = torch.roll(grid, shifts=(-shift, -shift), dims=(0, 1))
+        order = grid.view(hp // window, window, wp // window, window).permute(0, 2, 1, 3).reshape(-1)
+        mask = _shift_mask(hp, wp, window, shift, device) if shift else None
+        return mask, order, torch.argsort(order)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
