@@ -50,6 +50,11 @@ RUNS: dict[str, tuple[str, str, str, dict[str, list[str]]]] = {
         "full": ["model.name=unet", "name=unet_drive"],
         "cpu-reduced": ["model.name=unet", "name=unet_drive", "data.img_size=128", "train.max_iterations=100",
                         "train.freeze_gates_epochs=0", *_CPU]}),
+    # the same U-Net on 128x128 crops at native resolution: it predicts with a sliding window
+    "drive_unet_crop": ("medt_drive", "drive", "test", {
+        "full": ["model.name=unet", "name=unet_drive_crop", "data.patches=crop"],
+        "cpu-reduced": ["model.name=unet", "name=unet_drive_crop", "data.patches=crop", "data.img_size=128",
+                        "train.max_iterations=100", "train.freeze_gates_epochs=0", *_CPU]}),
 }
 
 
@@ -76,9 +81,10 @@ def timed(cmd: list[str], env: dict[str, str], log: Path) -> dict:
             "load_1min_start": round(load0, 2), "load_1min_end": round(os.getloadavg()[0], 2)}
 
 
-def fov_metrics(checkpoint: Path, root: Path, split: str) -> dict:
+def fov_metrics(checkpoint: Path, root: Path, split: str, inference: str | None = None) -> dict:
     """Binary vessel metrics inside each image's field of view (DRIVE protocol): per-image Dice (= F1), IoU,
-    sensitivity, specificity, accuracy and their means, plus F1 pooled over all FOV pixels."""
+    sensitivity, specificity, accuracy and their means, plus F1 pooled over all FOV pixels. ``inference``:
+    resize or sliding (default: what the checkpoint's training implies)."""
     import numpy as np
 
     from smaformer import load_checkpoint
@@ -90,7 +96,7 @@ def fov_metrics(checkpoint: Path, root: Path, split: str) -> dict:
     cases, pooled = [], np.zeros(3)
     for case in data.cases():
         sample = data.load_case(case)
-        pred = infer_volume(model, sample.image[None], info["preprocessing"])[0] == 1
+        pred = infer_volume(model, sample.image[None], info["preprocessing"], inference=inference)[0] == 1
         fov = sample.meta.get("fov")
         fov = np.ones(pred.shape, bool) if fov is None else np.asarray(fov, bool)
         p, r = pred[fov], np.asarray(sample.label)[fov] == 1
@@ -102,6 +108,7 @@ def fov_metrics(checkpoint: Path, root: Path, split: str) -> dict:
     keys = [k for k in cases[0] if k != "case"]
     tp, fp, fn = pooled
     return {"split": split, "n_images": len(cases), "region": "field of view",
+            "inference": inference or info["preprocessing"].get("inference", "resize"),
             "mean": {k: float(np.mean([c[k] for c in cases])) for k in keys},
             "pooled_f1": float(2 * tp / max(2 * tp + fp + fn, 1)),
             "cases": [{k: (v if k == "case" else float(v)) for k, v in c.items()} for c in cases]}
@@ -127,13 +134,16 @@ def run(name: str, budget: str, runs_dir: Path, docs_dir: Path, device: str, thr
               "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "pretrained": None}
     record["train"] = timed(train_cmd, env, out / "train.log")
     eval_cmd = exe + ["evaluate", "-c", str(out / "train" / "latest.pt"), "-d", str(DATA / data), "-o",
-                      str(out / "eval"), "--split", split, "--overlays", "0", "--no-progress", "--device", device]
+                      str(out / "eval"), "--split", split, "--overlays", "0", "--no-progress", "--device", device,
+                      "--postprocess", "none"]   # training chose it on the validation cases: not scored here
     record["evaluate"] = timed(eval_cmd, env, out / "eval.log")
     if data == "drive":  # evaluate reports whole-image metrics; DRIVE is scored inside the field of view
-        t0 = time.perf_counter()
-        fov = fov_metrics(out / "train" / "latest.pt", DATA / data, split)
+        fov = {}
+        for mode in ("resize", "sliding"):     # both inference modes, whatever the training implies
+            t0 = time.perf_counter()
+            fov[mode] = fov_metrics(out / "train" / "latest.pt", DATA / data, split, inference=mode)
+            record[f"fov_metrics_{mode}_s"] = round(time.perf_counter() - t0, 1)
         (docs / "metrics_fov.json").write_text(json.dumps(fov, indent=1) + "\n", encoding="utf-8")
-        record["fov_metrics_s"] = round(time.perf_counter() - t0, 1)
     for src, dst in ((out / "train" / "config.yaml", "config.yaml"), (out / "train" / "train_log.csv", "train_log.csv"),
                      (out / "eval" / "metrics.json", "metrics.json")):
         if src.exists():
