@@ -102,7 +102,7 @@ def _save_prediction(path: Path, pred: np.ndarray, meta: dict, classes: list[str
 
 
 def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, split: str | None = "val",
-             layout: str | None = None, legacy_resize: bool = False, postprocess: str | None = "auto",
+             layout: str | None = None, legacy_resize: bool = False, postprocess: str | dict | None = "auto",
              min_size: int = 0, choose_postprocessing: bool = False, tta: bool = False,
              inference: str | None = None, engine: str = "auto", save_nifti: bool = False, overlays: int = 3,
              device: str | None = None, batch_size: int = 16, precision: str = "fp32",
@@ -111,7 +111,8 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
     for ``open_dataset``, a reader or a list of Samples) into ``out_dir``.
 
     ``postprocess`` is ``"auto"`` (what the checkpoint stores, chosen on validation; none if it stores
-    nothing), ``"none"``, ``"lcc"`` or ``"min_size"`` (with ``min_size`` voxels). ``choose_postprocessing``
+    nothing), ``"none"``, ``"lcc"``, ``"min_size"`` (with ``min_size`` voxels) or a rule dict
+    (``infer.postprocess.apply_postprocessing``). ``choose_postprocessing``
     scores the raw predictions, chooses the per-class post-processing that helps validation Dice, reports
     it under ``postprocessing`` and stores it in a single checkpoint. ``overlays`` slices per case go to
     PNGs and into report.html. Returns the metrics.json dict.
@@ -233,7 +234,7 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
     return result
 
 
-def _postprocessing(postprocess: str | None, min_size: int, choose: bool, members: list,
+def _postprocessing(postprocess: str | dict | None, min_size: int, choose: bool, members: list,
                     paths: list) -> dict | None:
     """The per-class rule the evaluation applies (None: raw predictions)."""
     from smaformer.infer.members import stored_postprocessing
@@ -242,6 +243,8 @@ def _postprocessing(postprocess: str | None, min_size: int, choose: bool, member
         if postprocess not in (None, "auto", "none"):
             raise InputError(None, "--choose-postprocessing scores the raw predictions; drop --postprocess")
         return None
+    if isinstance(postprocess, dict):     # a rule from the Python API (e.g. another checkpoint's choice)
+        return postprocess
     if postprocess in (None, "auto"):
         return stored_postprocessing(members, paths)
     if postprocess == "none":
