@@ -73,12 +73,13 @@ def _merge(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None, shape) -> t
 # - "kdtree": a KD-tree over the other surface (cost grows with both surfaces).
 # - "edt": scipy's EDT of the other surface's complement inside the crop, as medpy does on the whole
 #   volume; exact because the crop holds all of that surface (cost grows with the crop).
-# "auto" scans until the scan has cost what the cheaper fallback would (ski rental), then hands the points
-# left to that fallback. Costs are seconds per unit on the build machine (docs/bench/metrics.md, the
-# crossover); only their ratios matter.
+# "auto" scans until the scan has cost _SCAN_SHARE of what the cheaper fallback would (ski rental), then
+# hands the points left to that fallback (far apart surfaces: ~1.3x the fallback alone). Costs are seconds
+# per unit on the build machine (docs/bench/metrics.md, the crossover); only their ratios matter.
 METHODS = ("auto", "scan", "kdtree", "edt")
 _SCAN_OFFSETS = 20_000      # offsets in the scan table: a ball of radius ~17 voxels in isotropic 3D
 _SCAN_CHUNK = 1 << 18       # probes per vectorised step
+_SCAN_SHARE = 0.3           # auto stops the scan once it has cost this share of the fallback
 _COST_PROBE = 3e-9          # one (point, offset) probe of the scan
 _COST_KD_POINT = 5e-7       # KD-tree build, per point of the other surface
 _COST_KD_QUERY = 2e-6       # KD-tree query, per point (1.5-2 us)
@@ -170,7 +171,7 @@ def _directed(pos: np.ndarray, dst: np.ndarray, dst_crop: np.ndarray, shape: tup
         steps, lengths, _ = _offset_table(tuple(sp), _SCAN_OFFSETS)
         strides = np.cumprod((shape[1:] + (1,))[::-1])[::-1]
         todo = _scan(pos, todo, dst, steps @ strides, lengths, dist,
-                     None if method == "scan" else lambda n: min(kd_cost(n), edt_cost))
+                     None if method == "scan" else lambda n: _SCAN_SHARE * min(kd_cost(n), edt_cost))
     if todo.size:
         pts = np.stack(np.unravel_index(pos[todo], shape), axis=1) - reach
         edt = method == "edt" or (method == "auto" and edt_cost < kd_cost(todo.size))
