@@ -27,11 +27,14 @@ class ExportMetadata:
     preprocessing: dict
     input_dims: dict[str, int | None] = field(default_factory=dict)
     format: str = EXPORT_FORMAT
+    fingerprint: dict | None = None       # the training set's, for the domain guard
+    postprocessing: dict | None = None    # the per-class choice made on validation
 
     @classmethod
     def of(cls, info: dict, dims: dict[str, int | None]) -> ExportMetadata:
         """From a checkpoint's ``info`` and the verified dims."""
-        return cls(info["model"], list(info["classes"]), info["preprocessing"], dict(dims))
+        return cls(info["model"], list(info["classes"]), info["preprocessing"], dict(dims),
+                   fingerprint=info.get("fingerprint"), postprocessing=info.get("postprocessing"))
 
     @property
     def static_batch(self) -> int | None:
@@ -41,7 +44,7 @@ class ExportMetadata:
     def info(self) -> dict:
         """The ``info`` dict ``load_checkpoint`` gives, so exported files and checkpoints are used alike."""
         return {"model": self.model, "classes": self.classes, "preprocessing": self.preprocessing,
-                "input_dims": self.input_dims}
+                "input_dims": self.input_dims, "fingerprint": self.fingerprint, "postprocessing": self.postprocessing}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=str)
@@ -51,7 +54,8 @@ class ExportMetadata:
         try:
             d = json.loads(text)
             dims = {k: _dim(d["input_dims"].get(k)) for k in DIM_NAMES}
-            return cls(d["model"], list(d["classes"]), d["preprocessing"], dims)
+            return cls(d["model"], list(d["classes"]), d["preprocessing"], dims,
+                       fingerprint=d.get("fingerprint"), postprocessing=d.get("postprocessing"))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise InputError(where, f"smaformer metadata is unreadable ({type(e).__name__}: {e}); "
                                     "export the checkpoint again with `smaformer export`") from None

@@ -99,6 +99,17 @@ def test_metadata_of_older_exports_still_reads():
                       "input_dims": {"batch": "dynamic", "height": "fixed at 224", "width": "fixed at 224"}})
     meta = ExportMetadata.from_json(old, "m.onnx")
     assert meta.input_dims == {"batch": None, "height": 224, "width": 224} and meta.static_batch is None
+    assert meta.fingerprint is None and meta.postprocessing is None
+
+
+def test_metadata_carries_the_guard_and_the_chosen_post_processing():
+    """An exported file predicts like its checkpoint: same domain guard, same post-processing."""
+    from smaformer.export.metadata import ExportMetadata
+
+    info = {"model": {"name": "unet"}, "classes": ["bg", "fg"], "preprocessing": {},
+            "fingerprint": {"summary": {"intensity": {}}}, "postprocessing": {"per_class": {"1": {"mode": "lcc"}}}}
+    meta = ExportMetadata.from_json(ExportMetadata.of(info, {"batch": None}).to_json(), "m.onnx")
+    assert meta.info["fingerprint"] == info["fingerprint"] and meta.info["postprocessing"] == info["postprocessing"]
 
 
 def test_exporter_errors_name_the_cause_not_the_missing_trace():
