@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from smaformer.cli._common import add_model_args, add_runtime_args, parse_postprocess
-from smaformer.infer.postprocess import rule_for_all_classes
 from smaformer.infer.predict import predict
 
 EPILOG = """examples:
@@ -41,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     mode, min_size = parse_postprocess(args.postprocess)
     results = predict(args.input, args.output, args.checkpoint, engine=args.engine, device=args.device,
                       precision=args.precision, batch_size=args.batch_size, tta=args.tta, inference=args.inference,
-                      postprocess=mode if mode in ("auto", "none") else rule_for_all_classes(mode, min_size),
+                      postprocess=mode, min_size=min_size,
                       save_probabilities=args.save_probabilities, progress=not args.quiet)
     failed = [r for r in results if r.error]
     slices = sum(r.slices for r in results)

@@ -26,12 +26,7 @@ from smaformer import metrics as M
 from smaformer.data.arrays import spacing_affine
 from smaformer.data.sample import Sample, SampleList, iter_cases
 from smaformer.errors import InputError
-from smaformer.infer.postprocess import (
-    PostprocessingSearch,
-    apply_postprocessing,
-    describe_postprocessing,
-    rule_for_all_classes,
-)
+from smaformer.infer.postprocess import PostprocessingSearch, apply_postprocessing, describe_postprocessing
 from smaformer.infer.volume import infer_ensemble, infer_volume
 from smaformer.io_utils import atomic_path, file_sha256, write_text
 from smaformer.runtime import resolve_device
@@ -236,23 +231,14 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
 
 def _postprocessing(postprocess: str | dict | None, min_size: int, choose: bool, members: list,
                     paths: list) -> dict | None:
-    """The per-class rule the evaluation applies (None: raw predictions)."""
-    from smaformer.infer.members import stored_postprocessing
+    """The rule the evaluation applies (None: raw predictions; always raw while choosing)."""
+    from smaformer.infer.members import resolve_postprocessing
 
     if choose:
         if postprocess not in (None, "auto", "none"):
             raise InputError(None, "--choose-postprocessing scores the raw predictions; drop --postprocess")
         return None
-    if isinstance(postprocess, dict):     # a rule from the Python API (e.g. another checkpoint's choice)
-        return postprocess
-    if postprocess in (None, "auto"):
-        return stored_postprocessing(members, paths)
-    if postprocess == "none":
-        return None
-    try:
-        return rule_for_all_classes(postprocess, min_size)
-    except ValueError as e:
-        raise InputError(None, f"{e} (or auto, none)") from None
+    return resolve_postprocessing(postprocess, members, paths, min_size)
 
 
 def _store_decision(paths: list, decision: dict) -> str | None:

@@ -16,6 +16,7 @@ import torch
 from smaformer.data.fingerprint import intensity_warnings
 from smaformer.errors import InputError
 from smaformer.export.runtimes import RUNTIMES
+from smaformer.infer.postprocess import rule_for_all_classes
 from smaformer.io_utils import check_readable
 from smaformer.runtime import resolve_precision
 
@@ -75,6 +76,23 @@ def member_precision(members: Sequence[Member], precision: str, device: torch.de
     if precision in ("auto", "fp32"):
         return "fp32"
     raise InputError(where, f"--precision {precision} runs with --engine torch; exported files run fp32")
+
+
+def resolve_postprocessing(postprocess: str | dict | None, members: Sequence[Member], paths: Sequence,
+                           min_size: int = 0) -> dict | None:
+    """The rule ``--postprocess`` means: ``auto``/None the stored choice (``stored_postprocessing``),
+    ``none`` nothing, ``lcc`` / ``min_size`` (``min_size`` voxels) one rule for all classes, or a rule dict
+    as it is (``infer.postprocess.apply_postprocessing``)."""
+    if isinstance(postprocess, dict):
+        return postprocess
+    if postprocess in (None, "auto"):
+        return stored_postprocessing(members, paths)
+    if postprocess == "none":
+        return None
+    try:
+        return rule_for_all_classes(postprocess, min_size)
+    except ValueError as e:
+        raise InputError(None, f"{e} (or auto, none)") from None
 
 
 def stored_postprocessing(members: Sequence[Member], paths: Sequence) -> dict | None:

@@ -22,7 +22,7 @@ import torch
 from smaformer.data.arrays import H5_SUFFIXES
 from smaformer.data.io import IMAGE_SUFFIXES, is_nifti, read_image, write_labels
 from smaformer.errors import InputError
-from smaformer.infer.members import Member, domain_warnings, load_members, member_precision, stored_postprocessing
+from smaformer.infer.members import Member, domain_warnings, load_members, member_precision, resolve_postprocessing
 from smaformer.infer.postprocess import apply_postprocessing, describe_postprocessing
 from smaformer.infer.volume import infer_ensemble
 from smaformer.io_utils import atomic_path, write_text
@@ -163,20 +163,19 @@ def predict_case(members: list[Member], case: Path, output: Path, settings: Sett
 def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, *, engine: str = "auto",
             device: str = "auto", precision: str = "fp32", batch_size: int = 16, save_probabilities: bool = False,
             tta: bool = False, inference: str | None = None, postprocess: str | dict | None = "auto",
-            progress: bool = True, log: Callable[[str], None] = print) -> list[CaseResult]:
+            min_size: int = 0, progress: bool = True, log: Callable[[str], None] = print) -> list[CaseResult]:
     """Segment every case of ``inp`` into ``output`` with one checkpoint or an ensemble of several;
     failing cases are reported and skipped.
 
-    ``postprocess`` is ``"auto"`` (the checkpoint's stored choice), ``"none"`` or a per-class rule dict
-    (``infer.postprocess.apply_postprocessing``).
+    ``postprocess`` is ``"auto"`` (the checkpoint's stored choice), ``"none"``, ``"lcc"``, ``"min_size"``
+    (with ``min_size`` voxels) or a rule dict (``infer.members.resolve_postprocessing``).
     """
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     device = resolve_device(device)
     members = load_members(paths, engine, device)
     settings = Settings(batch_size=batch_size, device=device, tta=tta, inference=inference,
                         precision=member_precision(members, precision, device, paths[0]),
-                        postprocessing=(stored_postprocessing(members, paths) if postprocess in (None, "auto")
-                                        else None if postprocess == "none" else postprocess),
+                        postprocessing=resolve_postprocessing(postprocess, members, paths, min_size),
                         save_probabilities=save_probabilities, progress=progress)
     log(f"{len(members)} model(s), precision {settings.precision}, tta {'on' if tta else 'off'}, inference "
         f"{inference or 'per checkpoint'}, post-processing {describe_postprocessing(settings.postprocessing)}")
