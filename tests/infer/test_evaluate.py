@@ -196,3 +196,24 @@ def test_checkpoint_that_does_not_fit_the_data_is_refused(tmp_path, capsys, capl
         evaluate(ckpt, reader, tmp_path / "out", overlays=0, progress=False)
     assert "differ from the checkpoint's" in caplog.text
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_ensemble_with_tta_and_sliding_on_acdc_volumes(acdc, tmp_path, capsys):
+    """An ensemble of the checkpoint with itself scores as the checkpoint; --tta and --inference sliding
+    run on the real volumes (in-plane 256x216 and the like, model size 64) and keep their shapes."""
+    root, ckpt = acdc
+    from smaformer.data import open_dataset
+
+    case = open_dataset(root, split="val").cases()[0]
+    base = ["-d", str(root), "--split", "val", "--cases", case, "--overlays", "0", "--no-progress"]
+    runs = {"single": ["-c", str(ckpt)], "pair": ["-c", str(ckpt), str(ckpt)],
+            "tta": ["-c", str(ckpt), str(ckpt), "--tta"], "sliding": ["-c", str(ckpt), "--inference", "sliding"]}
+    res = {}
+    for name, args in runs.items():
+        assert main(["evaluate", *args, *base, "-o", str(tmp_path / name)]) == 0
+        res[name] = json.loads((tmp_path / name / "metrics.json").read_text(encoding="utf-8"))
+    assert res["single"]["foreground_mean"] == res["pair"]["foreground_mean"]
+    assert len(res["pair"]["ensemble"]) == 2 and res["tta"]["config"]["tta"] is True
+    for r in res.values():
+        assert r["data"]["n_cases"] == 1 and r["metric_per_case"][0]["warnings"] == []
+    assert res["sliding"]["metric_per_case"][0]["shape"] == res["single"]["metric_per_case"][0]["shape"]
