@@ -81,6 +81,11 @@ def test_bench_models_ratios_and_legacy_path():
     assert all(r["bf16_over_fp32"] > 0 and r["new_over_legacy_fp32"] > 0 for r in rows)
 
 
+def test_bench_models_train_curve():
+    rows = _load("bench_models").train_curve(1, batch=2, side=64)
+    assert rows[0]["step"] == 1 and rows[0]["fp32_loss"] > 0 and rows[0]["bf16_s"] > 0
+
+
 def test_compare_labels(tmp_path):
     import json
 
