@@ -15,26 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SMAFORMER_SHARED", REPO.parent / "shared")) / "data" / "acdc"
-
-
-def cpu() -> str:
-    name, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name}, {os.cpu_count()} cores, flags: {' '.join(have) or 'none of avx2/avx512/amx'}"
 
 
 def main() -> None:
@@ -48,6 +33,7 @@ def main() -> None:
     from smaformer.checkpoint import load_checkpoint
     from smaformer.infer.crossval import pool_cross_validation
     from smaformer.infer.evaluate import evaluate
+    from smaformer.runtime import cpu_description
 
     ckpts = [f / "best.pt" if (f / "best.pt").is_file() else f / "latest.pt" for f in args.folds]
     rule = load_checkpoint(ckpts[0])[1].get("postprocessing")
@@ -58,7 +44,8 @@ def main() -> None:
         f"ensemble of {len(ckpts)}": dict(checkpoint=ckpts, postprocess="none"),
         "all combined": dict(checkpoint=ckpts, postprocess=rule or "none", tta=True),
     }
-    results = {"machine": cpu(), "torch_threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
+    results = {"machine": f"{cpu_description()}, {os.cpu_count()} cores",
+               "torch_threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
                "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "folds": [str(f) for f in args.folds],
                "post_processing_of_fold0": rule, "variants": {}}
     cv = pool_cross_validation(args.folds, args.out / "cross_validation")

@@ -39,18 +39,6 @@ REFERENCE = "published Swin-Unet 90.00 mean DSC on ACDC (ImageNet-initialised, t
             "from scratch and are scored on the val split"
 
 
-def raw_postprocess() -> list[str]:
-    """``--postprocess none`` where evaluate knows it: training may store a post-processing chosen on the val
-    volumes, which must not touch the volumes it is scored on. (Older evaluate applies none by default.)"""
-    try:
-        from smaformer.cli._common import parse_postprocess
-
-        parse_postprocess(["none"])
-    except Exception:  # noqa: BLE001 - ImportError or InputError: the option does not exist here
-        return []
-    return ["--postprocess", "none"]
-
-
 def run_logged(cmd: list[str], log: Path, timeout: float, env: dict) -> dict:
     """Run ``cmd`` with its output in ``log``; SIGTERM at ``timeout`` (the trainer then saves latest.pt)."""
     t0 = time.perf_counter()
@@ -242,7 +230,7 @@ def one_run(rep, opts, site, preset: str, plans: dict, later: list[str], correct
     device = "cpu" if opts.dry_run else opts.device
     cmd = [sys.executable, "-m", "smaformer", "evaluate", "-c", str(run_dir / "latest.pt"), "-d", data["root"],
            "-o", str(tmp / f"{preset}_eval"), "--split", "val", "--overlays", "0", "--no-progress", "--device", device,
-           *raw_postprocess()]
+           "--postprocess", "none"]   # training chose it on these val volumes: not scored with it
     rec["evaluate"] = run_logged(cmd, tmp / f"{preset}_eval.log", max(10.0, rep.left() - FINAL_S), env)
     rep.append_log(tmp / f"{preset}_eval.log", f"{preset} evaluate")
     metrics = tmp / f"{preset}_eval" / "metrics.json"

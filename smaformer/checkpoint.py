@@ -194,6 +194,7 @@ def store_postprocessing(path: str | Path, decision: dict) -> Path:
     path = Path(path)
     if path.suffix in (".safetensors", ".json"):
         side = sidecar_path(path.with_suffix(".safetensors"))
+        read_safetensors_pair(path)   # a missing or mismatched pair fails here, in one line naming the file
         meta = json.loads(side.read_text(encoding="utf-8"))
         meta["postprocessing"] = decision
         return write_bytes(side, json.dumps(meta, indent=2, default=str).encode())

@@ -14,6 +14,7 @@ EPILOG = """examples:
   smaformer evaluate -c f0/best.pt f1/best.pt f2/best.pt -d ../shared/data/acdc -o eval/ens --tta   # ensemble
   smaformer evaluate -c best.pt -d ../shared/data/acdc -o eval/pp --choose-postprocessing        # stored in best.pt
   smaformer evaluate -c best.pt -d ../shared/data/drive -o eval/drive --split test --inference sliding
+  smaformer evaluate -c model.onnx best.pt -d ../shared/data/acdc -o eval/mixed --engine openvino  # ONNX members
   smaformer evaluate --cross-validation runs/f0 runs/f1 runs/f2 runs/f3 runs/f4 -o eval/cv   # pooled folds
 
 Both conventions are always reported: 'standard' (NaN when both masks are empty, diagonal HD95 when one is)
@@ -96,7 +97,8 @@ def _cross_validation(args: argparse.Namespace) -> int:
 
     res = pool_cross_validation(args.cross_validation, args.output)
     for f in res["folds"]:
-        print(f"fold {f['fold']}: {f['n_cases']} cases, mean Dice {_f(f['foreground_mean']['standard']['dice'])} "
+        print(f"fold {f['fold']}: {f['n_cases']} cases, mean Dice "
+              f"{_f(((f['foreground_mean'] or {}).get('standard') or {}).get('dice'))} "
               f"({f['run']})")
     _print_table(res)
     print(f"{res['n_cases']} validation cases of {len(res['folds'])} folds pooled -> {args.output}/metrics.json")

@@ -12,6 +12,8 @@ EPILOG = """examples:
   smaformer predict -i scans/ -o segs/ -c best.pt --device auto --precision bf16
   smaformer predict -i scans/ -o segs/ -c fold0/best.pt fold1/best.pt fold2/best.pt --tta   # ensemble + mirroring
   smaformer predict -i retina.tif -o vessels.png -c drive.pt --inference sliding
+  smaformer predict -i ct.nii.gz -o seg.nii.gz -c best.pt --postprocess none      # skip the stored choice
+  smaformer predict -i ct.nii.gz -o seg.nii.gz -c best.pt --postprocess min-size 200
   smaformer predict -i dicom_series/ -o seg.nii.gz -c model.safetensors        # + model.json sidecar
   smaformer predict -i slice.png -o mask.png -c model.onnx --engine onnxruntime
   smaformer predict -i ct.nii.gz -o seg.nii.gz -c model.onnx --engine openvino --save-probabilities

@@ -167,6 +167,10 @@ class SampleList(Reader):
     def __init__(self, samples: list[Sample], split: str = "val"):
         self.root, self.split, self.classes, self.skipped = None, split, [], []
         self._samples = {s.case or f"case{i:03d}": s for i, s in enumerate(samples)}
+        if len(self._samples) < len(samples):
+            names = [s.case for s in samples]
+            twice = sorted({n for n in names if n and names.count(n) > 1})
+            raise InputError(None, f"samples share case names ({', '.join(twice[:5])}); name each case once")
 
     def __repr__(self) -> str:
         return f"{len(self._samples)} in-memory samples"

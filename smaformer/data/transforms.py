@@ -150,9 +150,9 @@ def random_crop(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> 
     oh, ow = _size2(size)
     h, w = label.shape[-2:]
     ph, pw = max(oh - h, 0), max(ow - w, 0)
-    if ph or pw:
-        image = np.pad(image, ((0, 0), (0, ph), (0, pw)))
-        label = np.pad(label, ((0, ph), (0, pw)))
+    if ph or pw:   # centred, as MONAI's sliding_window_inference pads
+        pads = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
+        image, label = np.pad(image, ((0, 0), *pads)), np.pad(label, pads)
     y = np.random.randint(0, label.shape[0] - oh + 1)
     x = np.random.randint(0, label.shape[1] - ow + 1)
     return image[:, y:y + oh, x:x + ow], label[y:y + oh, x:x + ow]

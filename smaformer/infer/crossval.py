@@ -31,7 +31,12 @@ def _fold_result(run: Path) -> dict:
 
 def _splits(run: Path) -> list | None:
     path = run / "splits.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(path, f"not valid JSON ({e})") from None
 
 
 def pool_cross_validation(run_dirs: list[str | Path], out_dir: str | Path) -> dict:

@@ -126,6 +126,9 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
     if isinstance(data, (list, tuple)):
         data = SampleList(list(data))
     reader = data if hasattr(data, "load_case") else open_dataset(data, layout=layout, split=split)
+    if choose_postprocessing and getattr(reader, "split", None) == "test":
+        raise InputError(getattr(reader, "root", None), "--choose-postprocessing on the test split would tune on "
+                                                        "the cases you report: choose it on validation data")
     num_classes = int(info["model"]["kwargs"].get("num_classes", len(info["classes"])))
     names = list(info["classes"]) or [str(i) for i in range(num_classes)]
     data_classes = list(getattr(reader, "classes", None) or [])
@@ -136,6 +139,7 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
     class_map = {k: names[k] if k < len(names) else str(k) for k in labels}
     search = PostprocessingSearch(labels) if choose_postprocessing else None
     todo = list(cases) if cases is not None else list(reader.cases())
+    _warn_if_chosen_here(decision, todo)
     config = {"legacy_resize": legacy_resize, "postprocess": postprocess, "min_size": min_size,
               "postprocessing_applied": describe_postprocessing(decision), "postprocessing_rule": decision,
               "choose_postprocessing": choose_postprocessing, "tta": tta, "inference": inference or "per checkpoint",
@@ -203,7 +207,7 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
     result = {
         "format": FORMAT, "version": 1,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "checkpoint": {"path": str(paths[0]), "sha256": file_sha256(paths[0]), "model": info.get("model"),
+        "checkpoint": {"path": str(paths[0]), "sha256": None, "model": info.get("model"),
                        "train_config": info.get("config", {})},
         "data": {"path": str(getattr(reader, "root", None) or reader), "layout": getattr(reader, "layout", layout),
                  "split": getattr(reader, "split", split), "n_cases": len(per_case), "n_failed": len(failed)},
@@ -221,7 +225,10 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
                               for p, (_, i) in zip(paths, members, strict=True)]
     if search is not None:
         result["postprocessing"] = search.decide()
+        result["postprocessing"]["chosen_on"] = {"data": result["data"]["path"], "split": result["data"]["split"],
+                                                 "cases": [c["case"] for c in per_case]}
         result["postprocessing"]["stored_in"] = _store_decision(paths, result["postprocessing"])
+    result["checkpoint"]["sha256"] = file_sha256(paths[0])    # after storing a decision into it
     result = _nan_to_none(result)
     write_text(out / "metrics.json", json.dumps(result, indent=1, default=str))
     write_summary_csv(result, out / "summary.csv")
@@ -241,6 +248,15 @@ def _postprocessing(postprocess: str | dict | None, min_size: int, choose: bool,
     return resolve_postprocessing(postprocess, members, paths, min_size)
 
 
+def _warn_if_chosen_here(decision: dict | None, cases: list[str]) -> None:
+    """A stored post-processing choice made on some of the cases scored now makes their scores optimistic."""
+    chosen = set(((decision or {}).get("chosen_on") or {}).get("cases") or [])
+    both = chosen.intersection(cases)
+    if both:
+        log.warning("the stored post-processing was chosen on %d of these %d cases, so their scores are "
+                    "optimistic; score them with --postprocess none", len(both), len(cases))
+
+
 def _store_decision(paths: list, decision: dict) -> str | None:
     """Write the chosen post-processing into a single .pt checkpoint or safetensors sidecar; an ensemble's
     decision is reported only."""
@@ -250,7 +266,7 @@ def _store_decision(paths: list, decision: dict) -> str | None:
         log.warning("the post-processing chosen for %s is reported in metrics.json, not stored (stored only "
                     "for a single .pt or .safetensors checkpoint)", " ".join(map(str, paths)))
         return None
-    keep = {k: decision[k] for k in ("per_class", "dice_before", "dice_after", "rule", "n_cases")}
+    keep = {k: decision[k] for k in ("per_class", "dice_before", "dice_after", "rule", "n_cases", "chosen_on")}
     return str(store_postprocessing(paths[0], keep))
 
 

@@ -5,6 +5,13 @@ import numpy as np
 from scipy import ndimage
 
 
+def _check_rule(mode: str, min_size: int) -> None:
+    if mode not in ("lcc", "min_size"):
+        raise ValueError(f"unknown post-processing {mode!r}; use 'lcc' or 'min_size'")
+    if mode == "min_size" and min_size < 1:
+        raise ValueError(f"min_size must be >= 1 voxel, got {min_size}")
+
+
 def postprocess_labels(labels: np.ndarray, mode: str, *, min_size: int = 0, connectivity: int | None = None,
                        classes: list[int] | None = None) -> np.ndarray:
     """Clean a label volume per class with 3D connected components; removed voxels become background 0.
@@ -14,10 +21,7 @@ def postprocess_labels(labels: np.ndarray, mode: str, *, min_size: int = 0, conn
     official scripts' slice-row version). ``connectivity`` defaults to full (26-neighbourhood in 3D), as in
     nnU-Net. ``classes`` limits which labels are touched (default: all non-zero labels present).
     """
-    if mode not in ("lcc", "min_size"):
-        raise ValueError(f"unknown post-processing {mode!r}; use 'lcc' or 'min_size'")
-    if mode == "min_size" and min_size < 1:
-        raise ValueError(f"min_size must be >= 1 voxel, got {min_size}")
+    _check_rule(mode, min_size)
     out = np.array(labels, copy=True)
     structure = ndimage.generate_binary_structure(out.ndim, connectivity or out.ndim)
     boxes = ndimage.find_objects(out.astype(np.int64) if out.dtype.kind not in "iu" else out)
@@ -53,10 +57,7 @@ def _candidate_name(mode: str, size: int = 0) -> str:
 
 def rule_for_all_classes(mode: str, min_size: int = 0) -> dict:
     """The decision ``--postprocess lcc`` / ``min-size N`` asks for: one rule for every class."""
-    if mode not in ("lcc", "min_size"):
-        raise ValueError(f"unknown post-processing {mode!r}; use 'lcc' or 'min_size'")
-    if mode == "min_size" and min_size < 1:
-        raise ValueError(f"min_size must be >= 1 voxel, got {min_size}")
+    _check_rule(mode, min_size)
     return {"all": {"mode": mode, **({"min_size": int(min_size)} if mode == "min_size" else {})}}
 
 

@@ -94,7 +94,7 @@ class _Member:
 
     def __init__(self, model: Callable, preprocessing: dict, vol: np.ndarray, *, inference: str | None,
                  device: torch.device, precision: str, batch_size: int):
-        self.model, self.pre, self.device, self.batch_size = model, preprocessing, device, batch_size
+        self.model, self.device, self.batch_size = model, device, batch_size
         self.size = tuple(int(s) for s in preprocessing["img_size"])
         self.mode = inference_mode_of(preprocessing, inference)
         self.channel_mode = preprocessing.get("channel_mode", "repeat")
@@ -194,6 +194,9 @@ def infer_ensemble(members: Sequence[tuple[Callable, dict]], volume: np.ndarray,
         raise ValueError(f"volume is empty: shape {tuple(np.shape(volume))}")
     runs = [_Member(m, pre, vol, inference=inference, device=device, precision=precision, batch_size=batch_size)
             for m, pre in members]
+    if legacy_resize and runs[0].mode == "sliding":
+        raise ValueError("legacy_resize reproduces the official resize script; this checkpoint slides "
+                         "(trained on crops): drop legacy_resize or pass inference='resize'")
     averaged = tta or len(runs) > 1
 
     labels = np.empty((depth, *hw), dtype=np.uint8)

@@ -4,7 +4,8 @@ validation, self-describing checkpoints, exact (mid-epoch) resume and DDP throug
 ``train(cfg)`` is the API; ``smaformer train`` only parses arguments and calls it. A run folder holds
 ``config.yaml``, ``latest.pt`` (full training state, rewritten atomically at every epoch end, every
 ``save_every_iters`` steps and on SIGINT/SIGTERM), ``best.pt`` (best mean validation Dice), ``train_log.csv``
-and ``curves.png``; a cross-validation fold adds ``splits.json`` and ``validation/`` (``train.crossval``).
+and ``curves.png``; a run with validation cases ends with ``validation/`` (``train.crossval``: metrics and
+the post-processing choice), a cross-validation fold also writes ``splits.json``.
 Resuming restores model, optimizer, scheduler, scaler, the epoch and the step inside
 it (the sampler skips what was consumed), the per-rank RNG states and the log history, so on CPU in
 deterministic mode a resumed run ends with bit-identical weights.

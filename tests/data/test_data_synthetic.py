@@ -183,8 +183,9 @@ def test_crop_patches_keep_native_resolution_and_imply_sliding_inference():
     item = ds[0]
     assert tuple(item["image"].shape) == (1, 16, 48) and tuple(item["label"].shape) == (16, 48)
     x = item["image"][0].numpy()
-    assert np.all(x[:, 30:] == 0) and np.all(item["label"].numpy()[:, 30:] == 0)   # padded: 30 < 48
-    rows = [y for y in range(40 - 16 + 1) if np.array_equal(img[0, y:y + 16], x[:, :30])]
+    pad = np.r_[0:9, 39:48]                       # 30 < 48: 9 columns each side, centred as MONAI pads
+    assert np.all(x[:, pad] == 0) and np.all(item["label"].numpy()[:, pad] == 0)
+    rows = [y for y in range(40 - 16 + 1) if np.array_equal(img[0, y:y + 16], x[:, 9:39])]
     assert rows, "the crop is a window of the slice at its own pixels"
     assert preprocessing_of(load_config(None, ["data.patches=crop"]))["inference"] == "sliding"
     assert preprocessing_of(load_config(None, []))["inference"] == "resize"

@@ -108,3 +108,5 @@ def test_legacy_resize_refuses_what_the_official_script_cannot_do():
     for kwargs in ({"tta": True}, {"inference": "sliding"}):
         with pytest.raises(ValueError, match="legacy_resize"):
             infer_volume(net, vol, pp, legacy_resize=True, **kwargs)
+    with pytest.raises(ValueError, match="legacy_resize"):      # a checkpoint trained on crops slides
+        infer_volume(net, vol, {**pp, "inference": "sliding"}, legacy_resize=True)

@@ -77,7 +77,7 @@ def tiny(tmp_path):
     return save_checkpoint(build_checkpoint(model, ["background", "a", "b"], pre), tmp_path / "tiny.pt")
 
 
-def test_evaluate_chooses_stores_and_predict_applies(tiny, tmp_path, capsys, monkeypatch):
+def test_evaluate_chooses_stores_and_predict_applies(tiny, tmp_path, capsys, monkeypatch, caplog):
     from smaformer.data.sample import Sample
     from smaformer.infer.evaluate import evaluate
 
@@ -89,10 +89,15 @@ def test_evaluate_chooses_stores_and_predict_applies(tiny, tmp_path, capsys, mon
     monkeypatch.setattr(members, "load_predictor", lambda p, e, d: (_Fixed(pred), load_checkpoint(p)[1]))
     res = evaluate(tiny, samples, tmp_path / "ev", overlays=0, progress=False, choose_postprocessing=True,
                    device="cpu", batch_size=8)
-    after = evaluate(tiny, samples, tmp_path / "ev2", overlays=0, progress=False, device="cpu", batch_size=8)
+    with caplog.at_level("WARNING"):
+        after = evaluate(tiny, samples, tmp_path / "ev2", overlays=0, progress=False, device="cpu", batch_size=8)
+    assert "chosen on 1 of these 1 cases" in caplog.text               # optimistic: said so
     monkeypatch.undo()
     assert res["postprocessing"]["per_class"]["2"] == {"mode": "none"}
     assert res["postprocessing"]["stored_in"] == str(tiny)
+    from smaformer.io_utils import file_sha256
+    assert res["checkpoint"]["sha256"] == file_sha256(tiny)          # the file as it is after the choice
+    assert load_checkpoint(tiny)[1]["postprocessing"]["chosen_on"]["cases"] == ["c0"]
     assert load_checkpoint(tiny)[1]["postprocessing"]["per_class"]["1"]["mode"] in ("lcc", "min_size")
     assert res["mean"]["1"]["standard"]["dice"] < 1.0
     assert after["mean"]["1"]["standard"]["dice"] == 1.0            # the stored choice is applied by default
@@ -160,3 +165,14 @@ def test_cross_validation_summary_pools_the_folds(tiny, tmp_path, capsys):
     assert "folds must be disjoint" in capsys.readouterr().err
     assert main(["evaluate", "--cross-validation", str(tmp_path / "nope"), "-o", str(out)]) == 2
     assert "metrics.json: not found" in capsys.readouterr().err
+
+
+def test_choosing_on_the_test_split_is_refused(tiny, tmp_path):
+    from smaformer.data.sample import Sample, SampleList
+    from smaformer.errors import InputError
+    from smaformer.infer.evaluate import evaluate
+
+    test = SampleList([Sample(np.zeros((2, 8, 8), np.float32), np.zeros((2, 8, 8), np.int64), {"case": "t"})],
+                      split="test")
+    with pytest.raises(InputError, match="test split"):
+        evaluate(tiny, test, tmp_path / "e", choose_postprocessing=True, progress=False, device="cpu")
