@@ -5,7 +5,6 @@ import json
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from smaformer.checkpoint import load_checkpoint, read_checkpoint
 from smaformer.cli import main
@@ -14,14 +13,6 @@ from smaformer.errors import InputError
 from smaformer.train.data import StackedCases, build_data, case_key
 from smaformer.train.folds import fold_split, make_folds, read_splits, write_splits
 from smaformer.train.loop import train
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def acdc_names(patients=range(1, 31), frames=("01", "12"), slices=3) -> list[str]:

@@ -43,15 +43,6 @@ class Blobs(torch.utils.data.Dataset):
                       {"case": "vol", "is_volume": True})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A tiny model gains nothing from threads, and OpenMP spinning hurts on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_cfg(size: int, *overrides: str) -> dict:
     return load_config(None, [f"data.img_size={size}", "model.name=unet",
                               "model.kwargs={base: 4, depth: 2, dropout: 0.1}", "data.num_workers=0",
