@@ -93,7 +93,7 @@ class _Case:
 class FingerprintBuilder:
     """Collect a dataset fingerprint item by item: ``add(name, sample)``, ``fail(name, fault)``, ``result()``.
 
-    ``group`` maps an item's name to its case (e.g. ``train.data.case_key``: slices to their patient);
+    ``group`` maps an item's name to its case (e.g. ``data.sample.case_key``: slices to their patient);
     the items of one case must be added one after the other.
     """
 

@@ -7,6 +7,7 @@ readers built on :mod:`smaformer.data.io`, ``props`` (what ``write_labels`` need
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,3 +181,22 @@ class SampleList(Reader):
 
     def load_case(self, case: str) -> Sample:
         return self._samples[case]
+
+
+#: the slice suffix of 2D training names: ``case0005_slice012``, ``patient001_frame01_slice_3``
+SLICE_NAME = re.compile(r"_slice_?(\d+)$")
+
+
+def slice_order(name: str) -> tuple[str, int]:
+    """Sort key putting a case's slices in slice order (``_slice_2`` before ``_slice_10``)."""
+    m = SLICE_NAME.search(name)
+    return (name[: m.start()], int(m.group(1))) if m else (name, 0)
+
+
+def case_key(name: str) -> str:
+    """The case (for ACDC: the patient) a slice or volume name belongs to: ``case0005_slice012`` ->
+    ``case0005``, ``patient001_frame01_slice_3`` -> ``patient001``; used for hold-outs, folds, leak checks
+    and the fingerprint's grouping."""
+    base = SLICE_NAME.sub("", name)
+    m = re.match(r"(patient\d+)_frame\d+$", base)
+    return m.group(1) if m else base

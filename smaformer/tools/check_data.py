@@ -16,10 +16,9 @@ import numpy as np
 
 from smaformer.data.fingerprint import FingerprintBuilder
 from smaformer.data.formats import LAYOUTS, detect_layout, open_dataset
-from smaformer.data.sample import iter_cases
+from smaformer.data.sample import case_key, iter_cases
 from smaformer.errors import InputError
 from smaformer.io_utils import write_text
-from smaformer.train.data import case_key
 
 
 @dataclass
@@ -47,10 +46,6 @@ class CheckReport:
 
 def _fmt_tuple(t, digits: int = 3) -> str:
     return "-" if t is None else "x".join(f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in t)
-
-
-def _patient(case: str) -> str:
-    return case.split("_")[0]
 
 
 def check_dataset(path, layout: str | None = None, split: str | None = None, limit: int | None = None,
@@ -108,7 +103,7 @@ def check_dataset(path, layout: str | None = None, split: str | None = None, lim
     names = list(case_sets)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            shared = sorted({_patient(c) for c in case_sets[a]} & {_patient(c) for c in case_sets[b]})
+            shared = sorted({case_key(c) for c in case_sets[a]} & {case_key(c) for c in case_sets[b]})
             if shared:
                 report.warnings.append(f"splits {a!r} and {b!r} share {len(shared)} case/patient ids "
                                        f"(e.g. {shared[0]}): possible leakage")

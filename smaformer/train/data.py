@@ -9,7 +9,6 @@ with ``infer_volume`` and scored per class in 3D.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +18,7 @@ from torch.utils.data import Dataset
 
 from smaformer.checkpoint import default_preprocessing
 from smaformer.data.fingerprint import dataset_fingerprint
-from smaformer.data.sample import Reader, Sample, iter_cases
+from smaformer.data.sample import SLICE_NAME, Reader, Sample, case_key, iter_cases, slice_order
 from smaformer.errors import InputError
 from smaformer.infer.evaluate import volume_dice
 from smaformer.train.distributed import Dist, all_reduce_sum
@@ -63,7 +62,7 @@ class StackedCases(Reader):
         self.reader, self.layout, self.split = reader, reader.layout, "val"
         self.classes, self.root, self.skipped = reader.classes, getattr(reader, "root", None), []
         self.groups: dict[str, list[str]] = {}
-        for n in sorted(names, key=_slice_order):
+        for n in sorted(names, key=slice_order):
             self.groups.setdefault(case_key(n), []).append(n)
 
     def cases(self) -> list[str]:
@@ -74,22 +73,6 @@ class StackedCases(Reader):
         image = np.stack([p.image[0] if p.image.ndim == 3 else p.image for p in parts])
         label = np.stack([p.label for p in parts])
         return Sample(image, label, {**parts[0].meta, "case": case, "is_volume": True})
-
-
-_SLICE = re.compile(r"_slice_?(\d+)$")
-
-
-def _slice_order(name: str) -> tuple[str, int]:
-    m = _SLICE.search(name)
-    return (name[: m.start()], int(m.group(1))) if m else (name, 0)
-
-
-def case_key(name: str) -> str:
-    """The case (for ACDC: the patient) a slice or volume name belongs to: ``case0005_slice012`` ->
-    ``case0005``, ``patient001_frame01_slice_3`` -> ``patient001``; used for hold-outs and leak checks."""
-    base = _SLICE.sub("", name)
-    m = re.match(r"(patient\d+)_frame\d+$", base)
-    return m.group(1) if m else base
 
 
 def preprocessing_of(cfg: dict) -> dict:
@@ -170,7 +153,7 @@ def build_data(cfg: dict) -> TrainData:
 def _hold_out(reader: Reader, held: list[str], keep: list[str] | None = None) -> tuple[Reader, Reader]:
     """(validation reader of the ``held`` names, training reader of ``keep`` or of all the others): held-out
     slices are regrouped into volumes (``StackedCases``), held-out volumes kept as they are."""
-    slices = any(_SLICE.search(n) for n in held)
+    slices = any(SLICE_NAME.search(n) for n in held)
     val = StackedCases(reader, held) if slices else CaseSubset(reader, held)
     if keep is None:
         drop = set(held)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from smaformer.data.sample import SLICE_NAME, case_key
 from smaformer.errors import InputError
 from smaformer.io_utils import check_readable, write_text
-from smaformer.train.data import _SLICE, case_key
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,6 @@ def describe_fold(split: FoldSplit | None) -> str | None:
     parts = []
     for what, names in (("train", split.train), ("val", split.val)):
         groups = len({case_key(n) for n in names})
-        unit = "slices" if any(_SLICE.search(n) for n in names) else "names"
+        unit = "slices" if any(SLICE_NAME.search(n) for n in names) else "names"
         parts.append(f"{what} {groups} cases" + (f" ({len(names)} {unit})" if len(names) != groups else ""))
     return f"fold {split.fold} of {split.folds} ({origin}): {', '.join(parts)}"

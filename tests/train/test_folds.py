@@ -9,8 +9,9 @@ import pytest
 from smaformer.checkpoint import load_checkpoint, read_checkpoint
 from smaformer.cli import main
 from smaformer.config import load_config
+from smaformer.data.sample import case_key
 from smaformer.errors import InputError
-from smaformer.train.data import StackedCases, build_data, case_key
+from smaformer.train.data import StackedCases, build_data
 from smaformer.train.folds import fold_split, make_folds, read_splits, write_splits
 from smaformer.train.loop import train
 

@@ -8,8 +8,9 @@ import torch
 from smaformer.checkpoint import default_preprocessing, load_checkpoint, read_checkpoint
 from smaformer.config import load_config
 from smaformer.data import Sample
+from smaformer.data.sample import case_key
 from smaformer.errors import InputError
-from smaformer.train.data import TrainData, case_key, check_no_leak
+from smaformer.train.data import TrainData, check_no_leak
 from smaformer.train.loop import train
 from smaformer.train.schedule import lr_factor
 
