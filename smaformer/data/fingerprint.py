@@ -35,11 +35,12 @@ SPACING_FACTOR = 4.0          # spacing: in-plane spacing beyond [min / 4, max *
 
 
 def _voxels(image: np.ndarray, cap: int = MAX_VOXELS) -> np.ndarray:
-    """All voxels as float32, or ``cap`` of them drawn with a fixed seed when there are more."""
-    flat = np.asarray(image, dtype=np.float32).reshape(-1)
-    if flat.size <= cap:
-        return flat
-    return flat[np.sort(np.random.default_rng(0).integers(0, flat.size, cap))]
+    """All voxels as float32, or ``cap`` of them drawn with a fixed seed when there are more (drawn from the
+    stored array before converting, so a big int16 CT is never copied whole as float32)."""
+    flat = np.asarray(image).reshape(-1)
+    if flat.size > cap:
+        flat = flat[np.sort(np.random.default_rng(0).integers(0, flat.size, cap))]
+    return flat.astype(np.float32, copy=False)
 
 
 def _percentiles(values: np.ndarray) -> dict[str, float | None]:
