@@ -18,6 +18,72 @@ def _imports(path: Path) -> set[str]:
     return mods
 
 
+def _module_name(path: Path, root: Path = PKG) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _package_imports(path: Path, modules: set[str], root: Path = PKG) -> set[str]:
+    """The package's modules that ``path`` imports anywhere (top level, in functions, under TYPE_CHECKING):
+    ``from a.b import c`` counts as ``a.b.c`` when that is a module, else as ``a.b``."""
+    me, found = _module_name(path, root), set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:   # relative: from the module's package, one level up per extra dot
+                pkg = me.split(".") if path.name == "__init__.py" else me.split(".")[:-1]
+                base = ".".join(pkg[: len(pkg) - node.level + 1] + ([base] if base else []))
+            found.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return (found & modules) - {me}
+
+
+def import_cycles(root: Path = PKG) -> list[list[str]]:
+    """Strongly connected groups of more than one module in the package's import graph (Tarjan)."""
+    files = {_module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+    graph = {m: sorted(_package_imports(p, set(files), root)) for m, p in files.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = stack[stack.index(v):]
+            del stack[stack.index(v):]
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycles():
+    """Arrows run one way inside the package, lazy imports included (a lazy import only hides a cycle)."""
+    assert import_cycles() == []
+
+
+def test_cycle_finder_sees_a_lazy_cycle(tmp_path):
+    pkg = tmp_path / "smaformer"
+    (pkg / "train").mkdir(parents=True)
+    for name, text in {"__init__.py": "", "train/__init__.py": "",
+                       "train/a.py": "from smaformer.train.b import f\n",
+                       "train/b.py": "def f():\n    from smaformer.train import a\n"}.items():
+        (pkg / name).write_text(text)
+    assert import_cycles(pkg) == [["smaformer.train.a", "smaformer.train.b"]]
+
+
 def _files(*rooms: str) -> list[Path]:
     return [p for r in rooms for p in sorted((PKG / r).rglob("*.py"))] if rooms else sorted(PKG.rglob("*.py"))
 

@@ -59,8 +59,9 @@ class SegmentationModel(nn.Module):
 
     @property
     def accepted_channels(self) -> tuple[int, ...]:
-        """Channel counts ``forward`` takes: ``in_chans``, and 3 as well where ``gray_to_rgb`` repeats 1 to 3."""
-        return (1, 3) if self.gray_to_rgb and self.in_chans == 1 else (self.in_chans,)
+        """Channel counts ``forward`` takes: ``in_chans``; where ``gray_to_rgb`` and the stem has 3 channels
+        (``in_chans`` 1 or 3), both 1 and 3, as the official wrappers repeat a grey batch to 3 channels."""
+        return (1, 3) if self.gray_to_rgb and self.in_chans in (1, 3) else (self.in_chans,)
 
     def gray_as_rgb(self, x: torch.Tensor) -> torch.Tensor:
         """The official wrappers' 1 -> 3 channel repeat, for models whose weights keep a 3-channel stem."""

@@ -342,8 +342,9 @@ class Trainer:
             for sig, h in old.items():
                 signal.signal(sig, h)
         last = self.history[-1]["mean_dice"] if self.history else math.nan
-        if stopped not in ("interrupted", "stop_after"):
-            final_validation(self)      # <run>/validation/metrics.json, post-processing chosen (main rank)
+        if stopped not in ("interrupted", "stop_after") and self.dist.main:   # <run>/validation/, post-processing
+            final_validation(self.data, self.run_dir, device=self.device,
+                             batch_size=int(t["val_batch_size"]), log=self.log)
         if self.dist.main:
             self.log(f"run folder: {self.run_dir}" + (f"  (stopped: {stopped}; resume with "
                                                       f"`smaformer train --resume {self.run_dir}`)"

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from smaformer.errors import CheckpointError, InputError
 from smaformer.io_utils import check_readable
-from smaformer.weights.pretrained import CoverageReport, copy_mapped
+from smaformer.weights.coverage import CoverageReport, copy_mapped
 
 POS_KEY = "Transformer/posembed_input/pos_embedding"
 MARKER = "Transformer/encoder_norm/scale"  # present in every Google ViT npz

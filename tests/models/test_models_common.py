@@ -74,6 +74,28 @@ def test_base_class_refuses_bad_batches_with_the_fix(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_grey_batch_into_a_three_channel_model(name):
+    """Where the official wrapper repeats 1 channel to 3 (Swin-Unet, TransUNet), a grey batch gives exactly the
+    logits of the repeated batch; every other 3-channel model refuses it in one line."""
+    model, (h, w) = _tiny(name)
+    model.eval()
+    assert model.in_chans == 3
+    grey = torch.rand(2, 1, h, w)
+    if not model.gray_to_rgb:
+        with pytest.raises(ValueError, match="expected 3 input channels, got 1"):
+            model(grey)
+        return
+    with torch.no_grad():
+        torch.testing.assert_close(model(grey), model(grey.repeat(1, 3, 1, 1)), rtol=0, atol=0)
+
+
+def test_full_size_swin_unet_takes_a_grey_batch():
+    """The call a Synapse user makes: the official ``SwinUnet`` wrapper repeats 1 channel to 3."""
+    out = create_model("swin_unet")(torch.randn(1, 1, 224, 224))
+    assert out.shape == (1, 9, 224, 224)
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_forward_backward(name):
     model, (h, w) = _tiny(name)
     model.train()

@@ -1,23 +1,16 @@
 """One reader per dataset layout, layout auto-detection and ``open_dataset``.
 
 A layout module defines a :class:`~smaformer.data.sample.Reader` subclass and decorates it with
-``@register_layout``. Detection tries layouts in registration order (most specific first) and looks at
-file names only, so it is cheap.
+``@register_layout`` (from ``base``, so that the layout modules never import this package back). Detection
+tries layouts in registration order (most specific first) and looks at file names only, so it is cheap.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from smaformer.data.formats.base import LAYOUTS, register_layout  # noqa: F401 - the registry, re-exported
 from smaformer.data.sample import Reader
 from smaformer.errors import InputError, did_you_mean
-
-LAYOUTS: dict[str, type[Reader]] = {}
-
-
-def register_layout(cls: type[Reader]) -> type[Reader]:
-    """Class decorator: make a reader available to ``open_dataset`` under ``cls.layout``."""
-    LAYOUTS[cls.layout] = cls
-    return cls
 
 
 def detect_layout(path: str | Path) -> str:

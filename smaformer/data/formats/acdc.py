@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from smaformer.data.arrays import read_arrays
-from smaformer.data.formats import register_layout
-from smaformer.data.formats.base import ListedArrayReader, PairedReader
+from smaformer.data.formats.base import ListedArrayReader, PairedReader, register_layout
 from smaformer.data.sample import Sample
 from smaformer.errors import InputError
 

@@ -14,6 +14,14 @@ from smaformer.errors import InputError
 
 log = logging.getLogger(__name__)
 
+LAYOUTS: dict[str, type[Reader]] = {}   # layout name -> reader, in registration order (most specific first)
+
+
+def register_layout(cls: type[Reader]) -> type[Reader]:
+    """Class decorator: make a reader available to ``open_dataset`` under ``cls.layout``."""
+    LAYOUTS[cls.layout] = cls
+    return cls
+
 
 def list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """Sorted files in ``folder`` whose names end with one of ``suffixes`` (case-insensitive)."""

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from smaformer.data.formats import register_layout
-from smaformer.data.formats.base import PairedReader, list_files, match_by_stem
+from smaformer.data.formats.base import PairedReader, list_files, match_by_stem, register_layout
 from smaformer.data.io import read_image
 from smaformer.errors import InputError
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from smaformer.data.formats import register_layout
-from smaformer.data.formats.base import PairedReader, list_files, match_by_stem, split_dir
+from smaformer.data.formats.base import PairedReader, list_files, match_by_stem, register_layout, split_dir
 from smaformer.data.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES
 
 SUFFIXES = IMAGE_SUFFIXES + NIFTI_SUFFIXES

@@ -14,8 +14,7 @@ import re
 
 import numpy as np
 
-from smaformer.data.formats import register_layout
-from smaformer.data.formats.base import PairedReader, list_files, match_by_stem
+from smaformer.data.formats.base import PairedReader, list_files, match_by_stem, register_layout
 from smaformer.errors import InputError
 
 LITS_CLASSES = ["background", "liver", "tumor"]

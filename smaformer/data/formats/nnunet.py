@@ -10,8 +10,7 @@ import re
 
 import numpy as np
 
-from smaformer.data.formats import register_layout
-from smaformer.data.formats.base import PairedReader, list_files
+from smaformer.data.formats.base import PairedReader, list_files, register_layout
 from smaformer.data.io import read_image
 from smaformer.data.sample import Sample
 from smaformer.errors import InputError

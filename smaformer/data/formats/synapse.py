@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from smaformer.data.arrays import read_arrays
-from smaformer.data.formats import register_layout
-from smaformer.data.formats.base import ListedArrayReader, list_files, stem
+from smaformer.data.formats.base import ListedArrayReader, list_files, register_layout, stem
 from smaformer.data.sample import Sample
 from smaformer.errors import InputError
 
