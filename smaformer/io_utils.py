@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from smaformer.errors import InputError
+from smaformer.errors import InputError, first_line
 
 
 def _suffix(path: Path) -> str:
@@ -37,8 +39,11 @@ _UMASK = _read_umask()   # read once: setting it to read it is not thread-safe
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path next to ``path``; when the block ends without error it replaces ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + _suffix(path), dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + _suffix(path), dir=path.parent)
+    except OSError as e:
+        raise InputError(path, f"cannot write here ({first_line(e)})") from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -49,6 +54,55 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# the temp names atomic_path makes: ".<name>.<8 random chars>.tmp<suffix>"
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
+STALE_TEMP_S = 600.0
+
+
+def clean_stale_temps(folder: str | Path, older_than_s: float = STALE_TEMP_S) -> list[Path]:
+    """Remove the hidden temp files a killed writer left in ``folder``. Only those older than
+    ``older_than_s``: a younger one may belong to another process still writing there (a parallel part)."""
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    cutoff = time.time() - older_than_s
+    for p in folder.iterdir():
+        if _TEMP_NAME.match(p.name) and p.is_file() and p.stat().st_mtime < cutoff:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def check_output(path: str | Path, *, folder: bool = False, inputs: Iterable[str | Path] = (),
+                 what: str = "output") -> Path:
+    """Refuse, before any work starts, an output that is one of ``inputs`` or lies inside an input folder
+    (symlinks and relative paths resolved), that is a folder where a file is wanted or the reverse, or
+    whose folder cannot be created and written. Returns ``path`` as a Path; creates nothing."""
+    path = Path(path)
+    real = path.resolve()
+    for inp in inputs:
+        src = Path(inp).resolve()
+        if real == src or (src.is_dir() and src in real.parents):
+            where = "is" if real == src else "is inside"
+            raise InputError(path, f"{what} {where} the input {inp}; inputs are never written, choose another "
+                                   f"{'folder' if folder else 'file'}")
+    if path.exists() and path.is_dir() != folder:
+        raise InputError(path, f"{what} is a {'file' if folder else 'folder'}; give a "
+                               f"{'folder' if folder else 'file name'}")
+    base = real if folder else real.parent
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise InputError(path, f"cannot create the {what}: {base} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".smaformer-probe-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(path, f"cannot write in {base} ({first_line(e)})") from None
+    return path
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:

@@ -22,7 +22,7 @@ import torch.nn as nn
 from smaformer.checkpoint import save_safetensors_pair
 from smaformer.errors import InputError, SmaformerError
 from smaformer.export.metadata import DIM_NAMES, META_KEY, ExportMetadata
-from smaformer.io_utils import atomic_path
+from smaformer.io_utils import atomic_path, check_output
 
 TOLERANCE = 1e-3
 
@@ -219,9 +219,15 @@ def export_safetensors(model: nn.Module, ckpt: dict, path: str | Path) -> Export
 
 def export_checkpoint(ckpt_path: str | Path, out: str | Path, fmt: str,
                       onnx_exporters: tuple[str, ...] = ("dynamo", "torchscript")) -> ExportResult:
-    """Load a checkpoint (.pt or safetensors pair) and export it to ``fmt``."""
-    from smaformer.checkpoint import load_checkpoint
+    """Load a checkpoint (.pt or safetensors pair) and export it to ``fmt``. The output, and the sidecar a
+    safetensors export writes beside it, are checked first: writable, and never the checkpoint or its sidecar."""
+    from smaformer.checkpoint import load_checkpoint, sidecar_path
 
+    src = Path(ckpt_path)
+    inputs = [src, src.with_suffix(".safetensors"), sidecar_path(src)] if src.suffix in (".safetensors", ".json") \
+        else [src]
+    for target in [out, sidecar_path(out)] if fmt == "safetensors" else [out]:
+        check_output(target, inputs=inputs)
     model, info = load_checkpoint(ckpt_path)
     if fmt == "onnx":
         return export_onnx(model, info, out, onnx_exporters)

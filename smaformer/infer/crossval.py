@@ -14,7 +14,7 @@ from pathlib import Path
 
 from smaformer.errors import InputError
 from smaformer.infer.evaluate import _nan_to_none, aggregate, write_summary_csv
-from smaformer.io_utils import write_text
+from smaformer.io_utils import check_output, write_text
 
 FORMAT = "smaformer-cross-validation"
 
@@ -43,6 +43,7 @@ def pool_cross_validation(run_dirs: list[str | Path], out_dir: str | Path) -> di
     """Pool ``<run>/validation/metrics.json`` of every fold run into ``out_dir/metrics.json`` and
     ``summary.csv``; returns the pooled dict (``metric_per_case`` rows carry their ``fold``)."""
     runs = [Path(r) for r in run_dirs]
+    check_output(out_dir, folder=True, inputs=runs)
     if not runs:
         raise InputError(None, "--cross-validation needs the run folders of the folds")
     results = [_fold_result(r) for r in runs]

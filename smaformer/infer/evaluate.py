@@ -28,7 +28,7 @@ from smaformer.data.sample import Sample, SampleList, iter_cases
 from smaformer.errors import InputError
 from smaformer.infer.postprocess import PostprocessingSearch, apply_postprocessing, describe_postprocessing
 from smaformer.infer.volume import infer_ensemble, infer_volume
-from smaformer.io_utils import atomic_path, file_sha256, write_text
+from smaformer.io_utils import atomic_path, check_output, file_sha256, write_text
 from smaformer.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,8 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
     from smaformer.infer.report import overlay_png, select_slices, write_html
 
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    out = check_output(out_dir, folder=True, inputs=[*paths, *([data] if isinstance(data, (str, Path)) else [])])
     device = resolve_device(device)
-    out = Path(out_dir)
     members = load_members(paths, engine, device)
     precision = member_precision(members, precision, device, paths[0])
     info = members[0][1]

@@ -25,7 +25,7 @@ from smaformer.errors import InputError
 from smaformer.infer.members import Member, domain_warnings, load_members, member_precision, resolve_postprocessing
 from smaformer.infer.postprocess import apply_postprocessing, describe_postprocessing
 from smaformer.infer.volume import infer_ensemble
-from smaformer.io_utils import atomic_path, write_text
+from smaformer.io_utils import atomic_path, check_output, clean_stale_temps, write_text
 from smaformer.runtime import resolve_device
 
 OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".png", ".tif", ".tiff")
@@ -79,13 +79,39 @@ def case_stem(p: Path) -> str:
 def output_path(case: Path, output: Path, single: bool, props: dict) -> Path:
     """``output`` itself for one case named like a label file; else ``output/<case>.nii.gz`` (volumes),
     ``output/<case>.png`` (2D images) or ``output/<case>.tif`` (TIFF stacks), nnU-Net style."""
-    if single and output.name.lower().endswith(OUTPUT_SUFFIXES) and not output.is_dir():
+    if output_is_file(output, single):
         return output
     if not props.get("is_volume", True):
         suffix = ".png"
     else:
         suffix = ".nii.gz" if props.get("affine") is not None else ".tif"
     return output / (case_stem(case) + suffix)
+
+
+def output_is_file(output: Path, single: bool) -> bool:
+    """Whether ``output`` names one label file (one case) rather than a folder of outputs."""
+    return single and output.name.lower().endswith(OUTPUT_SUFFIXES) and not output.is_dir()
+
+
+def check_outputs(inp: Path, cases: list[Path], output: Path, single: bool) -> None:
+    """Before any model is loaded: the output can be written, and it writes over no input, neither the input
+    itself nor any case (whatever suffix a case's output gets); two cases never share an output name."""
+    is_file = output_is_file(output, single)
+    check_output(output, folder=not is_file, inputs=[inp, *cases])
+    if is_file:
+        return
+    sources = {c.resolve() for c in cases}
+    by_stem: dict[str, Path] = {}
+    for case in cases:
+        stem = case_stem(case)
+        if stem in by_stem:
+            raise InputError(case, f"{by_stem[stem].name} and {case.name} would both be written as {stem}.* in "
+                                   f"{output}; rename one or segment them separately")
+        by_stem[stem] = case
+        for name in (f"{stem}{s}" for s in (".nii.gz", ".png", ".tif", "_probabilities.npz")):
+            if (output / name).resolve() in sources:
+                raise InputError(output / name, "this output would write over an input case; choose another "
+                                                 "output folder")
 
 
 def check_geometry(written: Path, props: dict) -> None:
@@ -171,6 +197,10 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
     (with ``min_size`` voxels) or a rule dict (``infer.members.resolve_postprocessing``).
     """
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    cases, output = list_cases(inp), Path(output)
+    single = cases == [Path(inp)]
+    check_outputs(Path(inp), cases, output, single)
+    clean_stale_temps(output.parent if output_is_file(output, single) else output)
     device = resolve_device(device)
     members = load_members(paths, engine, device)
     settings = Settings(batch_size=batch_size, device=device, tta=tta, inference=inference,
@@ -179,8 +209,6 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
                         save_probabilities=save_probabilities, progress=progress)
     log(f"{len(members)} model(s), precision {settings.precision}, tta {'on' if tta else 'off'}, inference "
         f"{inference or 'per checkpoint'}, post-processing {describe_postprocessing(settings.postprocessing)}")
-    cases, output = list_cases(inp), Path(output)
-    single = cases == [Path(inp)]
     bar = cases
     if progress and len(cases) > 1:
         from tqdm.auto import tqdm
@@ -208,7 +236,7 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
 def _write_summary(output: Path, single: bool, paths: list, settings: Settings, results: list[CaseResult]) -> Path:
     """``predict.json`` beside the outputs (``<name>.json`` for a single output file): the models and
     settings, and per case its output, time, guard warnings or error."""
-    path = output.with_name(case_stem(output) + ".json") if single and not output.is_dir() else output / "predict.json"
+    path = output.with_name(case_stem(output) + ".json") if output_is_file(output, single) else output / "predict.json"
     doc = {"format": "smaformer-predictions", "version": 1, "checkpoints": [str(p) for p in paths],
            "precision": settings.precision, "device": str(settings.device), "tta": settings.tta,
            "inference": settings.inference or "per checkpoint",

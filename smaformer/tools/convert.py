@@ -23,7 +23,7 @@ from smaformer.data.preprocess import normalize_intensity
 from smaformer.data.sample import Reader, Sample, iter_cases
 from smaformer.data.transforms import parse_window
 from smaformer.errors import InputError
-from smaformer.io_utils import atomic_path, write_text
+from smaformer.io_utils import atomic_path, check_output, write_text
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ class PairsReader(PairedReader):
             raise InputError(None, "no image/label pairs given")
         super().__init__(Path(pairs[0][0]).parent)
         self._given = [(Path(i), Path(lab)) for i, lab in pairs]
+
+    def files(self) -> list[Path]:
+        """Every image and label file given."""
+        return [p for pair in self._given for p in pair]
 
     def _find_pairs(self):
         found = {}
@@ -138,13 +142,14 @@ def convert_to_synapse(source: str | Path | Reader, out_dir: str | Path, *, wind
     Returns the ``convert.json`` record: per output case its source, split, shape and spacing, plus
     ``failed`` (case, fault) for cases skipped because they could not be read.
     """
+    inputs = source.files() if isinstance(source, PairsReader) else [getattr(source, "root", source)]
+    out = check_output(out_dir, folder=True, inputs=inputs)
     reader = source if isinstance(source, Reader) else open_dataset(source, layout=layout)
     intensity = {"mode": "none"} if window == "none" else ({"mode": window} if window in ("zscore", "minmax")
                                                            else parse_window(window))
     num_classes = num_classes or (len(SYNAPSE_CLASSES) if label_map else (reader.num_classes or None))
     if label_map and num_classes and max(label_map.values()) >= num_classes:
         raise InputError(None, f"label map targets reach {max(label_map.values())}; num_classes is {num_classes}")
-    out = Path(out_dir)
     for d in ("train_npz", "test_vol_h5", "lists_Synapse"):
         (out / d).mkdir(parents=True, exist_ok=True)
     cases = reader.cases()

@@ -13,6 +13,7 @@ deterministic mode a resumed run ends with bit-identical weights.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import signal
@@ -29,7 +30,8 @@ from torch.utils.data import DataLoader
 
 from smaformer.checkpoint import build_checkpoint, read_checkpoint, save_checkpoint
 from smaformer.config import check_config, dump_config
-from smaformer.errors import InputError
+from smaformer.errors import InputError, first_line
+from smaformer.io_utils import check_output
 from smaformer.losses import build_loss
 from smaformer.models import create_model
 from smaformer.models.layers.axial import set_gates_trainable
@@ -64,9 +66,36 @@ def usable_cpus() -> int:
 
 
 def _new_run_dir(cfg: dict, dist: dd.Dist) -> Path:
+    """``<out_dir>/<name>[-fold<K>]-<timestamp>`` as rank 0 names it; ``claim_run_dir`` makes it unique."""
+    fold = cfg["data"].get("fold")
+    name = cfg["name"] + ("" if fold is None else f"-fold{fold}")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = dd.gather_objects(str(Path(cfg["train"]["out_dir"]) / f"{cfg['name']}-{stamp}"), dist)[0]
-    return Path(path)
+    out_dir = check_output(cfg["train"]["out_dir"], folder=True, what="train.out_dir")
+    return Path(dd.gather_objects(str(out_dir / f"{name}-{stamp}"), dist)[0])
+
+
+def claim_run_dir(path: Path) -> Path:
+    """Create a new run folder at ``path``, or at ``path-2``, ``path-3``... when another run (a fold launched
+    beside this one) took the name first: two runs never share a folder."""
+    for n in itertools.count(1):
+        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise InputError(candidate, f"cannot create the run folder ({first_line(e)})") from None
+    raise AssertionError("unreachable")
+
+
+def check_out_folder(run_dir: Path) -> None:
+    """``train --out``: a folder that can be written and holds no run, which only ``--resume`` continues."""
+    check_output(run_dir, folder=True, what="run folder")
+    held = [n for n in ("latest.pt", "best.pt") if (run_dir / n).exists()]
+    if held:
+        raise InputError(run_dir, f"holds a run ({held[0]}); continue it with `smaformer train --resume "
+                                  f"{run_dir}`, or choose another --out (nothing was written)")
 
 
 class Trainer:
@@ -88,6 +117,9 @@ class Trainer:
         self.log = log if self.dist.main else (lambda *a, **k: None)
         self.show_bar = progress_bar and self.dist.main
         self.cfg = cfg
+        self._fresh_dir = run_dir is None      # a stamped name, claimed when fit() starts
+        if run_dir is not None and resume is None:
+            check_out_folder(Path(run_dir))
         self.run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(cfg, self.dist)
         if t["deterministic"]:
             torch.use_deterministic_algorithms(True)
@@ -280,7 +312,12 @@ class Trainer:
         t = self.cfg["train"]
         if self.dist.main:
             self.log(f"device {self.device}, precision {self.precision} (train.precision {t['precision']})")
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self._fresh_dir:
+                self.run_dir, self._fresh_dir = claim_run_dir(self.run_dir), False
+            else:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = Path(dd.gather_objects(str(self.run_dir), self.dist)[0])
+        if self.dist.main:
             dump_config(self.cfg, self.run_dir / "config.yaml")
             if self.data.splits is not None:
                 write_splits(self.data.splits.splits, self.run_dir / "splits.json")

@@ -176,12 +176,12 @@ def test_evaluate_2d_images(tmp_path):
 def test_bad_postprocess_is_a_one_line_error_and_writes_nothing(tmp_path, capsys):
     from smaformer.cli import main
 
-    out = tmp_path / "eval"
-    assert main(["evaluate", "-c", str(tmp_path / "x.pt"), "-d", str(tmp_path), "-o", str(out),
+    out, data = tmp_path / "eval", tmp_path / "data"
+    assert main(["evaluate", "-c", str(tmp_path / "x.pt"), "-d", str(data), "-o", str(out),
                  "--postprocess", "bogus"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --postprocess takes") and err.count("\n") == 1
-    assert main(["evaluate", "-c", str(tmp_path / "x.pt"), "-d", str(tmp_path), "-o", str(out)]) == 2
+    assert main(["evaluate", "-c", str(tmp_path / "x.pt"), "-d", str(data), "-o", str(out)]) == 2
     assert "checkpoint file not found" in capsys.readouterr().err and not out.exists()
 
 

@@ -180,7 +180,10 @@ def test_input_faults_are_one_line(ckpt, tmp_path, capsys):
     with pytest.raises(InputError, match="empty folder"):
         list_cases(tmp_path)
     if not torch.cuda.is_available():
-        assert main(["predict", "-i", str(tmp_path), "-o", str(tmp_path), "-c", str(ckpt), "--device", "cuda"]) == 2
+        (tmp_path / "in").mkdir()
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4)), str(tmp_path / "in" / "a.nii.gz"))
+        assert main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-c", str(ckpt),
+                     "--device", "cuda"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
 
 
