@@ -199,10 +199,11 @@ def intensity_warnings(fingerprint: dict | None, image: np.ndarray, spacing: Any
     if mode not in ("zscore", "minmax") and s.get("intensity", {}).get("p0.5"):
         lo, hi = s["intensity"]["p0.5"]["min"], s["intensity"]["p99.5"]["max"]
         span = max(hi - lo, 1e-6 * max(abs(lo), abs(hi), 1.0))
-        p = _percentiles(_voxels(image))
+        values = _voxels(image)
+        p = _percentiles(values[np.isfinite(values)])   # a few NaN/Inf voxels must not make every percentile NaN
         if p["p0.5"] is None:
-            return out
-        if p["p0.5"] < lo - FAR_SPANS * span or p["p99.5"] > hi + FAR_SPANS * span:
+            out.append(f"{who}no finite intensity (every voxel NaN or infinite): nothing to segment; check the file")
+        elif p["p0.5"] < lo - FAR_SPANS * span or p["p99.5"] > hi + FAR_SPANS * span:
             out.append(f"{who}intensities {p['p0.5']:.4g}..{p['p99.5']:.4g} (0.5-99.5th percentile) are far "
                        f"outside the training data's {lo:.4g}..{hi:.4g}; the input looks like another modality "
                        "or scaling (e.g. raw CT HU into a model trained on [0, 1]): results will be meaningless")

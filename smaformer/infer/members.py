@@ -16,7 +16,7 @@ import torch
 from smaformer.data.fingerprint import intensity_warnings
 from smaformer.errors import InputError
 from smaformer.export.runtimes import RUNTIMES
-from smaformer.infer.postprocess import rule_for_all_classes
+from smaformer.infer.postprocess import check_decision, rule_for_all_classes
 from smaformer.io_utils import check_readable
 from smaformer.runtime import resolve_precision
 
@@ -84,6 +84,10 @@ def resolve_postprocessing(postprocess: str | dict | None, members: Sequence[Mem
     ``none`` nothing, ``lcc`` / ``min_size`` (``min_size`` voxels) one rule for all classes, or a rule dict
     as it is (``infer.postprocess.apply_postprocessing``)."""
     if isinstance(postprocess, dict):
+        try:
+            check_decision(postprocess)
+        except ValueError as e:
+            raise InputError(None, f"post-processing rule: {e}") from None
         return postprocess
     if postprocess in (None, "auto"):
         return stored_postprocessing(members, paths)
@@ -99,6 +103,12 @@ def stored_postprocessing(members: Sequence[Member], paths: Sequence) -> dict | 
     """The post-processing chosen on validation and stored in the checkpoint(s): for an ensemble only when
     every member stores the same decision (a decision made for one model is not one for their average)."""
     decisions = [info.get("postprocessing") for _, info in members]
+    for path, decision in zip(paths, decisions, strict=True):
+        try:
+            check_decision(decision)
+        except ValueError as e:
+            raise InputError(path, f"stored post-processing is corrupt ({e}); run with --postprocess none, or "
+                                   "choose it again with evaluate --choose-postprocessing") from None
     if all(d == decisions[0] for d in decisions):
         return decisions[0] or None
     log.warning("the members of the ensemble store different post-processing; none is applied "

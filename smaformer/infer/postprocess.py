@@ -61,6 +61,27 @@ def rule_for_all_classes(mode: str, min_size: int = 0) -> dict:
     return {"all": {"mode": mode, **({"min_size": int(min_size)} if mode == "min_size" else {})}}
 
 
+def check_decision(decision: object) -> None:
+    """ValueError unless ``decision`` is None/empty, ``{"all": rule}`` or ``{"per_class": {"<k>": rule}}`` with
+    each rule ``{"mode": "none" | "lcc"}`` or ``{"mode": "min_size", "min_size": N >= 1}``: a stored choice is
+    checked once, before any case runs, rather than failing every case."""
+    if not decision:
+        return
+    rules = {"all": decision.get("all")} if isinstance(decision, dict) and "all" in decision else \
+        decision.get("per_class") if isinstance(decision, dict) else None
+    if not isinstance(rules, dict) or not rules:
+        raise ValueError(f"expected {{'all': rule}} or {{'per_class': {{class: rule}}}}, got {decision!r:.80}")
+    for k, rule in rules.items():
+        if k != "all" and not str(k).isdigit():
+            raise ValueError(f"class {k!r} is not a class index")
+        mode = rule.get("mode") if isinstance(rule, dict) else None
+        size = rule.get("min_size", 0) if isinstance(rule, dict) else 0
+        if mode != "none":
+            if not isinstance(size, int) or isinstance(size, bool):
+                raise ValueError(f"class {k}: min_size {size!r} is not a voxel count")
+            _check_rule(str(mode), size)
+
+
 def apply_postprocessing(labels: np.ndarray, decision: dict | None) -> np.ndarray:
     """Apply a decision: ``{"all": rule}`` (``rule_for_all_classes``) or a stored per-class one
     (``{"per_class": {"1": {"mode": "lcc"}, ...}}``, as ``PostprocessingSearch.decide`` makes it); classes

@@ -93,7 +93,8 @@ def read_splits(path: str | Path, names: list[str], test_names: list[str] = ()) 
 
     Refused (one-line ``InputError`` naming the file): a missing or empty file, invalid JSON, a shape other
     than a non-empty list of ``{"train": [names], "val": [names]}``, names not in the training split,
-    names in both ``train`` and ``val`` of a fold, and names whose case is in the test split.
+    names in both ``train`` and ``val`` of a fold, names validating in two folds, and names whose case is in
+    the test split.
     """
     path = check_readable(path, "splits file")
     try:
@@ -106,7 +107,7 @@ def read_splits(path: str | Path, names: list[str], test_names: list[str] = ()) 
     for n in names:
         by_key.setdefault(case_key(n), []).append(n)
     test = {case_key(c) for c in test_names}
-    out = []
+    out, validated_in = [], {}
     for k, entry in enumerate(data):
         if not isinstance(entry, dict) or not all(isinstance(entry.get(p), list) and
                                                   all(isinstance(n, str) for n in entry[p]) for p in ("train", "val")):
@@ -130,6 +131,11 @@ def read_splits(path: str | Path, names: list[str], test_names: list[str] = ()) 
         if shared:
             log.warning("%s: fold %d puts %d case(s) in both train and val with different names (%s): the "
                         "folds are not grouped by patient", path, k, len(shared), ", ".join(shared[:5]))
+        for n in fold["val"]:
+            if n in validated_in:
+                raise InputError(path, f"{n} validates in folds {validated_in[n]} and {k}; each case validates in "
+                                       "one fold only (the pooled cross-validation counts every case once)")
+            validated_in[n] = k
         out.append(fold)
     return out
 
