@@ -92,7 +92,8 @@ def test_the_same_member_twice_equals_the_member(models, scans, tmp_path):
     assert main(["predict", "-i", str(scans), "-o", str(tmp_path / "two"), "-c", str(models["a"]), str(models["a"]),
                  "--quiet"]) == 0
     for case in ("c1", "c2"):
-        assert np.array_equal(_labels(tmp_path / "one" / f"{case}.nii.gz"), _labels(tmp_path / "two" / f"{case}.nii.gz"))
+        one, two = (_labels(tmp_path / run / f"{case}.nii.gz") for run in ("one", "two"))
+        assert np.array_equal(one, two)
 
 
 def test_members_of_other_sizes_and_channel_counts_work(models, scans, tmp_path):
@@ -151,14 +152,16 @@ def test_sliding_on_images_smaller_than_the_model_or_one_pixel_wide(shape):
 
 
 # ---------------------------------------------------------------------------------- post-processing
-@pytest.mark.parametrize("rule", [{"per_class": {"1": {"mode": "bogus"}}}, {"per_class": {"1": {"mode": "min_size",
-                                  "min_size": -3}}}, {"per_class": ["lcc"]}, "lcc", {"per_class": {"x": {"mode": "lcc"}}}])
+@pytest.mark.parametrize("rule", [{"per_class": {"1": {"mode": "bogus"}}},
+                                  {"per_class": {"1": {"mode": "min_size", "min_size": -3}}},
+                                  {"per_class": ["lcc"]}, "lcc", {"per_class": {"x": {"mode": "lcc"}}}])
 def test_a_corrupt_stored_rule_is_one_line_before_any_case(models, scans, tmp_path, capsys, rule):
     ck = read_checkpoint(models["a"])
     ck["postprocessing"] = rule
     bad = save_checkpoint(ck, tmp_path / "bad.pt")
     out = tmp_path / "out"
-    _one_line(["predict", "-i", str(scans), "-o", str(out), "-c", str(bad)], capsys, "bad.pt: stored post-processing is corrupt")
+    _one_line(["predict", "-i", str(scans), "-o", str(out), "-c", str(bad)], capsys,
+              "bad.pt: stored post-processing is corrupt")
     assert not out.exists()
     assert main(["predict", "-i", str(scans), "-o", str(out), "-c", str(bad), "--postprocess", "none", "--quiet"]) == 0
 
