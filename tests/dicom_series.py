@@ -16,8 +16,9 @@ def write_dicom_series(folder, volume: np.ndarray, spacing=(0.7, 0.8), thickness
         img.SetSpacing((spacing[0], spacing[1]))  # (x, y)
         normal = np.cross(orientation[:3], orientation[3:])
         pos = np.asarray(origin) + thickness * z * normal
-        tags = {"0008|0060": "CT", "0020|000d": "1.2.3.4", "0020|000e": "1.2.3.4.5",
-                "0020|0032": "\\".join(f"{p:.3f}" for p in pos), "0020|0037": "\\".join(str(v) for v in orientation),
+        tags = {"0008|0060": "CT", "0020|000d": "1.2.3.4", "0020|000e": "1.2.3.4.5", "0020|0052": "1.2.3.4.6",
+                "0010|0010": "Test^Patient", "0010|0020": "TEST001", "0008|0020": "20261204",
+                "0020|0032": "\\".join(f"{p:.6f}" for p in pos), "0020|0037": "\\".join(str(v) for v in orientation),
                 "0028|0030": f"{spacing[1]}\\{spacing[0]}", "0018|0050": str(thickness),
                 "0020|0013": str(z + 1), "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
                 "0008|0018": f"1.2.3.4.5.{z + 1}"}

@@ -20,7 +20,7 @@ from smaformer.errors import InputError
 from smaformer.io_utils import STALE_TEMP_S, atomic_path, check_output, clean_stale_temps
 from smaformer.models import create_model
 from smaformer.models.registry import tiny_kwargs
-from smaformer.train.loop import claim_run_dir
+from smaformer.train.rundir import claim_run_dir
 
 
 def _digest(*paths: Path) -> dict[str, str]:
@@ -131,10 +131,10 @@ def test_parallel_fold_runs_get_their_own_folders(tmp_path):
 def test_new_run_folder_names_its_fold(tmp_path):
     from smaformer.config import load_config
     from smaformer.train import distributed as dd
-    from smaformer.train.loop import _new_run_dir
+    from smaformer.train.rundir import new_run_dir
 
     cfg = load_config("acdc_swin_unet", [f"train.out_dir={tmp_path}"], base={"data": {"fold": 3}})
-    path = _new_run_dir(cfg, dd.Dist())
+    path = new_run_dir(cfg, dd.Dist())
     assert path.parent == tmp_path and path.name.startswith("acdc_swin_unet-fold3-")
     assert not path.exists()     # claimed only when training starts (a dry run creates nothing)
 

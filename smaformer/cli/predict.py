@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from smaformer.cli._common import add_model_args, add_runtime_args, parse_postprocess
-from smaformer.infer.predict import predict
+from smaformer.infer.predict import OUTPUT_TYPES, predict
 
 EPILOG = """examples:
   smaformer predict -i ct.nii.gz -o ct_seg.nii.gz -c runs/synapse/best.pt
@@ -15,12 +15,14 @@ EPILOG = """examples:
   smaformer predict -i ct.nii.gz -o seg.nii.gz -c best.pt --postprocess none      # skip the stored choice
   smaformer predict -i ct.nii.gz -o seg.nii.gz -c best.pt --postprocess min-size 200
   smaformer predict -i dicom_series/ -o seg.nii.gz -c model.safetensors        # + model.json sidecar
+  smaformer predict -i dicom_series/ -o seg.dcm -c best.pt --output-type dicom-seg   # DICOM SEG for a PACS
   smaformer predict -i slice.png -o mask.png -c model.onnx --engine onnxruntime
   smaformer predict -i ct.nii.gz -o seg.nii.gz -c model.onnx --engine openvino --save-probabilities
 
 INPUT is a NIfTI file, a folder of NIfTI files, a DICOM series folder (or a folder of them), a PNG/JPG/
 TIFF image or a folder of them. Volumes give a uint8 label NIfTI with the input's shape, affine and header
 (checked before writing) and the class names in the header; 2D images give PNG masks of class ids.
+--output-type dicom-seg writes, per DICOM series, a DICOM SEG that references the series' instances.
 Preprocessing (window, channels, size) comes from each checkpoint. The post-processing chosen on
 validation and stored in the checkpoint is applied unless --postprocess says otherwise.
 Exit status 1 when any case failed.
@@ -32,6 +34,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", "--input", required=True, help="file or folder to segment")
     p.add_argument("-o", "--output", required=True, help="output file (one case) or folder")
     add_model_args(p)
+    p.add_argument("--output-type", choices=OUTPUT_TYPES, default="nifti",
+                   help="nifti (default): a label NIfTI per volume (PNG/TIFF for 2D images); dicom-seg: a DICOM "
+                        "SEG per DICOM series, referencing its instances, for a PACS or viewer")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <case>_probabilities.npz: float16 softmax (K, D, H, W)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -42,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     mode, min_size = parse_postprocess(args.postprocess)
     results = predict(args.input, args.output, args.checkpoint, engine=args.engine, device=args.device,
                       precision=args.precision, batch_size=args.batch_size, tta=args.tta, inference=args.inference,
-                      postprocess=mode, min_size=min_size,
+                      postprocess=mode, min_size=min_size, output_type=args.output_type,
                       save_probabilities=args.save_probabilities, progress=not args.quiet)
     failed = [r for r in results if r.error]
     slices = sum(r.slices for r in results)

@@ -140,7 +140,8 @@ def _read_dicom_series(folder: Path, dtype=np.float32) -> tuple[np.ndarray, dict
     props = {"format": "dicom", "path": str(folder), "is_volume": True, "affine": affine, "header": None,
              "nifti_class": "Nifti1Image", "transpose": SITK_ORDER, "file_shape": data.shape[::-1],
              "spacing": tuple(float(s) for s in spacing[::-1]), "origin": tuple(origin),
-             "direction": tuple(direction.ravel()), "series_uid": sid, "files": len(files)}
+             "direction": tuple(direction.ravel()), "series_uid": sid, "files": len(files),
+             "dicom_files": files, "n_series": len(series)}   # files in slice order (a DICOM SEG references them)
     return data, props
 
 

@@ -19,16 +19,19 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from smaformer import __version__
 from smaformer.data.arrays import H5_SUFFIXES
 from smaformer.data.io import IMAGE_SUFFIXES, is_nifti, read_image, write_labels
 from smaformer.errors import InputError
+from smaformer.infer.dicom_seg import read_source_series, write_dicom_seg
 from smaformer.infer.members import Member, domain_warnings, load_members, member_precision, resolve_postprocessing
 from smaformer.infer.postprocess import apply_postprocessing, describe_postprocessing
 from smaformer.infer.volume import infer_ensemble
 from smaformer.io_utils import atomic_path, check_output, clean_stale_temps, write_text
 from smaformer.runtime import resolve_device
 
-OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".png", ".tif", ".tiff")
+OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".png", ".tif", ".tiff", ".dcm")
+OUTPUT_TYPES = ("nifti", "dicom-seg")   # nifti: NIfTI volumes (PNG/TIFF for 2D images and TIFF stacks)
 
 
 @dataclass
@@ -76,12 +79,15 @@ def case_stem(p: Path) -> str:
     return name
 
 
-def output_path(case: Path, output: Path, single: bool, props: dict) -> Path:
+def output_path(case: Path, output: Path, single: bool, props: dict, output_type: str = "nifti") -> Path:
     """``output`` itself for one case named like a label file; else ``output/<case>.nii.gz`` (volumes),
-    ``output/<case>.png`` (2D images) or ``output/<case>.tif`` (TIFF stacks), nnU-Net style."""
+    ``output/<case>.png`` (2D images), ``output/<case>.tif`` (TIFF stacks) or ``output/<case>.dcm`` (a DICOM
+    SEG), nnU-Net style."""
     if output_is_file(output, single):
         return output
-    if not props.get("is_volume", True):
+    if output_type == "dicom-seg":
+        suffix = ".dcm"
+    elif not props.get("is_volume", True):
         suffix = ".png"
     else:
         suffix = ".nii.gz" if props.get("affine") is not None else ".tif"
@@ -93,9 +99,16 @@ def output_is_file(output: Path, single: bool) -> bool:
     return single and output.name.lower().endswith(OUTPUT_SUFFIXES) and not output.is_dir()
 
 
-def check_outputs(inp: Path, cases: list[Path], output: Path, single: bool) -> None:
+def check_outputs(inp: Path, cases: list[Path], output: Path, single: bool, output_type: str = "nifti") -> None:
     """Before any model is loaded: the output can be written, and it writes over no input, neither the input
-    itself nor any case (whatever suffix a case's output gets); two cases never share an output name."""
+    itself nor any case (whatever suffix a case's output gets); two cases never share an output name; a DICOM
+    SEG is asked for DICOM series (folders) only."""
+    if output_type not in OUTPUT_TYPES:
+        raise InputError(None, f"unknown output type {output_type!r}; use one of {', '.join(OUTPUT_TYPES)}")
+    for case in cases if output_type == "dicom-seg" else []:
+        if not case.is_dir():
+            raise InputError(case, "--output-type dicom-seg needs DICOM series folders as input: a SEG references "
+                                   "its source instances")
     is_file = output_is_file(output, single)
     check_output(output, folder=not is_file, inputs=[inp, *cases])
     if is_file:
@@ -108,7 +121,7 @@ def check_outputs(inp: Path, cases: list[Path], output: Path, single: bool) -> N
             raise InputError(case, f"{by_stem[stem].name} and {case.name} would both be written as {stem}.* in "
                                    f"{output}; rename one or segment them separately")
         by_stem[stem] = case
-        for name in (f"{stem}{s}" for s in (".nii.gz", ".png", ".tif", "_probabilities.npz")):
+        for name in (f"{stem}{s}" for s in (".nii.gz", ".png", ".tif", ".dcm", "_probabilities.npz")):
             if (output / name).resolve() in sources:
                 raise InputError(output / name, "this output would write over an input case; choose another "
                                                  "output folder")
@@ -156,6 +169,7 @@ class Settings:
     postprocessing: dict | None = None
     save_probabilities: bool = False
     progress: bool = False
+    output_type: str = "nifti"
 
 
 def predict_case(members: list[Member], case: Path, output: Path, settings: Settings, *,
@@ -167,7 +181,8 @@ def predict_case(members: list[Member], case: Path, output: Path, settings: Sett
     if image.dtype == np.float64:
         image = image.astype(np.float32)
     warnings = domain_warnings(members, image, props.get("spacing"), case_stem(case))
-    out = output_path(case, Path(output), single, props)
+    out = output_path(case, Path(output), single, props, settings.output_type)
+    sources = read_source_series(case, props) if settings.output_type == "dicom-seg" else None
     vol = _as_volume(image, props)
     try:
         result = infer_ensemble([(m, i["preprocessing"]) for m, i in members], vol, batch_size=settings.batch_size,
@@ -178,7 +193,11 @@ def predict_case(members: list[Member], case: Path, output: Path, settings: Sett
         raise InputError(case, str(e)) from None
     labels, probs = result if settings.save_probabilities else (result, None)
     labels = apply_postprocessing(labels, settings.postprocessing)
-    _write_case(out, labels, props, list(info.get("classes") or []))
+    if sources is not None:
+        write_dicom_seg(out, labels, sources, list(info.get("classes") or []),
+                        model_name=str((info.get("model") or {}).get("name", "model")), version=__version__)
+    else:
+        _write_case(out, labels, props, list(info.get("classes") or []))
     if probs is not None:
         stem = out.name[: -len(".nii.gz")] if out.name.endswith(".nii.gz") else out.stem
         with atomic_path(out.with_name(stem + "_probabilities.npz")) as tmp:
@@ -189,24 +208,26 @@ def predict_case(members: list[Member], case: Path, output: Path, settings: Sett
 def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, *, engine: str = "auto",
             device: str = "auto", precision: str = "fp32", batch_size: int = 16, save_probabilities: bool = False,
             tta: bool = False, inference: str | None = None, postprocess: str | dict | None = "auto",
-            min_size: int = 0, progress: bool = True, log: Callable[[str], None] = print) -> list[CaseResult]:
+            min_size: int = 0, output_type: str = "nifti", progress: bool = True,
+            log: Callable[[str], None] = print) -> list[CaseResult]:
     """Segment every case of ``inp`` into ``output`` with one checkpoint or an ensemble of several;
     failing cases are reported and skipped.
 
     ``postprocess`` is ``"auto"`` (the checkpoint's stored choice), ``"none"``, ``"lcc"``, ``"min_size"``
-    (with ``min_size`` voxels) or a rule dict (``infer.members.resolve_postprocessing``).
+    (with ``min_size`` voxels) or a rule dict (``infer.members.resolve_postprocessing``). ``output_type``
+    ``dicom-seg`` writes a DICOM SEG per DICOM series (``infer.dicom_seg``) instead of a NIfTI.
     """
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     cases, output = list_cases(inp), Path(output)
     single = cases == [Path(inp)]
-    check_outputs(Path(inp), cases, output, single)
+    check_outputs(Path(inp), cases, output, single, output_type)
     clean_stale_temps(output.parent if output_is_file(output, single) else output)
     device = resolve_device(device)
     members = load_members(paths, engine, device)
     settings = Settings(batch_size=batch_size, device=device, tta=tta, inference=inference,
                         precision=member_precision(members, precision, device, paths[0]),
                         postprocessing=resolve_postprocessing(postprocess, members, paths, min_size),
-                        save_probabilities=save_probabilities, progress=progress)
+                        save_probabilities=save_probabilities, progress=progress, output_type=output_type)
     log(f"{len(members)} model(s), precision {settings.precision}, tta {'on' if tta else 'off'}, inference "
         f"{inference or 'per checkpoint'}, post-processing {describe_postprocessing(settings.postprocessing)}")
     bar = cases

@@ -13,14 +13,12 @@ deterministic mode a resumed run ends with bit-identical weights.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import os
 import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +28,7 @@ from torch.utils.data import DataLoader
 
 from smaformer.checkpoint import build_checkpoint, read_checkpoint, save_checkpoint
 from smaformer.config import check_config, dump_config
-from smaformer.errors import InputError, first_line
-from smaformer.io_utils import check_output
+from smaformer.errors import InputError
 from smaformer.losses import build_loss
 from smaformer.models import create_model
 from smaformer.models.layers.axial import set_gates_trainable
@@ -40,6 +37,7 @@ from smaformer.train import distributed as dd
 from smaformer.train.crossval import final_validation
 from smaformer.train.data import TrainData, build_data, training_fingerprint, validation_dice
 from smaformer.train.folds import write_splits
+from smaformer.train.rundir import check_out_folder, claim_run_dir, new_run_dir
 from smaformer.train.runlog import TensorBoard, plot_curves, progress, write_csv
 from smaformer.train.sampling import ResumableSampler, SeededItems, capture_rng, restore_rng, seed_everything
 from smaformer.train.schedule import IterScheduler, build_optimizer
@@ -65,39 +63,6 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _new_run_dir(cfg: dict, dist: dd.Dist) -> Path:
-    """``<out_dir>/<name>[-fold<K>]-<timestamp>`` as rank 0 names it; ``claim_run_dir`` makes it unique."""
-    fold = cfg["data"].get("fold")
-    name = cfg["name"] + ("" if fold is None else f"-fold{fold}")
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = check_output(cfg["train"]["out_dir"], folder=True, what="train.out_dir")
-    return Path(dd.gather_objects(str(out_dir / f"{name}-{stamp}"), dist)[0])
-
-
-def claim_run_dir(path: Path) -> Path:
-    """Create a new run folder at ``path``, or at ``path-2``, ``path-3``... when another run (a fold launched
-    beside this one) took the name first: two runs never share a folder."""
-    for n in itertools.count(1):
-        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
-        try:
-            candidate.mkdir(parents=True)
-            return candidate
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise InputError(candidate, f"cannot create the run folder ({first_line(e)})") from None
-    raise AssertionError("unreachable")
-
-
-def check_out_folder(run_dir: Path) -> None:
-    """``train --out``: a folder that can be written and holds no run, which only ``--resume`` continues."""
-    check_output(run_dir, folder=True, what="run folder")
-    held = [n for n in ("latest.pt", "best.pt") if (run_dir / n).exists()]
-    if held:
-        raise InputError(run_dir, f"holds a run ({held[0]}); continue it with `smaformer train --resume "
-                                  f"{run_dir}`, or choose another --out (nothing was written)")
-
-
 class Trainer:
     """One training run; see the module docstring. Build it, then call ``fit``."""
 
@@ -120,7 +85,7 @@ class Trainer:
         self._fresh_dir = run_dir is None      # a stamped name, claimed when fit() starts
         if run_dir is not None and resume is None:
             check_out_folder(Path(run_dir))
-        self.run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(cfg, self.dist)
+        self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg, self.dist)
         if t["deterministic"]:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
