@@ -95,3 +95,20 @@ def test_dicom_seg_refusals_come_before_any_seg(data_dir, ckpt, tmp_path, capsys
     assert main(["predict", "-i", str(tmp_path / "two"), "-o", str(out), "-c", str(ckpt), "--output-type",
                  "dicom-seg"]) == 1
     assert "holds 2 DICOM series" in capsys.readouterr().out and not list(out.glob("*.dcm"))
+
+
+def test_a_folder_of_series_gives_one_seg_each_with_an_ensemble_and_tta(data_dir, ckpt, tmp_path):
+    for name, z in (("s1", slice(0, 4)), ("s2", slice(8, 12))):
+        files = _series(data_dir, tmp_path / "cohort" / name, z=z)
+        for f in files:          # two series of one study: their own series and instance UIDs
+            ds = pydicom.dcmread(f)
+            ds.SeriesInstanceUID = f"1.2.3.4.{name[1]}0"
+            ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{name[1]}"
+            ds.save_as(f)
+    out = tmp_path / "segs"
+    assert main(["predict", "-i", str(tmp_path / "cohort"), "-o", str(out), "-c", str(ckpt), str(ckpt), "--tta",
+                 "--output-type", "dicom-seg", "--quiet"]) == 0
+    assert sorted(p.name for p in out.glob("*.dcm")) == ["s1.dcm", "s2.dcm"]
+    for name in ("s1", "s2"):
+        seg = hd.seg.segread(out / f"{name}.dcm")
+        assert seg.get_source_image_uids()[0][1] == f"1.2.3.4.{name[1]}0"
