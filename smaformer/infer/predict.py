@@ -23,6 +23,7 @@ from smaformer.data.arrays import H5_SUFFIXES
 from smaformer.data.io import IMAGE_SUFFIXES, is_nifti, read_image, write_labels
 from smaformer.errors import InputError
 from smaformer.infer.members import Member, domain_warnings, load_members, member_precision, resolve_postprocessing
+from smaformer.infer.parts import resolve_part
 from smaformer.infer.postprocess import apply_postprocessing, describe_postprocessing
 from smaformer.infer.volume import infer_ensemble
 from smaformer.io_utils import atomic_path, write_text
@@ -163,15 +164,19 @@ def predict_case(members: list[Member], case: Path, output: Path, settings: Sett
 def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, *, engine: str = "auto",
             device: str = "auto", precision: str = "fp32", batch_size: int = 16, save_probabilities: bool = False,
             tta: bool = False, inference: str | None = None, postprocess: str | dict | None = "auto",
-            min_size: int = 0, progress: bool = True, log: Callable[[str], None] = print) -> list[CaseResult]:
+            min_size: int = 0, progress: bool = True, log: Callable[[str], None] = print,
+            num_parts: int | None = None, part_id: int | None = None, torchrun: bool = False) -> list[CaseResult]:
     """Segment every case of ``inp`` into ``output`` with one checkpoint or an ensemble of several;
     failing cases are reported and skipped.
 
     ``postprocess`` is ``"auto"`` (the checkpoint's stored choice), ``"none"``, ``"lcc"``, ``"min_size"``
     (with ``min_size`` voxels) or a rule dict (``infer.members.resolve_postprocessing``).
+    ``num_parts``/``part_id`` (or, with ``torchrun=True``, torchrun's ranks) segment one share of the cases
+    (``infer.parts``); the summary is then ``predict_part{K}_of_{N}.json``.
     """
+    part = resolve_part(num_parts, part_id, torchrun=torchrun)
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
-    device = resolve_device(device)
+    device = part.device(resolve_device(device))
     members = load_members(paths, engine, device)
     settings = Settings(batch_size=batch_size, device=device, tta=tta, inference=inference,
                         precision=member_precision(members, precision, device, paths[0]),
@@ -181,6 +186,9 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
         f"{inference or 'per checkpoint'}, post-processing {describe_postprocessing(settings.postprocessing)}")
     cases, output = list_cases(inp), Path(output)
     single = cases == [Path(inp)]
+    if part.split:
+        log(f"{part.describe()}: {len(part.take(cases))} of {len(cases)} cases")
+        cases = part.take(cases)
     bar = cases
     if progress and len(cases) > 1:
         from tqdm.auto import tqdm
@@ -201,14 +209,16 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
         if res.error is None:
             log(f"{case} -> {res.output} ({res.slices} slices, {res.seconds:.1f} s)")
         results.append(res)
-    _write_summary(output, single, paths, settings, results)
+    _write_summary(output, single, paths, settings, results, part.suffix())
     return results
 
 
-def _write_summary(output: Path, single: bool, paths: list, settings: Settings, results: list[CaseResult]) -> Path:
-    """``predict.json`` beside the outputs (``<name>.json`` for a single output file): the models and
-    settings, and per case its output, time, guard warnings or error."""
-    path = output.with_name(case_stem(output) + ".json") if single and not output.is_dir() else output / "predict.json"
+def _write_summary(output: Path, single: bool, paths: list, settings: Settings, results: list[CaseResult],
+                   suffix: str = "") -> Path:
+    """``predict.json`` beside the outputs (``<name>.json`` for a single output file; ``suffix`` names a part's
+    own): the models and settings, and per case its output, time, guard warnings or error."""
+    path = (output.with_name(case_stem(output) + suffix + ".json") if single and not output.is_dir()
+            else output / f"predict{suffix}.json")
     doc = {"format": "smaformer-predictions", "version": 1, "checkpoints": [str(p) for p in paths],
            "precision": settings.precision, "device": str(settings.device), "tta": settings.tta,
            "inference": settings.inference or "per checkpoint",
