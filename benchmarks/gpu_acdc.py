@@ -6,8 +6,10 @@ The epochs are fitted before any training, from ``gpu_pair.py``'s rates: each mo
 alone and side by side. Both runs start together. While both train, each goes at its side-by-side rate;
 once one has ended, the other goes at its alone rate:
 
-    epoch_s = slices per epoch / (slices/s x EFFICIENCY) + per-epoch checkpoint save
+    epoch_s = slices per epoch / min(slices/s x EFFICIENCY, loader) + per-epoch checkpoint save
               (none when the trainer saves by time, ``train.save_every_s``)
+    loader  = the preset's own augmented training slices per CPU-second (timed here, in this process, on
+              its cached second pass) x its loader workers x LOADER_EFFICIENCY
 
 (Validation during training, ``--val-every N``, is not in the fit: by default only the final weights are
 evaluated, once, after training.)
@@ -40,6 +42,7 @@ import pack_acdc
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {"acdc_swin_unet": "swin_unet", "acdc_smaformer": "smaformer_native"}   # preset -> bench_models spec
 EFFICIENCY = 0.75   # the real loop (loading, augmentation, Dice loss, logging) against the bare timed step
+LOADER_EFFICIENCY = 0.6   # workers share 16 cores with the other run and both main processes; collation
 SAFETY = 0.9        # the epochs are fitted to this share of the training window; the rest absorbs misestimates
 STARTUP_S = 40.0    # smaformer train, two at once: imports, 1,312 h5 reads, model build, CUDA init, workers,
                     # the final validation and save
@@ -132,16 +135,39 @@ def _dry_overrides(preset: str) -> list[str]:
 
 
 
-def plan_run(cfg: dict, data: dict, pair_row: dict, batch: int) -> dict:
-    """Seconds per epoch side by side and alone, from the pair probe's rates (see the module docstring)."""
+def plan_run(cfg: dict, data: dict, pair_row: dict, batch: int, loader_slices_s: float = math.inf) -> dict:
+    """Seconds per epoch side by side and alone, from the pair probe's rates and the loader's (see the module
+    docstring)."""
     steps = data["n_slices"] // batch
     by_time = "save_every_s" in cfg["train"]     # the trainer writes latest.pt by time, not every epoch
     extra = 0.0 if by_time else float(pair_row.get("checkpoint_save_s") or 0.0)
+
+    def epoch_s(rate: float) -> float:
+        return round(steps * batch / min(rate * EFFICIENCY, loader_slices_s) + extra, 3)
+
     return {"epochs_recipe": int(cfg["train"]["epochs"]), "batch": batch, "steps_per_epoch": steps,
             "slices_s_alone": pair_row["alone_slices_s"], "slices_s_together": pair_row["together_slices_s"],
+            "loader_slices_s": None if math.isinf(loader_slices_s) else round(loader_slices_s, 1),
             "checkpoint_save_s": pair_row.get("checkpoint_save_s"), "checkpoint_every_epoch": not by_time,
-            "epoch_s_together": round(steps * batch / (pair_row["together_slices_s"] * EFFICIENCY) + extra, 3),
-            "epoch_s_alone": round(steps * batch / (pair_row["alone_slices_s"] * EFFICIENCY) + extra, 3)}
+            "epoch_s_together": epoch_s(pair_row["together_slices_s"]),
+            "epoch_s_alone": epoch_s(pair_row["alone_slices_s"])}
+
+
+def loader_cpu_rate(cfg: dict, n: int = 96) -> float:
+    """Augmented training slices per CPU-second of the preset's own dataset (``build_data``), in this process:
+    the second pass over ``n`` slices, as the workers' in-memory cache serves every epoch after the first."""
+    import numpy as np
+
+    from smaformer.train.data import build_data
+
+    ds = build_data(cfg).train
+    idx = np.random.default_rng(0).permutation(len(ds))[:n].tolist()
+    for i in idx:
+        ds[i]
+    t0 = time.process_time()
+    for i in idx:
+        ds[i]
+    return len(idx) / max(time.process_time() - t0, 1e-6)
 
 
 def fit_epochs(window: float, plans: dict[str, dict]) -> dict[str, int]:
@@ -165,7 +191,8 @@ def acdc(rep, opts, site: Path | None) -> None:
     """Plan, then train both runs side by side, each followed by its evaluation; into ``rep.data['acdc']``."""
     from smaformer.config import load_config
 
-    sec = rep.data["acdc"] = {"efficiency": EFFICIENCY, "safety": SAFETY, "startup_s": STARTUP_S,
+    sec = rep.data["acdc"] = {"efficiency": EFFICIENCY, "loader_efficiency": LOADER_EFFICIENCY,
+                              "safety": SAFETY, "startup_s": STARTUP_S,
                               "evaluate_s": EVAL_S, "val_every": opts.val_every, "side_by_side": True,
                               "evaluated": "latest.pt (final weights)", "reference": REFERENCE, "runs": []}
     if opts.dry_run:
@@ -178,19 +205,25 @@ def acdc(rep, opts, site: Path | None) -> None:
             return
         sec["data"] = data
         pair = (rep.data.get("pair") or {}).get("runs", {})
-        cfgs, plans = {}, {}
+        cfgs, plans, todo = {}, {}, [p for p in opts.runs or list(RUNS) if p in pair]
         for preset in opts.runs or list(RUNS):
             if preset not in pair:
                 rep.skip(f"acdc {preset}", f"no measured training throughput for {RUNS[preset]} (the pair probe)")
-                continue
+        workers = opts.workers or max(1, min(8, ((os.cpu_count() or 2) - len(todo)) // max(1, len(todo))))
+        for preset in todo:
             cfgs[preset] = load_config(preset, [])
             batch = opts.train_batch if opts.dry_run else int(cfgs[preset]["train"]["batch_size"])
-            plans[preset] = plan_run(cfgs[preset], data, pair[preset], batch)
+            loader = math.inf      # no cap when the loader could not be timed (recorded in errors)
+            with rep.guard(f"loader rate {preset}"):
+                sets = [f"data.root={data['root']}"] + (_dry_overrides(preset) if opts.dry_run else [])
+                cpu_rate = loader_cpu_rate(load_config(preset, sets))
+                sec.setdefault("loader_slices_per_cpu_s", {})[preset] = round(cpu_rate, 1)
+                loader = cpu_rate * (1 if opts.dry_run else workers) * LOADER_EFFICIENCY   # dry run: main process
+            plans[preset] = plan_run(cfgs[preset], data, pair[preset], batch, loader)
         if not plans:
             return
         window = rep.left() - FINAL_S - STARTUP_S - EVAL_S
         epochs = fit_epochs(SAFETY * window, plans)
-        workers = opts.workers or max(1, min(8, ((os.cpu_count() or 2) - len(plans)) // len(plans)))
         sec["plan"] = {"training_window_s": round(window, 1), "fitted_to_s": round(SAFETY * window, 1),
                        "epochs": epochs, "loader_workers_per_run": workers}
         rep.log(f"acdc plan: {window:.0f} s of training side by side -> "

@@ -73,7 +73,9 @@ def test_gpu_check_dry_run_trains_both_runs_side_by_side(tmp_path):
     assert all(r["alone_slices_s"] > 0 and r["together_slices_s"] > 0 for r in pair.values())
     runs = rec["acdc"]["runs"]
     assert [r["run"] for r in runs] == ["acdc_swin_unet", "acdc_smaformer"]
+    assert sorted(rec["acdc"]["loader_slices_per_cpu_s"]) == ["acdc_smaformer", "acdc_swin_unet"]
     for r in runs:
+        assert r["loader_slices_s"] > 0 and r["epoch_s_alone"] <= r["epoch_s_together"]
         assert r["iterations"] == 3 and r["stopped"] == "finished" and "train.max_iterations=3" in r["overrides"]
         assert 0 <= r["scores"]["dice_mean_standard"] <= 1 and r["scores"]["n_cases"] == 3
         assert set(r["scores"]["dice_per_class_standard"]) == set(r["scores"]["hd95_per_class_standard"]) \
@@ -122,6 +124,8 @@ def test_plan_counts_slices_and_saves_every_epoch_unless_by_time(gpu_acdc):
     assert (plan["epoch_s_together"], plan["epoch_s_alone"]) == (1.796, 1.148)
     by_time = gpu_acdc.plan_run({"train": {"epochs": 150, "save_every_s": 300}}, data, row, batch=24)
     assert (by_time["epoch_s_together"], by_time["epoch_s_alone"]) == (1.296, 0.648)
+    loader_bound = gpu_acdc.plan_run({"train": {"epochs": 150, "save_every_s": 300}}, data, row, 24, 1296.0)
+    assert (loader_bound["epoch_s_together"], loader_bound["epoch_s_alone"]) == (1.296, 1.0)
 
 
 def test_fit_epochs_side_by_side_then_alone(gpu_acdc):
