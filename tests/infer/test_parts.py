@@ -218,3 +218,12 @@ def test_torchrun_evaluate_writes_one_metrics_json(dataset, single_metrics, tmp_
     assert merged["data"]["parts"] == 2
     assert _comparable(out / "metrics.json") == single_metrics
     assert r.stdout.count("foreground mean") == 1        # rank 0 reports, once
+
+
+def test_choosing_postprocessing_needs_every_case(dataset, tmp_path):
+    from smaformer.infer.evaluate import evaluate
+
+    root, ckpt = dataset
+    with pytest.raises(InputError, match="needs every validation case in one process"):
+        evaluate(ckpt, root, tmp_path / "o", split="train", num_parts=2, part_id=0, choose_postprocessing=True)
+    assert not (tmp_path / "o").exists()
