@@ -1,18 +1,21 @@
-"""Everything a lent GPU (H100/H200) should tell us, in one command of at most ~9 minutes.
+"""Everything a lent GPU (H100/H200) should tell us, in one command of at most ~9 minutes. The ACDC
+answer comes first; the speed table gets what is left.
 
-1. inference slices/s of every model at batch 64, bf16 autocast and plain fp32 (``torch.inference_mode``,
-   warm-up, then timed iterations, each followed by ``torch.cuda.synchronize``);
-2. bf16 AMP training slices/s at batch 24 (forward, cross-entropy, backward, AdamW step);
-3. peak GPU memory of each measurement (``max_memory_allocated``, reset before each);
-4. the ACDC recipes of Swin-Unet and SMAFormer from scratch (``gpu_acdc.py``): as many of the 150 epochs
-   as the time left allows, estimated from (2), trained by ``smaformer train`` and scored by
-   ``smaformer evaluate`` on the 20 validation volumes;
-5. one JSON (``gpu_check.json``) and one log under ``$OUT`` (default ``runs/gpu_check``): the device,
-   torch/CUDA versions, every figure, and what was skipped or reduced and why.
+1. the pair probe (``gpu_pair.py``): the two ACDC models' bf16 training steps at batch 24, each alone and
+   both side by side (two processes), a few seconds each, with peak memory and a checkpoint save;
+2. the ACDC recipes of Swin-Unet and SMAFormer from scratch (``gpu_acdc.py``), trained **at the same time**
+   on the one GPU, with epochs fitted from (1) so both end before the deadline with annealed schedules,
+   each then scored by ``smaformer evaluate`` on the 20 validation volumes (per-class Dice, HD95, time);
+3. with the time left, the speed table: inference slices/s of every model at batch 64, bf16 autocast and
+   plain fp32 (``torch.inference_mode``, warm-up, then timed iterations, each followed by
+   ``torch.cuda.synchronize``), bf16 AMP training slices/s at batch 24, and the peak GPU memory of each;
+4. one JSON (``gpu_check.json``) and one log under ``$OUT`` (default ``runs/gpu_check``): the device,
+   torch/CUDA versions, every figure, ``started_s``/``ended_s`` of every run, and what was skipped or
+   reduced and why.
 
 Each measurement is guarded: a failure (an OOM, say) is recorded and the rest goes on. A global deadline
-(``--deadline``, default 540 s) is respected: a measurement is not started when too little time is left,
-and the ACDC runs get what remains. The JSON is rewritten after every section, so a kill keeps the rest.
+(``--deadline``, default 540 s) is respected: a measurement is not started when too little time is left.
+The JSON is rewritten after every section (and every 10 s while the ACDC runs train), so a kill keeps the rest.
 
     python benchmarks/pack_acdc.py                                   # here: ../shared/data/acdc -> pack/
     python benchmarks/gpu_check.py --data pack/acdc_u8.npz           # on the device, carry ["pack"]
@@ -29,7 +32,7 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -60,6 +63,7 @@ class Report:
         out.mkdir(parents=True, exist_ok=True)
         self.log_path, self.json_path = out / "gpu_check.log", out / "gpu_check.json"
         self._log = self.log_path.open("w", encoding="utf-8")
+        self._lock = threading.RLock()       # the two ACDC runs log from their own threads
         self.data: dict = {"format": "smaformer-gpu-check", "version": 1,
                            "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
                            "argv": argv, "deadline_s": deadline_s, "skipped": [], "errors": []}
@@ -72,15 +76,17 @@ class Report:
 
     def log(self, msg: str) -> None:
         line = f"[{self.elapsed():6.1f}s] {msg}"
-        print(line, flush=True)
-        self._log.write(line + "\n")
-        self._log.flush()
+        with self._lock:
+            print(line, flush=True)
+            self._log.write(line + "\n")
+            self._log.flush()
 
     def append_log(self, path: Path, title: str) -> None:
         """Copy a subprocess's log into this log."""
         text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else "(no log)\n"
-        self._log.write(f"----- {title} -----\n{text}----- end of {title} -----\n")
-        self._log.flush()
+        with self._lock:
+            self._log.write(f"----- {title} -----\n{text}----- end of {title} -----\n")
+            self._log.flush()
 
     def skip(self, what: str, why: str) -> None:
         self.data["skipped"].append({"what": what, "why": why})
@@ -100,10 +106,11 @@ class Report:
             free_memory()
 
     def save(self) -> None:
-        self.data["wall_s"] = round(self.elapsed(), 1)
-        tmp = self.json_path.with_name(self.json_path.name + ".partial")
-        tmp.write_text(json.dumps(_clean(self.data), indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, self.json_path)
+        with self._lock:
+            self.data["wall_s"] = round(self.elapsed(), 1)
+            tmp = self.json_path.with_name(self.json_path.name + ".partial")
+            tmp.write_text(json.dumps(_clean(self.data), indent=1) + "\n", encoding="utf-8")
+            os.replace(tmp, self.json_path)
 
 
 def _clean(obj):
@@ -166,8 +173,8 @@ def timed_loop(fn, sync, warmup: int, iters: int, max_s: float) -> tuple[int, fl
     return n, time.perf_counter() - t0
 
 
-def measure_model(rep: Report, spec: str, opts: argparse.Namespace, device, inf_rows: list, train_rows: list,
-                  save_specs: set[str]) -> None:
+def measure_model(rep: Report, spec: str, opts: argparse.Namespace, device, inf_rows: list,
+                  train_rows: list) -> None:
     """Inference (each precision) and bf16 training of one model, one row per measurement."""
     import torch
     import torch.nn.functional as F
@@ -223,21 +230,14 @@ def measure_model(rep: Report, spec: str, opts: argparse.Namespace, device, inf_
         n, s = timed_loop(step, sync, opts.warmup, opts.iters, opts.max_measure_s)
         out = {**row, "slices_s": round(opts.train_batch * n / s, 1), "iterations": n, "seconds": round(s, 3),
                "peak_mem_mib": peak()}
-        if spec in save_specs:     # the trainer writes latest.pt after every epoch: part of the ACDC estimate
-            with tempfile.TemporaryDirectory() as tmp:
-                t0 = time.perf_counter()
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, Path(tmp) / "c.pt")
-                out["checkpoint_save_s"] = round(time.perf_counter() - t0, 3)
-                out["checkpoint_mib"] = round((Path(tmp) / "c.pt").stat().st_size / 2**20, 1)
         train_rows.append(out)
         rep.log(f"training {spec} b{opts.train_batch} {opts.train_precision}: {out['slices_s']} slices/s, "
                 f"peak {out['peak_mem_mib']} MiB")
 
 
 def speed(rep: Report, opts: argparse.Namespace, device) -> None:
-    """Sections 1-3: every model's inference and training rows."""
+    """The speed table: every model's inference and training rows, with the time the ACDC runs left."""
     import torch
-    from gpu_acdc import RUNS
 
     torch.backends.cudnn.benchmark = True      # as the trainer sets it (non-deterministic runs)
     inf = rep.data["inference"] = {"batch": opts.infer_batch, "precisions": opts.precisions, "warmup": opts.warmup,
@@ -253,7 +253,7 @@ def speed(rep: Report, opts: argparse.Namespace, device) -> None:
             rep.skip(f"speed {spec}", f"deadline: {rep.left():.0f} s left")
             continue
         with rep.guard(f"build {spec}", inf["rows"], {"model": spec}):
-            measure_model(rep, spec, opts, device, inf["rows"], train["rows"], set(RUNS.values()))
+            measure_model(rep, spec, opts, device, inf["rows"], train["rows"])
         free_memory()
         rep.save()
 
@@ -275,9 +275,17 @@ def summary(data: dict) -> dict:
         goal: {spec: {"measured": v, "met": v >= target} for spec in ("smaformer_compat", "smaformer_native")
                if (v := (inf if "inference" in goal else tr).get(f"{spec} bf16")) is not None} or "not measured"
         for goal, target in GOALS.items()} if not data.get("dry_run") else "dry run: tiny models on CPU, not comparable"
+    pair = data.get("pair", {})
+    if pair.get("runs"):
+        out["side_by_side"] = {"concurrency": pair.get("concurrency"), **{
+            n: {k: r[k] for k in ("alone_slices_s", "together_slices_s", "peak_mem_mib")}
+            for n, r in pair["runs"].items()}}
     out["acdc_dice_mean_standard"] = {
-        r["run"]: {"dice": r["scores"]["dice_mean_standard"], "epochs": r.get("epochs_done"),
-                   "of_recipe": r.get("epochs_recipe")} if "scores" in r else r.get("skipped") or "not scored"
+        r["run"]: {"dice": r["scores"]["dice_mean_standard"], "dice_per_class": r["scores"]["dice_per_class_standard"],
+                   "epochs": r.get("epochs_done"), "of_recipe": r.get("epochs_recipe"),
+                   "train_s": [r["train"]["started_s"], r["train"]["ended_s"]],
+                   "evaluate_s": [r["evaluate"]["started_s"], r["evaluate"]["ended_s"]]}
+        if "scores" in r else r.get("skipped") or "not scored"
         for r in data.get("acdc", {}).get("runs", [])}
     return out
 
@@ -296,7 +304,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--sections", nargs="+", choices=("speed", "acdc"), default=["speed", "acdc"])
     ap.add_argument("--models", nargs="+", choices=list(SPECS), default=list(SPECS))
     ap.add_argument("--runs", nargs="+", choices=list(RUNS), help="ACDC presets to train (default: all)")
-    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="loader workers for training")
+    ap.add_argument("--workers", type=int,
+                    help="loader workers of each ACDC run (default: the CPUs shared out between the two runs, <= 8)")
+    ap.add_argument("--pair-phase-s", type=float,
+                    help="seconds of each pair-probe phase (alone, alone, side by side; default 4, dry run 1)")
     ap.add_argument("--val-every", type=int, default=0,
                     help="validate during training every N epochs (default 0: the final weights are evaluated once)")
     ap.add_argument("--dry-run", action="store_true",
@@ -312,9 +323,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         torch.set_num_threads(1)
         opts.infer_batch = opts.train_batch = 2
         opts.warmup, opts.iters, opts.max_measure_s, opts.reserve_s = 0, 1, 1.0, 5.0
+        opts.pair_phase_s = opts.pair_phase_s or 1.0
     else:
         opts.infer_batch, opts.train_batch = 64, 24
         opts.warmup, opts.iters, opts.max_measure_s, opts.reserve_s = 3, 10, 3.0, 20.0
+        opts.pair_phase_s = opts.pair_phase_s or 4.0
     return opts
 
 
@@ -347,17 +360,25 @@ def main(argv: list[str] | None = None) -> int:
         for section in opts.sections:
             rep.skip(section, "no usable device (see errors)")
     else:
+        if "acdc" in opts.sections:     # the answer first: the pair probe, then both runs side by side
+            from gpu_acdc import RUNS, acdc, child_env
+            from gpu_pair import measure_pair
+
+            if rep.left() < opts.reserve_s:
+                rep.skip("pair", f"deadline: {rep.left():.0f} s left")
+            else:
+                with rep.guard("pair"):
+                    measure_pair(rep, opts, {r: RUNS[r] for r in opts.runs or RUNS}, child_env(site))
+            rep.save()
+            with rep.guard("acdc"):
+                acdc(rep, opts, site)
+            rep.save()
+        else:
+            rep.skip("acdc", "not asked for (--sections)")
         if "speed" in opts.sections:
             speed(rep, opts, device)
         else:
             rep.skip("speed", "not asked for (--sections)")
-        if "acdc" in opts.sections:
-            from gpu_acdc import acdc
-
-            with rep.guard("acdc"):
-                acdc(rep, opts, site)
-        else:
-            rep.skip("acdc", "not asked for (--sections)")
     rep.data["summary"] = summary(rep.data)
     rep.log(f"done in {rep.elapsed():.0f} s: {len(rep.data['errors'])} errors, {len(rep.data['skipped'])} skipped; "
             f"{rep.json_path}")

@@ -56,29 +56,42 @@ def test_pack_and_check_on_real_files(tmp_path, pack_acdc):
 
 
 @pytest.mark.slow
-def test_gpu_check_dry_run_writes_the_record(tmp_path):
+def test_gpu_check_dry_run_trains_both_runs_side_by_side(tmp_path):
+    """The dry run: the pair probe, both ACDC runs overlapping in time and both scored, then the speed table
+    (here for the two ACDC models only, to keep the test short)."""
     out = tmp_path / "out"
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--dry-run", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--dry-run", "--out", str(out),
+                           "--models", "swin_unet", "smaformer_native"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rec = json.loads((out / "gpu_check.json").read_text())
-    assert rec["dry_run"] and rec["errors"] == [] and rec["environment"]["torch"]
-    inference, training = rec["inference"]["rows"], rec["training"]["rows"]
-    assert len(inference) == 12 and {r["precision"] for r in inference} == {"bf16", "fp32"}
-    assert len(training) == 6 and all(r["slices_s"] > 0 for r in inference + training)
+    assert rec["dry_run"] and rec["errors"] == [] and rec["skipped"] == [] and rec["environment"]["torch"]
+    pair = rec["pair"]["runs"]
+    assert sorted(pair) == ["acdc_smaformer", "acdc_swin_unet"] and rec["pair"]["concurrency"] > 0
+    assert all(r["alone_slices_s"] > 0 and r["together_slices_s"] > 0 for r in pair.values())
     runs = rec["acdc"]["runs"]
     assert [r["run"] for r in runs] == ["acdc_swin_unet", "acdc_smaformer"]
+    assert sorted(rec["acdc"]["loader_slices_per_cpu_s"]) == ["acdc_smaformer", "acdc_swin_unet"]
     for r in runs:
+        assert r["loader_slices_s"] > 0 and r["epoch_s_alone"] <= r["epoch_s_together"]
         assert r["iterations"] == 3 and r["stopped"] == "finished" and "train.max_iterations=3" in r["overrides"]
         assert 0 <= r["scores"]["dice_mean_standard"] <= 1 and r["scores"]["n_cases"] == 3
+        assert set(r["scores"]["dice_per_class_standard"]) == set(r["scores"]["hd95_per_class_standard"]) \
+            == {"RV", "Myo", "LV"}
+        assert r["train"]["started_s"] < r["train"]["ended_s"] <= r["evaluate"]["started_s"] < r["evaluate"]["ended_s"]
+    a, b = (r["train"] for r in runs)
+    assert max(a["started_s"], b["started_s"]) < min(a["ended_s"], b["ended_s"])       # side by side
+    last_acdc = max(r["evaluate"]["ended_s"] for r in runs)
+    log = (out / "gpu_check.log").read_text()
+    assert log.index("acdc acdc_smaformer: mean Dice") < log.index("inference swin_unet")    # the answer first
+    assert len(rec["inference"]["rows"]) == 4 and len(rec["training"]["rows"]) == 2 and last_acdc < rec["wall_s"]
     assert rec["acdc"]["data"]["fake"] and rec["wall_s"] <= wall
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["gpu_check.json", "gpu_check.log", "acdc_swin_unet_train_log.csv",
                             "acdc_smaformer_train_log.csv", "acdc_swin_unet_metrics.json",
                             "acdc_smaformer_metrics.json"])
-    assert "acdc acdc_smaformer: mean Dice" in (out / "gpu_check.log").read_text()
 
 
 def test_gpu_check_deadline_skips_and_says_why(tmp_path):
@@ -89,19 +102,41 @@ def test_gpu_check_deadline_skips_and_says_why(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rec = json.loads((out / "gpu_check.json").read_text())
     whys = {s["what"]: s["why"] for s in rec["skipped"]}
-    assert whys["speed swin_unet"].startswith("deadline") and rec["inference"]["rows"] == []
+    assert whys["pair"].startswith("deadline") and whys["speed swin_unet"].startswith("deadline")
     assert "no measured training throughput" in whys["acdc acdc_swin_unet"]
-    assert rec["summary"]["goals"].startswith("dry run")
+    assert rec["inference"]["rows"] == [] and rec["summary"]["goals"].startswith("dry run")
 
 
-def test_acdc_estimate_counts_slices_saves_and_validation():
+@pytest.fixture
+def gpu_acdc():
     sys.path.insert(0, str(BENCH))
     import gpu_acdc
 
+    return gpu_acdc
+
+
+def test_plan_counts_slices_and_saves_every_epoch_unless_by_time(gpu_acdc):
     data = {"n_slices": 1312, "n_volumes": 20, "n_volume_slices": 200}
-    row = {"slices_s": 1000.0 / gpu_acdc.EFFICIENCY, "checkpoint_save_s": 0.5}   # 1,000 /s in the loop
-    plan = gpu_acdc.estimate({"train": {"epochs": 150}}, data, row, infer_slices_s=2000.0, batch=24, val_every=0)
-    assert plan["steps_per_epoch"] == 54 and plan["estimated_epoch_s"] == round(1.296 + 0.5, 2)
-    assert plan["estimated_recipe_s"] == round(150 * 1.796, 1)
-    with_val = gpu_acdc.estimate({"train": {"epochs": 150}}, data, row, 2000.0, 24, val_every=5)
-    assert with_val["estimated_epoch_s"] == round(1.796 + (0.1 + 1.0) / 5, 2)
+    row = {"alone_slices_s": 2000.0 / gpu_acdc.EFFICIENCY, "together_slices_s": 1000.0 / gpu_acdc.EFFICIENCY,
+           "checkpoint_save_s": 0.5}       # 2,000 and 1,000 slices/s in the loop
+    plan = gpu_acdc.plan_run({"train": {"epochs": 150}}, data, row, batch=24)
+    assert plan["steps_per_epoch"] == 54 and plan["checkpoint_every_epoch"]
+    assert (plan["epoch_s_together"], plan["epoch_s_alone"]) == (1.796, 1.148)
+    by_time = gpu_acdc.plan_run({"train": {"epochs": 150, "save_every_s": 300}}, data, row, batch=24)
+    assert (by_time["epoch_s_together"], by_time["epoch_s_alone"]) == (1.296, 0.648)
+    loader_bound = gpu_acdc.plan_run({"train": {"epochs": 150, "save_every_s": 300}}, data, row, 24, 1296.0)
+    assert (loader_bound["epoch_s_together"], loader_bound["epoch_s_alone"]) == (1.296, 1.0)
+
+
+def test_fit_epochs_side_by_side_then_alone(gpu_acdc):
+    def plan(together, alone, recipe=150):
+        return {"epochs_recipe": recipe, "epoch_s_together": together, "epoch_s_alone": alone}
+
+    assert gpu_acdc.fit_epochs(1000.0, {"a": plan(2.0, 1.0), "b": plan(3.0, 1.5)}) == {"a": 150, "b": 150}
+    # neither ends: both side by side all along
+    assert gpu_acdc.fit_epochs(240.0, {"a": plan(2.0, 1.0), "b": plan(3.0, 1.5)}) == {"a": 120, "b": 80}
+    # a ends at 300 s (its 150 epochs); b did 100 epochs by then and 50 / 1.5 = 33 more alone
+    assert gpu_acdc.fit_epochs(350.0, {"a": plan(2.0, 1.0), "b": plan(3.0, 1.5)}) == {"a": 150, "b": 133}
+    assert gpu_acdc.fit_epochs(350.0, {"a": plan(2.0, 1.0), "b": plan(3.0, 1.5, recipe=120)}) == {"a": 150, "b": 120}
+    assert gpu_acdc.fit_epochs(50.0, {"a": plan(2.0, 1.0)}) == {"a": 50}
+    assert gpu_acdc.fit_epochs(0.5, {"a": plan(2.0, 1.0), "b": plan(3.0, 1.5)}) == {"a": 0, "b": 0}

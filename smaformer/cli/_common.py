@@ -17,6 +17,14 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
 
 
+def add_parts_args(p: argparse.ArgumentParser) -> None:
+    """``--num-parts N --part-id K``: this process handles cases K, K+N, K+2N, ... (``infer.parts``)."""
+    p.add_argument("--num-parts", type=int, metavar="N",
+                   help="split the cases into N parts dealt round-robin, for N independent jobs (default 1; under "
+                        "torchrun the ranks are the parts)")
+    p.add_argument("--part-id", type=int, metavar="K", help="which part this process handles, 0..N-1 (default 0)")
+
+
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     """``-c`` (one checkpoint or an ensemble), ``--engine``, ``--tta``, ``--inference``, ``--postprocess``."""
     p.add_argument("-c", "--checkpoint", required=required, nargs="+", metavar="CHECKPOINT",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
-from smaformer.cli._common import add_model_args, add_runtime_args, parse_postprocess
+from smaformer.cli._common import add_model_args, add_parts_args, add_runtime_args, parse_postprocess
 from smaformer.errors import InputError
 
 EPILOG = """examples:
@@ -16,6 +17,9 @@ EPILOG = """examples:
   smaformer evaluate -c best.pt -d ../shared/data/drive -o eval/drive --split test --inference sliding
   smaformer evaluate -c model.onnx best.pt -d ../shared/data/acdc -o eval/mixed --engine openvino  # ONNX members
   smaformer evaluate --cross-validation runs/f0 runs/f1 runs/f2 runs/f3 runs/f4 -o eval/cv   # pooled folds
+  torchrun --nproc_per_node=4 -m smaformer evaluate -c best.pt -d data/ct -o eval/ct   # 4 GPUs, one metrics.json
+  smaformer evaluate -c best.pt -d data/ct -o eval/ct --num-parts 8 --part-id $SLURM_ARRAY_TASK_ID
+  smaformer evaluate --merge-parts -o eval/ct              # once the 8 parts are done: one metrics.json
 
 Both conventions are always reported: 'standard' (NaN when both masks are empty, diagonal HD95 when one is)
 and 'legacy' (the TransUNet/Swin-Unet rule, HD95 in voxels), plus slice-level Dice with its empty/empty rule.
@@ -42,13 +46,24 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--cross-validation", nargs="+", metavar="RUN_DIR",
                    help="instead of -c/-d: pool the validation results of these fold runs into one summary")
+    p.add_argument("--merge-parts", action="store_true",
+                   help="instead of -c/-d: pool the metrics_part*_of_N.json that --num-parts jobs wrote into -o")
+    add_parts_args(p)
     add_runtime_args(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from smaformer.infer.evaluate import evaluate
+    from smaformer.infer.evaluate import evaluate, merge_part_files
     from smaformer.infer.postprocess import describe_postprocessing
 
+    if args.merge_parts:
+        if args.checkpoint or args.data or args.cross_validation:
+            raise InputError(None, "--merge-parts pools finished parts from -o; drop -c/-d/--cross-validation")
+        res = merge_part_files(args.output)
+        _print_table(res)
+        print(f"{res['data']['parts']} parts, {res['data']['n_cases']} cases, {res['data']['n_failed']} failed "
+              f"-> {args.output}/metrics.json")
+        return 0
     if args.cross_validation:
         if args.checkpoint or args.data:
             raise InputError(None, "--cross-validation pools finished fold runs; drop -c/-d")
@@ -62,9 +77,16 @@ def run(args: argparse.Namespace) -> int:
                    engine=args.engine,
                    save_nifti=args.save_nifti, overlays=args.overlays, device=args.device,
                    batch_size=args.batch_size, precision=args.precision, cases=args.cases,
-                   progress=not args.no_progress)
-
+                   progress=not args.no_progress, num_parts=args.num_parts, part_id=args.part_id, torchrun=True)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0        # torchrun: rank 0 wrote and reports the merged result
     _print_table(res)
+    part = res["data"].get("part")
+    if part:
+        print(f"part {part['part_id']} of {part['num_parts']}: {res['data']['n_cases']} of {len(part['cases'])} "
+              f"cases scored -> {args.output}/metrics_part{part['part_id']}_of_{part['num_parts']}.json; when "
+              f"every part is done: smaformer evaluate --merge-parts -o {args.output}")
+        return 1 if res["failed_cases"] and not res["metric_per_case"] else 0
     unit = res["conventions"]["hd95_unit"]
     print(f"HD95 in {unit} (legacy HD95 in voxels); {res['data']['n_cases']} cases, "
           f"{res['data']['n_failed']} failed; report: {args.output}/report.html")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from smaformer.cli._common import add_model_args, add_runtime_args, parse_postprocess
+from smaformer.cli._common import add_model_args, add_parts_args, add_runtime_args, parse_postprocess
 from smaformer.infer.predict import OUTPUT_TYPES, predict
 
 EPILOG = """examples:
@@ -18,6 +18,8 @@ EPILOG = """examples:
   smaformer predict -i dicom_series/ -o seg.dcm -c best.pt --output-type dicom-seg   # DICOM SEG for a PACS
   smaformer predict -i slice.png -o mask.png -c model.onnx --engine onnxruntime
   smaformer predict -i ct.nii.gz -o seg.nii.gz -c model.onnx --engine openvino --save-probabilities
+  smaformer predict -i cohort/ -o segs/ -c best.pt --num-parts 8 --part-id $SLURM_ARRAY_TASK_ID   # 8 jobs
+  torchrun --nproc_per_node=4 -m smaformer predict -i cohort/ -o segs/ -c best.pt    # 4 GPUs, one part each
 
 INPUT is a NIfTI file, a folder of NIfTI files, a DICOM series folder (or a folder of them), a PNG/JPG/
 TIFF image or a folder of them. Volumes give a uint8 label NIfTI with the input's shape, affine and header
@@ -40,6 +42,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <case>_probabilities.npz: float16 softmax (K, D, H, W)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_parts_args(p)
     add_runtime_args(p)
 
 
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     results = predict(args.input, args.output, args.checkpoint, engine=args.engine, device=args.device,
                       precision=args.precision, batch_size=args.batch_size, tta=args.tta, inference=args.inference,
                       postprocess=mode, min_size=min_size, output_type=args.output_type,
-                      save_probabilities=args.save_probabilities, progress=not args.quiet)
+                      save_probabilities=args.save_probabilities, progress=not args.quiet,
+                      num_parts=args.num_parts, part_id=args.part_id, torchrun=True)
     failed = [r for r in results if r.error]
     slices = sum(r.slices for r in results)
     seconds = sum(r.seconds for r in results)

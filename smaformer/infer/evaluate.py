@@ -101,7 +101,8 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
              min_size: int = 0, choose_postprocessing: bool = False, tta: bool = False,
              inference: str | None = None, engine: str = "auto", save_nifti: bool = False, overlays: int = 3,
              device: str | None = None, batch_size: int = 16, precision: str = "fp32",
-             cases: list[str] | None = None, progress: bool = True) -> dict:
+             cases: list[str] | None = None, progress: bool = True, num_parts: int | None = None,
+             part_id: int | None = None, torchrun: bool = False) -> dict:
     """Evaluate ``checkpoint`` (one path, or several averaged as an ensemble) on ``data`` (a dataset path
     for ``open_dataset``, a reader or a list of Samples) into ``out_dir``.
 
@@ -111,14 +112,23 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
     scores the raw predictions, chooses the per-class post-processing that helps validation Dice, reports
     it under ``postprocessing`` and stores it in a single checkpoint. ``overlays`` slices per case go to
     PNGs and into report.html. Returns the metrics.json dict.
+
+    ``num_parts``/``part_id`` (or, with ``torchrun=True``, torchrun's ranks) score one share of the cases
+    (``infer.parts``): under torchrun every rank returns the merged result and rank 0 writes it; a part writes
+    ``metrics_part{K}_of_{N}.json`` for ``merge_part_files`` and returns its own result.
     """
     from smaformer.data import open_dataset
     from smaformer.infer.members import domain_warnings, load_members, member_precision
-    from smaformer.infer.report import overlay_png, select_slices, write_html
+    from smaformer.infer.parts import gather, resolve_part
+    from smaformer.infer.report import overlay_png, select_slices
 
+    part = resolve_part(num_parts, part_id, torchrun=torchrun)
+    if part.split and choose_postprocessing:
+        raise InputError(None, "--choose-postprocessing needs every validation case in one process; run it "
+                               "without --num-parts or torchrun")
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     out = check_output(out_dir, folder=True, inputs=[*paths, *([data] if isinstance(data, (str, Path)) else [])])
-    device = resolve_device(device)
+    device = part.device(resolve_device(device))
     members = load_members(paths, engine, device)
     precision = member_precision(members, precision, device, paths[0])
     info = members[0][1]
@@ -138,7 +148,7 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
     labels = list(range(1, num_classes))
     class_map = {k: names[k] if k < len(names) else str(k) for k in labels}
     search = PostprocessingSearch(labels) if choose_postprocessing else None
-    todo = list(cases) if cases is not None else list(reader.cases())
+    todo = part.take(list(cases) if cases is not None else list(reader.cases()))
     _warn_if_chosen_here(decision, todo)
     config = {"legacy_resize": legacy_resize, "postprocess": postprocess, "min_size": min_size,
               "postprocessing_applied": describe_postprocessing(decision), "postprocessing_rule": decision,
@@ -230,10 +240,78 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
         result["postprocessing"]["stored_in"] = _store_decision(paths, result["postprocessing"])
     result["checkpoint"]["sha256"] = file_sha256(paths[0])    # after storing a decision into it
     result = _nan_to_none(result)
+    if not part.split:
+        write_results(result, overlay_paths, out)
+        return result
+    result["data"]["part"] = {"part_id": part.part_id, "num_parts": part.num_parts, "cases": todo}
+    overlays = {c: [str(p) for p in ps] for c, ps in overlay_paths.items()}
+    if not part.torchrun:
+        write_text(out / f"metrics{part.suffix()}.json", json.dumps({**result, "overlays": overlays}, indent=1,
+                                                                    default=str))
+        return result
+    merged, overlays = merge_results(gather((result, overlays), part))
+    if part.part_id == 0:
+        write_results(merged, overlays, out)
+    return merged
+
+
+def write_results(result: dict, overlays: dict[str, list], out: Path) -> None:
+    """metrics.json, summary.csv and report.html (with the overlay PNGs that exist) into ``out``."""
+    from smaformer.infer.report import write_html
+
     write_text(out / "metrics.json", json.dumps(result, indent=1, default=str))
     write_summary_csv(result, out / "summary.csv")
-    write_html(result, overlay_paths, out / "report.html")
-    return result
+    write_html(result, {c: [Path(p) for p in ps if Path(p).is_file()] for c, ps in overlays.items()},
+               out / "report.html")
+
+
+def merge_results(pieces: list[tuple[dict, dict]], where: Path | None = None) -> tuple[dict, dict]:
+    """One result from the parts' ``(result, overlays)``: per-case rows in the order one process gives,
+    means recomputed over all of them. Every part of one split must be there, once, scoring one checkpoint."""
+    from smaformer.infer.parts import interleave
+
+    results = sorted((r for r, _ in pieces), key=lambda r: r["data"]["part"]["part_id"])
+    n = results[0]["data"]["part"]["num_parts"]
+    ids = [r["data"]["part"]["part_id"] for r in results]
+    if ids != list(range(n)) or any(r["data"]["part"]["num_parts"] != n for r in results):
+        raise InputError(where, f"parts {ids} given; need each of 0..{n - 1} of {n} once")
+    for r in results[1:]:
+        if r["checkpoint"]["sha256"] != results[0]["checkpoint"]["sha256"] or r["classes"] != results[0]["classes"]:
+            raise InputError(where, f"part {r['data']['part']['part_id']} scored another checkpoint or classes "
+                                    "than part 0")
+    order = {c: i for i, c in enumerate(interleave([r["data"]["part"]["cases"] for r in results]))}
+    per_case = sorted((row for r in results for row in r["metric_per_case"]), key=lambda row: order[row["case"]])
+    failed = list({f["case"]: f for r in results for f in r["failed_cases"]}.values())  # reader skips: every part
+    failed.sort(key=lambda f: order.get(f["case"], len(order)))
+    mean, fg = aggregate(per_case, [int(k) for k in results[0]["classes"]])
+    units = {u for r in results if r["metric_per_case"] for u in r["conventions"]["hd95_unit"].split("/")}
+    data = {k: v for k, v in results[0]["data"].items() if k != "part"}
+    merged = {**results[0], "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "data": {**data, "n_cases": len(per_case), "n_failed": len(failed), "parts": n},
+              "conventions": {**results[0]["conventions"], "hd95_unit": "/".join(sorted(units)) or "mm"},
+              "metric_per_case": per_case, "failed_cases": failed, "mean": mean, "foreground_mean": fg}
+    merged.pop("overlays", None)
+    overlays = {c: ps for _, o in pieces for c, ps in o.items()}
+    return _nan_to_none(merged), overlays
+
+
+def merge_part_files(out_dir: str | Path) -> dict:
+    """Pool the ``metrics_part{K}_of_{N}.json`` that independent parts wrote into ``out_dir`` into one
+    metrics.json, summary.csv and report.html there; returns the merged result."""
+    out = Path(out_dir)
+    files = sorted(out.glob("metrics_part*_of_*.json"))
+    if not files:
+        raise InputError(out, "no metrics_part*_of_*.json here: run evaluate with --num-parts N --part-id K first")
+    pieces = []
+    for f in files:
+        try:
+            r = json.loads(f.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f, f"not valid JSON ({e})") from None
+        pieces.append((r, r.pop("overlays", {})))
+    merged, overlays = merge_results(pieces, out)
+    write_results(merged, overlays, out)
+    return merged
 
 
 def _postprocessing(postprocess: str | dict | None, min_size: int, choose: bool, members: list,

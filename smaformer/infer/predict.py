@@ -25,6 +25,7 @@ from smaformer.data.io import IMAGE_SUFFIXES, is_nifti, read_image, write_labels
 from smaformer.errors import InputError
 from smaformer.infer.dicom_seg import read_source_series, write_dicom_seg
 from smaformer.infer.members import Member, domain_warnings, load_members, member_precision, resolve_postprocessing
+from smaformer.infer.parts import resolve_part
 from smaformer.infer.postprocess import apply_postprocessing, describe_postprocessing
 from smaformer.infer.volume import infer_ensemble
 from smaformer.io_utils import atomic_path, check_output, clean_stale_temps, write_text
@@ -209,20 +210,24 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
             device: str = "auto", precision: str = "fp32", batch_size: int = 16, save_probabilities: bool = False,
             tta: bool = False, inference: str | None = None, postprocess: str | dict | None = "auto",
             min_size: int = 0, output_type: str = "nifti", progress: bool = True,
-            log: Callable[[str], None] = print) -> list[CaseResult]:
+            log: Callable[[str], None] = print, num_parts: int | None = None, part_id: int | None = None,
+            torchrun: bool = False) -> list[CaseResult]:
     """Segment every case of ``inp`` into ``output`` with one checkpoint or an ensemble of several;
     failing cases are reported and skipped.
 
     ``postprocess`` is ``"auto"`` (the checkpoint's stored choice), ``"none"``, ``"lcc"``, ``"min_size"``
     (with ``min_size`` voxels) or a rule dict (``infer.members.resolve_postprocessing``). ``output_type``
     ``dicom-seg`` writes a DICOM SEG per DICOM series (``infer.dicom_seg``) instead of a NIfTI.
+    ``num_parts``/``part_id`` (or, with ``torchrun=True``, torchrun's ranks) segment one share of the cases
+    (``infer.parts``); the summary is then ``predict_part{K}_of_{N}.json``.
     """
+    part = resolve_part(num_parts, part_id, torchrun=torchrun)
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     cases, output = list_cases(inp), Path(output)
     single = cases == [Path(inp)]
     check_outputs(Path(inp), cases, output, single, output_type)
     clean_stale_temps(output.parent if output_is_file(output, single) else output)
-    device = resolve_device(device)
+    device = part.device(resolve_device(device))
     members = load_members(paths, engine, device)
     settings = Settings(batch_size=batch_size, device=device, tta=tta, inference=inference,
                         precision=member_precision(members, precision, device, paths[0]),
@@ -230,6 +235,9 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
                         save_probabilities=save_probabilities, progress=progress, output_type=output_type)
     log(f"{len(members)} model(s), precision {settings.precision}, tta {'on' if tta else 'off'}, inference "
         f"{inference or 'per checkpoint'}, post-processing {describe_postprocessing(settings.postprocessing)}")
+    if part.split:
+        log(f"{part.describe()}: {len(part.take(cases))} of {len(cases)} cases")
+        cases = part.take(cases)
     bar = cases
     if progress and len(cases) > 1:
         from tqdm.auto import tqdm
@@ -250,14 +258,16 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
         if res.error is None:
             log(f"{case} -> {res.output} ({res.slices} slices, {res.seconds:.1f} s)")
         results.append(res)
-    _write_summary(output, single, paths, settings, results)
+    _write_summary(output, single, paths, settings, results, part.suffix())
     return results
 
 
-def _write_summary(output: Path, single: bool, paths: list, settings: Settings, results: list[CaseResult]) -> Path:
-    """``predict.json`` beside the outputs (``<name>.json`` for a single output file): the models and
-    settings, and per case its output, time, guard warnings or error."""
-    path = output.with_name(case_stem(output) + ".json") if output_is_file(output, single) else output / "predict.json"
+def _write_summary(output: Path, single: bool, paths: list, settings: Settings, results: list[CaseResult],
+                   suffix: str = "") -> Path:
+    """``predict.json`` beside the outputs (``<name>.json`` for a single output file; ``suffix`` names a part's
+    own): the models and settings, and per case its output, time, guard warnings or error."""
+    path = (output.with_name(case_stem(output) + suffix + ".json") if output_is_file(output, single)
+            else output / f"predict{suffix}.json")
     doc = {"format": "smaformer-predictions", "version": 1, "checkpoints": [str(p) for p in paths],
            "precision": settings.precision, "device": str(settings.device), "tta": settings.tta,
            "inference": settings.inference or "per checkpoint",
