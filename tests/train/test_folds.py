@@ -87,6 +87,10 @@ def test_build_data_uses_the_fold_and_never_the_test_split(tmp_path):
     val_groups = {case_key(n) for n in data.val.cases()}
     train_names = data.train.reader.cases()
     assert len(val_groups) == 2 and not val_groups & {case_key(n) for n in train_names}
+    # one validation volume per frame (2 patients x 2 frames), each stacking that frame's 2 slices only
+    assert len(data.val.cases()) == 4 and all(c.endswith(("_frame01", "_frame12")) for c in data.val.cases())
+    vol = data.val.load_case(data.val.cases()[1])
+    assert vol.image.shape == (2, 16, 16) and vol.case == data.val.cases()[1]
     assert sorted(train_names + data.splits.val) == sorted(names)
     assert "patient040" not in {case_key(n) for f in data.splits.splits for n in f["train"] + f["val"]}
     # a training patient that is also in the test split is refused, folds or not
@@ -139,8 +143,8 @@ def test_train_fold_dry_run_from_the_cli(tmp_path, capsys):
             "--set", "data.num_workers=0", "--set", "train.batch_size=2"]
     assert main(["train", "--config", "acdc_swin_unet", "--fold", "2", "--folds", "5", "--dry-run", *args]) == 0
     out = capsys.readouterr().out
-    assert "fold 2 of 5 (seed 1234): train 8 cases (32 slices), val 2 cases (8 slices)" in out
-    assert "2 validation cases" in out
+    assert "fold 2 of 5 (seed 1234): train 8 cases (16 volumes, 32 slices), val 2 cases (4 volumes, 8 slices)" in out
+    assert "4 validation cases" in out     # one volume per frame
     assert main(["train", "--config", "acdc_swin_unet", "--fold", "5", "--dry-run", *args]) == 2
     assert "out of range" in capsys.readouterr().err
 
@@ -154,7 +158,21 @@ def test_train_fold_dry_run_on_real_acdc(data_dir, capsys):
     assert main(["train", "--config", "acdc_swin_unet", "--fold", "0", "--dry-run", *args]) == 0
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("folds"))
-    assert "fold 0 of 5 (seed 1234)" in line and "val 14 cases" in line and "train 56 cases" in line
+    assert "fold 0 of 5 (seed 1234)" in line and "val 14 cases (28 volumes" in line and "train 56 cases" in line
+    assert "28 validation cases" in out      # 14 patients, one volume per frame (ED and ES)
+
+
+def test_real_acdc_fold_validates_one_volume_per_frame(data_dir):
+    root = data_dir / "acdc"
+    if not (root / "train_slices.list").is_file():
+        pytest.skip(f"{root} has no ACDC h5 training split")
+    data = build_data(load_config("acdc_swin_unet", [f"data.root={root}", "data.fold=0", "data.num_workers=0"]))
+    cases = data.val.cases()
+    assert len(cases) == 28 and len({case_key(c) for c in cases}) == 14
+    for case in cases[:2]:   # a frame's slices only, in slice order
+        names = data.val.groups[case]
+        assert all(n.startswith(case + "_slice_") for n in names)
+        assert data.val.load_case(case).image.shape[0] == len(names)
 
 
 def test_fold_run_writes_splits_checkpoint_record_and_validation(tmp_path):
