@@ -193,6 +193,48 @@ def test_fold_run_writes_splits_checkpoint_record_and_validation(tmp_path):
     assert fp["summary"]["spacing"]["min"] == [3.0, 1.5, 1.5]
     metrics = json.loads((run / "validation" / "metrics.json").read_text())
     assert [c["case"] for c in metrics["metric_per_case"]] == splits[1]["val"]
+    # the final weights are scored, and the post-processing is chosen on them; best.pt (the same weights
+    # after one epoch) gets the same choice
+    assert metrics["scored"] == {"checkpoint": "final", "file": "latest.pt", "iteration": res.iterations}
+    assert metrics["checkpoint"]["path"] == str(run / "latest.pt")
+    assert metrics["best"] == {"file": "best.pt", "iteration": res.iterations, "same_weights_as": "latest.pt"}
+    chosen = read_checkpoint(run / "latest.pt")["postprocessing"]
+    assert chosen["chosen_on"]["cases"] == splits[1]["val"]
+    assert read_checkpoint(run / "best.pt")["postprocessing"] == chosen
+
+
+def test_final_validation_scores_final_and_best_side_by_side(tmp_path):
+    """best.pt of other weights (an earlier iteration) is scored beside the final ones, never instead."""
+    from types import SimpleNamespace
+
+    from smaformer.checkpoint import save_checkpoint
+    from smaformer.train.crossval import final_validation
+    from smaformer.train.loop import trainer_session
+
+    cfg = load_config(None, ["model.name=unet", "model.kwargs={base: 4, depth: 2}", "data.img_size=32",
+                             "data.num_workers=0", "data.synthetic.shape=[4,32,32]", "data.synthetic.train_volumes=3",
+                             "model.kwargs.num_classes=3", "train.batch_size=4", "train.max_iterations=2",
+                             "train.tensorboard=false", "train.val_every=0"])
+    lines = []
+    with trainer_session(cfg, run_dir=tmp_path / "run", progress_bar=False, log=lines.append) as tr:
+        tr.fit()
+        best = read_checkpoint(tr.run_dir / "latest.pt")
+        best["train_state"] = {"epoch": 0, "iteration": 1}
+        best["state_dict"] = {k: v + 0.05 if v.is_floating_point() else v for k, v in best["state_dict"].items()}
+        save_checkpoint(best, tr.run_dir / "best.pt")
+        assert not (tr.run_dir / "validation" / "best").exists()     # no best.pt at the end of fit
+        metrics = final_validation(SimpleNamespace(**{k: getattr(tr, k) for k in ("data", "dist", "run_dir", "cfg",
+                                                                                 "device", "iteration")},
+                                                   log=lines.append))
+    run = tr.run_dir
+    on_disk = json.loads((run / "validation" / "metrics.json").read_text())
+    assert on_disk["scored"]["checkpoint"] == "final" and on_disk["checkpoint"]["path"] == str(run / "latest.pt")
+    assert on_disk["best"]["iteration"] == 1 and on_disk["best"]["metrics"] == "best/metrics.json"
+    assert on_disk["best"]["foreground_mean"] == metrics["best"]["foreground_mean"]
+    other = json.loads((run / "validation" / "best" / "metrics.json").read_text())
+    assert other["checkpoint"]["path"] == str(run / "best.pt")
+    assert all("postprocessing" in read_checkpoint(run / f) for f in ("best.pt", "latest.pt"))
+    assert any("best.pt (iteration 1" in ln and "beside the final weights'" in ln for ln in lines)
 
 
 def test_old_checkpoints_lack_splits_and_fingerprint_and_safetensors_keep_them(tmp_path):
