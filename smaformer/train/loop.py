@@ -33,7 +33,7 @@ from smaformer.errors import InputError
 from smaformer.losses import build_loss
 from smaformer.models import create_model
 from smaformer.models.layers.axial import set_gates_trainable
-from smaformer.runtime import autocast, resolve_device, resolve_precision
+from smaformer.runtime import autocast, enable_deterministic, resolve_device, resolve_precision
 from smaformer.train import distributed as dd
 from smaformer.train.crossval import final_validation
 from smaformer.train.data import TrainData, build_data, training_fingerprint, validation_dice
@@ -81,6 +81,8 @@ class Trainer:
             check_config(cfg)
         t = cfg["train"]
         self.device = resolve_device(t["device"])
+        if t["deterministic"]:        # before CUDA starts: cuBLAS reads its workspace setting then
+            enable_deterministic(self.device)
         self.dist = dd.init_distributed(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -89,10 +91,7 @@ class Trainer:
         self.show_bar = progress_bar and self.dist.main
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(cfg, self.dist)
-        if t["deterministic"]:
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
-        elif self.device.type == "cuda":
+        if not t["deterministic"] and self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         seed = int(t["seed"])
         seed_everything(seed)
