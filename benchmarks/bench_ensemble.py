@@ -3,7 +3,8 @@ an ensemble of fold checkpoints, and all of them together, each scored on the 20
 its time per volume. Also the cross-validation summary of the folds.
 
 The folds come from ``smaformer train --config acdc_swin_unet --fold K`` (K = 0, 1, ...); their validation
-cases are training patients, so the post-processing each fold chose never saw the 20 scored volumes.
+cases are training patients (one volume per frame), so the post-processing each fold chose on its final
+weights (``latest.pt``, which this script scores) never saw the 20 scored volumes.
 
     python benchmarks/bench_ensemble.py runs/ens/fold0 runs/ens/fold1 runs/ens/fold2 --out docs/accuracy/acdc_ensemble
 
@@ -24,7 +25,7 @@ DATA = Path(os.environ.get("SMAFORMER_SHARED", REPO.parent / "shared")) / "data"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folds", nargs="+", type=Path, help="fold run folders (best.pt/latest.pt + validation/)")
+    ap.add_argument("folds", nargs="+", type=Path, help="fold run folders (latest.pt + validation/)")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_ensemble")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--device", default="cpu")
@@ -35,7 +36,7 @@ def main() -> None:
     from smaformer.infer.evaluate import evaluate
     from smaformer.runtime import cpu_description
 
-    ckpts = [f / "best.pt" if (f / "best.pt").is_file() else f / "latest.pt" for f in args.folds]
+    ckpts = [f / "latest.pt" for f in args.folds]   # the final weights: their validation chose the post-processing
     rule = load_checkpoint(ckpts[0])[1].get("postprocessing")
     variants = {
         "plain": dict(checkpoint=ckpts[0], postprocess="none"),

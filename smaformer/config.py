@@ -58,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
         "channels_last": False,
         "val_every": 1,              # epochs; 0 disables validation
         "val_batch_size": 16,
+        "validate_best": True,       # the end-of-run validation also scores best.pt beside the final weights
         "save_every_iters": 500,     # latest.pt also mid-epoch, so a kill loses at most this many steps
         "early_stop_patience": None,  # validations without improvement before stopping
         "time_limit_s": None,        # stop (validate, checkpoint) at the first step after this many seconds

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -39,6 +40,24 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise InputError(None, f"device {name}: MPS is not available on this machine (use cpu or auto)")
     return device
+
+
+CUBLAS_WORKSPACE = ":4096:8"     # one of the two settings cuBLAS documents as deterministic (":16:8" is the other)
+
+
+def enable_deterministic(device: torch.device) -> None:
+    """``torch.use_deterministic_algorithms(True)``, and on CUDA the ``CUBLAS_WORKSPACE_CONFIG`` that
+    deterministic cuBLAS needs (else torch raises at the first cuBLAS call). cuBLAS reads the variable when
+    CUDA creates its handles, so it is set here only while CUDA is not initialised yet; after that an unset
+    or other value is refused in one line, with the fix."""
+    if device.type == "cuda" and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"):
+        if torch.cuda.is_initialized():
+            raise InputError(None, "train.deterministic on CUDA needs CUBLAS_WORKSPACE_CONFIG=:4096:8 (or :16:8) "
+                                   "before CUDA starts; it is "
+                                   f"{os.environ.get('CUBLAS_WORKSPACE_CONFIG', 'unset')}: export it and rerun")
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 @functools.lru_cache(maxsize=1)

@@ -121,3 +121,24 @@ def test_accuracy_runs_resolve_to_valid_configs():
         for budget, overrides in budgets.items():
             cfg = load_config(preset, overrides)
             assert cfg["model"]["name"] in ("swin_unet", "smaformer", "medt", "unet"), (name, budget)
+
+
+def test_bench_resize_swaps_only_the_input_resize_for_the_training_operator():
+    import numpy as np
+    import torch.nn.functional as F
+
+    import smaformer.infer.volume as volume
+    from smaformer.data.transforms import resize_pair
+
+    resize = _load("bench_resize")
+    img = np.random.default_rng(0).random((1, 20, 14)).astype(np.float32)
+    want = resize_pair(img, None, (16, 12))[0]
+    assert np.allclose(resize.training_zoom(torch.from_numpy(img)[None], (16, 12))[0].numpy(), want, atol=1e-5)
+    with resize.input_resize("training"):
+        x = torch.from_numpy(img)[None]
+        assert np.allclose(volume.F.interpolate(x, size=(16, 12), mode="bicubic")[0].numpy(), want, atol=1e-5)
+        assert torch.equal(volume.F.interpolate(x, size=(16, 12), mode="bilinear", align_corners=False),
+                           F.interpolate(x, size=(16, 12), mode="bilinear", align_corners=False))
+    assert volume.F is F
+    diff = resize.input_difference([img[0]], (16, 12))
+    assert diff["slices"] == 1 and 0 < diff["mean_abs_inner"] < diff["max_abs_border"]

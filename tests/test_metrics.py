@@ -48,7 +48,7 @@ def test_real_acdc_masks_equal_medpy(data_dir):
     h5py = pytest.importorskip("h5py")
     vols = sorted((data_dir / "acdc" / "volumes").glob("*.h5"))[:2]
     if not vols:
-        pytest.skip("no ACDC volumes")
+        pytest.skip(f"no ACDC volumes in {data_dir / 'acdc' / 'volumes'}")
     with h5py.File(vols[0]) as f:
         ref = f["label"][()]
     with h5py.File(vols[1]) as f:

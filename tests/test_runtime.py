@@ -1,10 +1,20 @@
-"""Device and precision: one meaning of "auto", explicit impossible choices refused with the fix."""
+"""Device and precision: one meaning of "auto", explicit impossible choices refused with the fix; deterministic
+CUDA gets its cuBLAS workspace setting or a one-line refusal."""
+import os
+
 import pytest
 import torch
 
 import smaformer.runtime as runtime
 from smaformer.errors import InputError
-from smaformer.runtime import autocast, cpu_bf16_units, cpu_description, resolve_device, resolve_precision
+from smaformer.runtime import (
+    autocast,
+    cpu_bf16_units,
+    cpu_description,
+    enable_deterministic,
+    resolve_device,
+    resolve_precision,
+)
 
 
 def test_auto_device_is_the_best_present():
@@ -50,3 +60,32 @@ def test_cpu_bf16_units_and_auto_stays_fp32_on_cpu(monkeypatch):
     assert "bf16 units" in cpu_description() and "torch capability" in cpu_description()
     monkeypatch.setattr(runtime, "cpu_bf16_units", lambda: "amx_bf16")
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"   # bf16 failed the label check (DEPLOY.md)
+
+
+@pytest.fixture
+def restore_determinism():
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    yield
+    torch.use_deterministic_algorithms(before[0])
+    torch.backends.cudnn.benchmark = before[1]
+
+
+def test_deterministic_cuda_sets_the_cublas_workspace_before_cuda_starts(monkeypatch, restore_determinism):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    enable_deterministic(torch.device("cpu"))               # the CPU needs no cuBLAS setting
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ and torch.are_deterministic_algorithms_enabled()
+    enable_deterministic(torch.device("cuda", 1))
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and not torch.backends.cudnn.benchmark
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")    # the user's valid choice is kept
+    enable_deterministic(torch.device("cuda"))
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+
+def test_deterministic_cuda_after_cuda_started_is_refused_in_one_line(monkeypatch, restore_determinism):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(InputError) as e:      # too late to set: cuBLAS has read the variable already
+        enable_deterministic(torch.device("cuda"))
+    assert "\n" not in str(e.value) and "CUBLAS_WORKSPACE_CONFIG=:4096:8" in str(e.value) and ":0:0" in str(e.value)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":0:0"

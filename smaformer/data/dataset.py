@@ -1,8 +1,11 @@
 """``SliceDataset``: 2D training/validation slices from any reader (or a list of samples) as tensors.
 
 Each item is ``{"image": FloatTensor (C,H,W), "label": LongTensor (H,W), "case": str, "slice": int}``.
-Per case the intensity spec is applied once on load (so z-score uses volume statistics, as volume
-inference does); per slice the augmentation (or a plain resize) runs, then the channel mode.
+Per case the intensity spec is applied once on load, with the statistics volume inference uses: a volume's
+for a volume; for slice-stored layouts (Synapse npz, ACDC h5: ``case0005_slice012``) zscore/minmax take
+the statistics of the volume the slice belongs to (all the slices with its name less the slice suffix),
+computed once per volume, unless ``per_slice`` asks for each slice's own. Per slice the augmentation (or a
+plain resize) runs, then the channel mode.
 Volumes are cached in memory up to ``cache_bytes`` per process, because shuffled slice sampling would
 otherwise decode the same volume again and again.
 """
@@ -16,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from smaformer.data.preprocess import make_channels, normalize_intensity
-from smaformer.data.sample import Reader, Sample
+from smaformer.data.preprocess import fix_volume_statistics, make_channels, normalize_intensity
+from smaformer.data.sample import SLICE_NAME, Reader, Sample
 from smaformer.data.transforms import RandomGenerator, random_crop, resize_pair
 from smaformer.errors import InputError
 
@@ -77,6 +80,12 @@ class SliceDataset(Dataset):
             self.classes = list(source[0].meta.get("classes", [])) if len(source) else []
             counts = [(c, s.num_slices()) for c, s in self._samples.items()]
         self.index: list[tuple[str, int]] = [(c, i) for c, n in counts for i in range(n)]
+        self._slices_of: dict[str, list[str]] = {}    # volume -> its stored slices, for volume statistics
+        if self.intensity.get("mode") in ("zscore", "minmax") and not self.intensity.get("per_slice"):
+            for c, _ in counts:
+                if SLICE_NAME.search(c):
+                    self._slices_of.setdefault(SLICE_NAME.sub("", c), []).append(c)
+        self._volume_spec: dict[str, dict] = {}
         if skip_empty:
             self.index = [(c, i) for c, i in self.index if self._has_foreground(c, i)]
         if not self.index:
@@ -103,11 +112,11 @@ class SliceDataset(Dataset):
         if case in self._cache:
             self._cache.move_to_end(case)
             return self._cache[case]
-        raw = self._samples[case] if self.reader is None else self.reader.load_case(case)
+        raw = self._raw(case)
         if raw.label is None:
             raise InputError(raw.meta.get("path", case), "no label: a training/validation slice needs one")
         image = (normalize_intensity(raw.image, self.intensity) if raw.is_volume  # a 2D image is a stack of one
-                 else normalize_intensity(raw.image[None], self.intensity)[0])
+                 else normalize_intensity(raw.image[None], self._spec_of_slice(case))[0])
         sample = Sample(image, raw.label, raw.meta)
         self._cache[case] = sample
         self._cached_bytes += sample.image.nbytes + sample.label.nbytes
@@ -115,6 +124,25 @@ class SliceDataset(Dataset):
             old = self._cache.popitem(last=False)[1]
             self._cached_bytes -= old.image.nbytes + old.label.nbytes
         return sample
+
+    def _raw(self, case: str) -> Sample:
+        return self._samples[case] if self.reader is None else self.reader.load_case(case)
+
+    def _spec_of_slice(self, case: str) -> dict:
+        """The intensity spec of a stored 2D slice: zscore/minmax with the statistics of its whole volume
+        (its sibling slices that load; fixed once per volume), as volume inference normalises it."""
+        volume = SLICE_NAME.sub("", case)
+        if volume not in self._slices_of:
+            return self.intensity
+        if volume not in self._volume_spec:
+            values = []
+            for name in self._slices_of[volume]:
+                try:
+                    values.append(np.asarray(self._raw(name).image, dtype=np.float32).reshape(-1))
+                except InputError:
+                    continue     # that slice is dropped when it is loaded itself
+            self._volume_spec[volume] = fix_volume_statistics(np.concatenate(values), self.intensity)
+        return self._volume_spec[volume]
 
     def _has_foreground(self, case: str, index: int) -> bool:
         if case in self._bad:

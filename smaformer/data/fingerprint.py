@@ -9,8 +9,9 @@ class frequencies. Training stores the training set's fingerprint in the checkpo
 
 Memory stays bounded: percentiles are computed on at most ``MAX_VOXELS`` voxels per case, drawn
 uniformly at random with a fixed seed (so the same data always gives the same numbers) when a case
-is bigger; a case made of several items (the 2D slices of one ACDC patient) keeps at most twice that
-many while it is read, and its items must come one after the other (``dataset_fingerprint`` sorts them).
+is bigger. A case made of several items (the 2D slices of one ACDC patient) is sampled uniformly over all
+its voxels too, while it is read item by item (``_Case.add``), holding at most ``MAX_VOXELS``; its items
+must come one after the other (``dataset_fingerprint`` sorts them).
 
 ``intensity_warnings`` compares one input image with the fingerprint a model was trained on, to catch
 an input on another intensity scale (raw CT HU into a model trained on MRI scaled to [0, 1]).
@@ -57,7 +58,8 @@ class _Case:
         self.shape: list[int] = []
         self.spacing: list[float] | None = None
         self.values: list[np.ndarray] = []
-        self.held = 0
+        self.seen = 0                                # voxels of the items added so far
+        self.rng = np.random.default_rng(0)
         self.counts = np.zeros(0, np.int64)
         self.labelled = False
 
@@ -68,10 +70,7 @@ class _Case:
             self.shape = [int(n) for n in (sample.image.shape if sample.is_volume else sample.image.shape[1:])]
             sp = sample.meta.get("spacing")
             self.spacing = None if sp is None else [float(v) for v in sp]
-        self.values.append(_voxels(sample.image))
-        self.held += self.values[-1].size
-        if self.held > 2 * MAX_VOXELS:
-            self.values, self.held = [_voxels(np.concatenate(self.values))], MAX_VOXELS
+        self._sample(np.asarray(sample.image).reshape(-1))
         if sample.label is not None:
             self.labelled = True
             c = np.bincount(np.asarray(sample.label).reshape(-1).clip(0))
@@ -79,9 +78,25 @@ class _Case:
                 self.counts = np.pad(self.counts, (0, c.size - self.counts.size))
             self.counts[: c.size] += c
 
+    def _sample(self, flat: np.ndarray) -> None:
+        """Keep every voxel while the case fits in ``MAX_VOXELS``; past that, a sample of ``MAX_VOXELS``
+        voxels of which each is drawn uniformly from all the voxels seen: of the cap, a binomial share
+        ``seen / (seen + n)`` comes from the sample held (without replacement), the rest from the new item."""
+        cap, n = MAX_VOXELS, flat.size
+        if self.seen + n <= cap:
+            self.values.append(flat.astype(np.float32, copy=False))
+        elif not self.values:
+            self.values = [_voxels(flat, cap)]
+        else:
+            old = np.concatenate(self.values)
+            k_old = min(int(self.rng.binomial(cap, self.seen / (self.seen + n))), old.size)
+            keep = old[np.sort(self.rng.choice(old.size, k_old, replace=False))]
+            new = flat[np.sort(self.rng.integers(0, n, cap - k_old))].astype(np.float32, copy=False)
+            self.values = [keep, new]
+        self.seen += n
+
     def result(self) -> dict:
         values = np.concatenate(self.values) if self.values else np.zeros(0, np.float32)
-        values = _voxels(values)
         # a volume keeps its shape; several items (slices, frames) are counted as stacked slices
         shape = self.shape if self.items == 1 else [self.slices, *self.shape[-2:]]
         total = int(self.counts.sum())

@@ -33,28 +33,45 @@ class FixedBatch:
 
 
 def onnxruntime_runner(path: Path, device: str | torch.device = "cpu") -> tuple[Callable, dict]:
-    """``(runner, info)`` for an ONNX file under ONNX Runtime (CUDA provider when asked and present)."""
+    """``(runner, info)`` for an ONNX file under ONNX Runtime: the CUDA provider for a CUDA device, the CPU
+    provider for the CPU. No silent fallback: a CUDA device without a working CUDA provider (the
+    ``onnxruntime`` CPU wheel, or CUDA libraries that fail to load) is refused in one line."""
     import onnxruntime as ort
 
-    meta = read_onnx_metadata(path)
     device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(path, f"--engine onnxruntime runs on cpu or cuda, not {device.type}; use --device cpu")
+    available = ort.get_available_providers()
+    if device.type == "cuda" and "CUDAExecutionProvider" not in available:
+        raise InputError(path, f"--device cuda: this ONNX Runtime has no CUDA provider (it has "
+                               f"{', '.join(available)}); install onnxruntime-gpu or use --device cpu")
+    meta = read_onnx_metadata(path)
     providers: list = ["CPUExecutionProvider"]
-    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+    if device.type == "cuda":
+        providers = [("CUDAExecutionProvider", {"device_id": device.index or 0})]
     sess = ort.InferenceSession(str(path), providers=providers)
+    if device.type == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
+        raise InputError(path, f"--device cuda: ONNX Runtime could not start its CUDA provider (the session "
+                               f"has {', '.join(sess.get_providers())}); check the CUDA/cuDNN libraries "
+                               "onnxruntime-gpu needs, or use --device cpu")
     name = sess.get_inputs()[0].name
     return FixedBatch(lambda a: sess.run(None, {name: a})[0], meta.static_batch), meta.info
 
 
 def openvino_runner(path: Path, device: str | torch.device = "cpu") -> tuple[Callable, dict]:
-    """``(runner, info)`` for an ONNX file under OpenVINO."""
+    """``(runner, info)`` for an ONNX file under OpenVINO, on the CPU: a CUDA (or MPS) device is refused
+    in one line, since OpenVINO's "GPU" is an Intel GPU, not the CUDA device that was asked for."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        raise InputError(path, f"--engine openvino runs on the CPU here, not on {device}: OpenVINO's GPU is an "
+                               "Intel GPU, not a CUDA device; use --device cpu, or --engine onnxruntime/torch "
+                               "for CUDA")
     try:
         import openvino as ov
     except ImportError:
         raise InputError(path, "--engine openvino needs the openvino package (pip install openvino)") from None
     meta = read_onnx_metadata(path)
-    device = torch.device(device)
-    target = "CPU" if device.type != "cuda" else "GPU" if device.index is None else f"GPU.{device.index}"
+    target = "CPU"
     # exported files run in fp32: OpenVINO would otherwise pick bf16 on CPUs with AMX (labels change)
     compiled = ov.Core().compile_model(str(path), target, {"INFERENCE_PRECISION_HINT": "f32"})
     out = compiled.output(0)

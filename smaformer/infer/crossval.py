@@ -66,7 +66,8 @@ def pool_cross_validation(run_dirs: list[str | Path], out_dir: str | Path) -> di
             per_case.append({**row, "fold": fold})
         folds.append({"fold": fold, "run": str(run), "n_cases": len(res.get("metric_per_case", [])),
                       "foreground_mean": res.get("foreground_mean"),
-                      "checkpoint": (res.get("checkpoint") or {}).get("path")})
+                      "checkpoint": (res.get("checkpoint") or {}).get("path"),
+                      "scored": (res.get("scored") or {}).get("checkpoint")})
     labels = [int(k) for k in first.get("classes", {})]
     mean, fg = aggregate(per_case, labels)
     pooled = {"format": FORMAT, "version": 1,

@@ -5,8 +5,10 @@ turned into the model's channels and run through the model; the **logits** are r
 size (bilinear, ``align_corners=False``) and only then argmaxed, which avoids the mosaic edges of
 zooming an argmax with nearest neighbour.
 
-Input resizing (our choice): torch bicubic (``align_corners=False``), the GPU-friendly equivalent of the
-official ``scipy.ndimage.zoom(order=3)``. ``legacy_resize=True`` reproduces the official TransUNet /
+Input resizing (our choice): torch bicubic (``align_corners=False``), GPU-friendly. It is close to, not
+the same as, the official ``scipy.ndimage.zoom(order=3)`` training uses (0.009 apart inside ACDC slices, up
+to 0.5 on their borders); swapping in training's operator moved ACDC validation Dice by +0.12 points
+(docs/INFERENCE.md, ``benchmarks/bench_resize.py``). ``legacy_resize=True`` reproduces the official TransUNet /
 Swin-Unet / SMAFormer test scripts instead: ``zoom(order=3)`` in, argmax at model size, ``zoom(order=0)``
 of the labels back.
 

@@ -55,15 +55,19 @@ class CaseSubset(Reader):
 
 
 class StackedCases(Reader):
-    """Held-out 2D training slices (``case0005_slice012``...) regrouped into one volume per case, so that
-    validation stays volume-level on layouts whose training split holds slices (Synapse npz, ACDC h5)."""
+    """Held-out 2D training slices (``case0005_slice012``...) regrouped into one volume per stored volume
+    (the name without its slice suffix), so that validation stays volume-level on layouts whose training
+    split holds slices (Synapse npz, ACDC h5). An ACDC patient's two frames are two volumes
+    (``patient001_frame01``, ``patient001_frame12``): stacking them into one would pool Dice over both
+    frames and let HD95 and connected components cross a fake z-junction. ``case_key`` (the patient)
+    still groups folds and leak checks."""
 
     def __init__(self, reader: Reader, names: list[str]):
         self.reader, self.layout, self.split = reader, reader.layout, "val"
         self.classes, self.root, self.skipped = reader.classes, getattr(reader, "root", None), []
         self.groups: dict[str, list[str]] = {}
         for n in sorted(names, key=slice_order):
-            self.groups.setdefault(case_key(n), []).append(n)
+            self.groups.setdefault(SLICE_NAME.sub("", n), []).append(n)
 
     def cases(self) -> list[str]:
         return list(self.groups)

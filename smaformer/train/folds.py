@@ -160,7 +160,9 @@ def describe_fold(split: FoldSplit | None) -> str | None:
     origin = f"seed {split.seed}" if split.seed is not None else split.source
     parts = []
     for what, names in (("train", split.train), ("val", split.val)):
-        groups = len({case_key(n) for n in names})
+        groups, volumes = len({case_key(n) for n in names}), len({SLICE_NAME.sub("", n) for n in names})
         unit = "slices" if any(SLICE_NAME.search(n) for n in names) else "names"
-        parts.append(f"{what} {groups} cases" + (f" ({len(names)} {unit})" if len(names) != groups else ""))
+        counts = ([f"{volumes} volumes"] if groups < volumes < len(names) else []) + \
+            ([f"{len(names)} {unit}"] if len(names) != groups else [])
+        parts.append(f"{what} {groups} cases" + (f" ({', '.join(counts)})" if counts else ""))
     return f"fold {split.fold} of {split.folds} ({origin}): {', '.join(parts)}"

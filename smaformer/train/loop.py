@@ -32,7 +32,7 @@ from smaformer.errors import InputError
 from smaformer.losses import build_loss
 from smaformer.models import create_model
 from smaformer.models.layers.axial import set_gates_trainable
-from smaformer.runtime import autocast, resolve_device, resolve_precision
+from smaformer.runtime import autocast, enable_deterministic, resolve_device, resolve_precision
 from smaformer.train import distributed as dd
 from smaformer.train.crossval import final_validation
 from smaformer.train.data import TrainData, build_data, training_fingerprint, validation_dice
@@ -75,6 +75,8 @@ class Trainer:
             check_config(cfg)
         t = cfg["train"]
         self.device = resolve_device(t["device"])
+        if t["deterministic"]:        # before CUDA starts: cuBLAS reads its workspace setting then
+            enable_deterministic(self.device)
         self.dist = dd.init_distributed(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -86,10 +88,7 @@ class Trainer:
         if run_dir is not None and resume is None:
             check_out_folder(Path(run_dir))
         self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg, self.dist)
-        if t["deterministic"]:
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
-        elif self.device.type == "cuda":
+        if not t["deterministic"] and self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         seed = int(t["seed"])
         seed_everything(seed)
@@ -345,8 +344,9 @@ class Trainer:
                 signal.signal(sig, h)
         last = self.history[-1]["mean_dice"] if self.history else math.nan
         if stopped not in ("interrupted", "stop_after") and self.dist.main:   # <run>/validation/, post-processing
-            final_validation(self.data, self.run_dir, device=self.device,
-                             batch_size=int(t["val_batch_size"]), log=self.log)
+            final_validation(self.data, self.run_dir, device=self.device, batch_size=int(t["val_batch_size"]),
+                             iteration=self.iteration, validate_best=bool(t["validate_best"]),
+                             log=self.log)
         if self.dist.main:
             self.log(f"run folder: {self.run_dir}" + (f"  (stopped: {stopped}; resume with "
                                                       f"`smaformer train --resume {self.run_dir}`)"

@@ -71,6 +71,31 @@ def test_percentiles_use_a_bounded_deterministic_sample():
     assert _voxels(big[:500], cap=1000).size == 500
 
 
+def test_sample_of_a_many_item_case_is_uniform_over_all_its_items(monkeypatch):
+    """64 slices with value = slice index, 1,024 voxels each, under a cap of 4,096: the median is 31.5, not
+    the last slices' (an earlier running sample let the last items dominate: p50 59)."""
+    import smaformer.data.fingerprint as fpm
+
+    monkeypatch.setattr(fpm, "MAX_VOXELS", 4096)
+    monkeypatch.setattr(fpm._voxels, "__defaults__", (4096,))    # the cap everywhere, _voxels' default too
+    items = {f"case001_slice{z:03d}": (np.full((1, 32, 32), z, np.float32), np.zeros((32, 32), np.int64), None)
+             for z in range(64)}
+    b = FingerprintBuilder(case_key)
+    for name in items:
+        b.add(name, Volumes(items).load_case(name))
+    case = b._open
+    values = np.concatenate(case.values)
+    assert values.size == 4096 and case.seen == 64 * 1024
+    quarters = np.bincount((values // 16).astype(int), minlength=4) / values.size
+    assert np.abs(quarters - 0.25).max() < 0.03             # each quarter of the slices holds a quarter
+    p = b.result()["cases"][0]["intensity"]
+    assert abs(p["p50"] - 31.5) <= 1.5 and p["p0.5"] == 0.0 and p["p99.5"] == 63.0
+    again = FingerprintBuilder(case_key)                   # a fixed seed: the same data, the same numbers
+    for name in items:
+        again.add(name, Volumes(items).load_case(name))
+    assert again.result()["cases"][0]["intensity"] == p
+
+
 def test_guard_fires_on_hu_into_an_mri_model_and_stays_silent_on_training_cases():
     r = mri_like(6)
     fp = dataset_fingerprint(r)

@@ -9,6 +9,7 @@ from scipy import ndimage
 from smaformer.checkpoint import default_preprocessing
 from smaformer.data import Sample, SliceDataset
 from smaformer.data.preprocess import fix_volume_statistics, normalize_intensity
+from smaformer.data.sample import SampleList
 from smaformer.infer.postprocess import postprocess_labels
 from smaformer.infer.volume import as_stack, infer_volume
 
@@ -112,6 +113,25 @@ def test_training_and_inference_normalise_alike(spec):
     assert np.allclose(train_rgb[0]["image"].numpy(), _normalize(rgb[None], spec)[0], atol=1e-6)
     if spec.get("per_slice"):  # each slice on its own statistics, over all its channels
         assert np.allclose(_normalize(vol, spec)[3, 0], _normalize(vol[3:], spec)[0, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", [{"mode": "zscore"}, {"mode": "minmax"}, {"mode": "zscore", "per_slice": True},
+                                  {"mode": "window", "lo": 0, "hi": 100}])
+def test_slice_stored_layouts_normalise_as_volume_inference(spec):
+    """Slice-stored layouts (ACDC h5, Synapse npz: one 2D file per slice) train on each slice normalised with
+    its volume's statistics, which is what inference of that volume (or the validation stack) feeds."""
+    rng = np.random.default_rng(4)
+    vols = {v: rng.normal(50, 20, (4, 12, 10)).astype(np.float32) * np.arange(1, 5, dtype=np.float32)[:, None, None]
+            + 30 * i for i, v in enumerate(("patient001_frame01", "case0005"))}
+    sep = {"patient001_frame01": "_slice_", "case0005": "_slice"}
+    slices = [Sample(vol[k][None], np.zeros((12, 10), np.int64), {"case": f"{v}{sep[v]}{k:d}"})
+              for v, vol in vols.items() for k in range(4)]
+    for source in (slices, SampleList(list(reversed(slices)))):     # a list of samples, or a reader
+        ds = SliceDataset(source, intensity=spec, in_chans=1)
+        got = {(it["case"]): it["image"][0].numpy() for it in (ds[i] for i in range(len(ds)))}
+        for v, vol in vols.items():
+            for k in range(4):
+                assert np.allclose(got[f"{v}{sep[v]}{k}"], _normalize(vol, spec)[k, 0], atol=1e-5), (v, k)
 
 
 def test_postprocess_lcc_is_3d_and_min_size_drops_small_parts():

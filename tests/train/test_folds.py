@@ -87,6 +87,10 @@ def test_build_data_uses_the_fold_and_never_the_test_split(tmp_path):
     val_groups = {case_key(n) for n in data.val.cases()}
     train_names = data.train.reader.cases()
     assert len(val_groups) == 2 and not val_groups & {case_key(n) for n in train_names}
+    # one validation volume per frame (2 patients x 2 frames), each stacking that frame's 2 slices only
+    assert len(data.val.cases()) == 4 and all(c.endswith(("_frame01", "_frame12")) for c in data.val.cases())
+    vol = data.val.load_case(data.val.cases()[1])
+    assert vol.image.shape == (2, 16, 16) and vol.case == data.val.cases()[1]
     assert sorted(train_names + data.splits.val) == sorted(names)
     assert "patient040" not in {case_key(n) for f in data.splits.splits for n in f["train"] + f["val"]}
     # a training patient that is also in the test split is refused, folds or not
@@ -139,8 +143,8 @@ def test_train_fold_dry_run_from_the_cli(tmp_path, capsys):
             "--set", "data.num_workers=0", "--set", "train.batch_size=2"]
     assert main(["train", "--config", "acdc_swin_unet", "--fold", "2", "--folds", "5", "--dry-run", *args]) == 0
     out = capsys.readouterr().out
-    assert "fold 2 of 5 (seed 1234): train 8 cases (32 slices), val 2 cases (8 slices)" in out
-    assert "2 validation cases" in out
+    assert "fold 2 of 5 (seed 1234): train 8 cases (16 volumes, 32 slices), val 2 cases (4 volumes, 8 slices)" in out
+    assert "4 validation cases" in out     # one volume per frame
     assert main(["train", "--config", "acdc_swin_unet", "--fold", "5", "--dry-run", *args]) == 2
     assert "out of range" in capsys.readouterr().err
 
@@ -154,7 +158,21 @@ def test_train_fold_dry_run_on_real_acdc(data_dir, capsys):
     assert main(["train", "--config", "acdc_swin_unet", "--fold", "0", "--dry-run", *args]) == 0
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("folds"))
-    assert "fold 0 of 5 (seed 1234)" in line and "val 14 cases" in line and "train 56 cases" in line
+    assert "fold 0 of 5 (seed 1234)" in line and "val 14 cases (28 volumes" in line and "train 56 cases" in line
+    assert "28 validation cases" in out      # 14 patients, one volume per frame (ED and ES)
+
+
+def test_real_acdc_fold_validates_one_volume_per_frame(data_dir):
+    root = data_dir / "acdc"
+    if not (root / "train_slices.list").is_file():
+        pytest.skip(f"{root} has no ACDC h5 training split")
+    data = build_data(load_config("acdc_swin_unet", [f"data.root={root}", "data.fold=0", "data.num_workers=0"]))
+    cases = data.val.cases()
+    assert len(cases) == 28 and len({case_key(c) for c in cases}) == 14
+    for case in cases[:2]:   # a frame's slices only, in slice order
+        names = data.val.groups[case]
+        assert all(n.startswith(case + "_slice_") for n in names)
+        assert data.val.load_case(case).image.shape[0] == len(names)
 
 
 def test_fold_run_writes_splits_checkpoint_record_and_validation(tmp_path):
@@ -175,6 +193,45 @@ def test_fold_run_writes_splits_checkpoint_record_and_validation(tmp_path):
     assert fp["summary"]["spacing"]["min"] == [3.0, 1.5, 1.5]
     metrics = json.loads((run / "validation" / "metrics.json").read_text())
     assert [c["case"] for c in metrics["metric_per_case"]] == splits[1]["val"]
+    # the final weights are scored, and the post-processing is chosen on them; best.pt (the same weights
+    # after one epoch) gets the same choice
+    assert metrics["scored"] == {"checkpoint": "final", "file": "latest.pt", "iteration": res.iterations}
+    assert metrics["checkpoint"]["path"] == str(run / "latest.pt")
+    assert metrics["best"] == {"file": "best.pt", "iteration": res.iterations, "same_weights_as": "latest.pt"}
+    chosen = read_checkpoint(run / "latest.pt")["postprocessing"]
+    assert chosen["chosen_on"]["cases"] == splits[1]["val"]
+    assert read_checkpoint(run / "best.pt")["postprocessing"] == chosen
+
+
+def test_final_validation_scores_final_and_best_side_by_side(tmp_path):
+    """best.pt of other weights (an earlier iteration) is scored beside the final ones, never instead."""
+    from smaformer.checkpoint import save_checkpoint
+    from smaformer.train.crossval import final_validation
+    from smaformer.train.loop import trainer_session
+
+    cfg = load_config(None, ["model.name=unet", "model.kwargs={base: 4, depth: 2}", "data.img_size=32",
+                             "data.num_workers=0", "data.synthetic.shape=[4,32,32]", "data.synthetic.train_volumes=3",
+                             "model.kwargs.num_classes=3", "train.batch_size=4", "train.max_iterations=2",
+                             "train.tensorboard=false", "train.val_every=0"])
+    lines = []
+    with trainer_session(cfg, run_dir=tmp_path / "run", progress_bar=False, log=lines.append) as tr:
+        tr.fit()
+        best = read_checkpoint(tr.run_dir / "latest.pt")
+        best["train_state"] = {"epoch": 0, "iteration": 1}
+        best["state_dict"] = {k: v + 0.05 if v.is_floating_point() else v for k, v in best["state_dict"].items()}
+        save_checkpoint(best, tr.run_dir / "best.pt")
+        assert not (tr.run_dir / "validation" / "best").exists()     # no best.pt at the end of fit
+        metrics = final_validation(tr.data, tr.run_dir, device=tr.device, batch_size=4, iteration=tr.iteration,
+                                   validate_best=True, log=lines.append)
+    run = tr.run_dir
+    on_disk = json.loads((run / "validation" / "metrics.json").read_text())
+    assert on_disk["scored"]["checkpoint"] == "final" and on_disk["checkpoint"]["path"] == str(run / "latest.pt")
+    assert on_disk["best"]["iteration"] == 1 and on_disk["best"]["metrics"] == "best/metrics.json"
+    assert on_disk["best"]["foreground_mean"] == metrics["best"]["foreground_mean"]
+    other = json.loads((run / "validation" / "best" / "metrics.json").read_text())
+    assert other["checkpoint"]["path"] == str(run / "best.pt")
+    assert all("postprocessing" in read_checkpoint(run / f) for f in ("best.pt", "latest.pt"))
+    assert any("best.pt (iteration 1" in ln and "beside the final weights'" in ln for ln in lines)
 
 
 def test_old_checkpoints_lack_splits_and_fingerprint_and_safetensors_keep_them(tmp_path):
