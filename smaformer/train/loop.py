@@ -2,13 +2,18 @@
 validation, self-describing checkpoints, exact (mid-epoch) resume and DDP through torchrun.
 
 ``train(cfg)`` is the API; ``smaformer train`` only parses arguments and calls it. A run folder holds
-``config.yaml``, ``latest.pt`` (full training state, rewritten atomically at every epoch end, every
-``save_every_iters`` steps and on SIGINT/SIGTERM), ``best.pt`` (best mean validation Dice), ``train_log.csv``
+``config.yaml``, ``latest.pt`` (full training state: at the first epoch end ``save_every_s`` after the last
+save, at the end, every ``save_every_iters`` steps if set, and on SIGINT/SIGTERM; written atomically by a
+background thread), ``best.pt`` (best mean validation Dice), ``train_log.csv``
 and ``curves.png``; a run with validation cases ends with ``validation/`` (``train.crossval``: metrics and
 the post-processing choice), a cross-validation fold also writes ``splits.json``.
 Resuming restores model, optimizer, scheduler, scaler, the epoch and the step inside
 it (the sampler skips what was consumed), the per-rank RNG states and the log history, so on CPU in
 deterministic mode a resumed run ends with bit-identical weights.
+
+The step makes no host sync: the running loss and the first non-finite step are kept on the device and
+read every ``log_every`` steps and at the epoch end (and before a checkpoint), so a GPU can queue steps
+ahead of the Python loop. A non-finite loss stops the run at that read, naming the step where it went bad.
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from smaformer.checkpoint import build_checkpoint, read_checkpoint, save_checkpoint
+from smaformer.checkpoint import build_checkpoint, read_checkpoint
+from smaformer.compiled import maybe_compile
 from smaformer.config import check_config, dump_config
 from smaformer.errors import InputError
 from smaformer.losses import build_loss
@@ -40,7 +46,16 @@ from smaformer.train.data import TrainData, build_data, training_fingerprint, va
 from smaformer.train.folds import write_splits
 from smaformer.train.runlog import TensorBoard, plot_curves, progress, write_csv
 from smaformer.train.sampling import ResumableSampler, SeededItems, capture_rng, restore_rng, seed_everything
+from smaformer.train.saver import BackgroundWriter, cpu_snapshot
 from smaformer.train.schedule import IterScheduler, build_optimizer
+
+# models built from convolutions, where channels_last (NHWC) kernels are the fast ones; train.channels_last
+# null turns it on for them (docs/bench/training.md)
+CONV_MODELS = ("unet", "transunet", "hbformer")
+# batches each loader worker keeps ready. 2,000 slices/s at batch 24 is one batch every 12 ms; a worker
+# needs ~50-150 ms to load and augment one, so ~8+ workers keep up on average and 4 batches each (32 in
+# flight, ~0.4 s of steps) absorb the slow ones (a volume-cache miss) without starving the GPU.
+PREFETCH_FACTOR = 4
 
 
 @dataclass
@@ -106,7 +121,10 @@ class Trainer:
         if cfg["model"].get("pretrained") and state is None:
             from smaformer.weights import load_pretrained
             self.log(str(load_pretrained(self.model, cfg["model"]["pretrained"])))
-        self.memory_format = torch.channels_last if t["channels_last"] else torch.contiguous_format
+        channels_last = t["channels_last"]
+        if channels_last is None:
+            channels_last = cfg["model"]["name"] in CONV_MODELS
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=self.memory_format)
         self.net = self.model
         if self.dist.enabled:
@@ -114,9 +132,12 @@ class Trainer:
             # frozen MedT gates get no gradient for a while: DDP must not wait for them
             self.net = DistributedDataParallel(self.model, device_ids=ids,
                                                find_unused_parameters=bool(t["freeze_gates_epochs"]))
+        # compiled forward passes for training (through DDP) and validation; checkpoints use self.model
+        self.train_net = maybe_compile(self.net, bool(t["compile"]), self.log)
+        self.eval_net = maybe_compile(self.model, bool(t["compile"]), self.log)
         seed_everything(seed + self.dist.rank)     # dropout/drop-path streams differ per rank
         self.loss_fn = build_loss(cfg, len(self.classes)).to(self.device)
-        self.optimizer = build_optimizer(cfg, self.model)
+        self.optimizer = build_optimizer(cfg, self.model, self.device)
         self.batch, self.accum = int(t["batch_size"]), int(t["accum_steps"])
         self.sampler = ResumableSampler(len(self.data.train), seed=seed, rank=self.dist.rank,
                                         world_size=self.dist.world_size)
@@ -132,6 +153,14 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.epoch = self.step_in_epoch = self.iteration = 0
         self.loss_sum, self.loss_count, self.elapsed = 0.0, 0, 0.0
+        # on the device: the epoch's loss sum, the first non-finite step (-1: none) and its loss
+        acc = torch.float32 if self.device.type == "mps" else torch.float64
+        self._loss_dev = torch.zeros((), dtype=acc, device=self.device)
+        self._bad_at = torch.full((), -1.0, dtype=acc, device=self.device)
+        self._bad_loss = torch.zeros((), dtype=acc, device=self.device)
+        self._read_at = -1              # the iteration of the last read_loss (its value is current)
+        self.writer = BackgroundWriter()
+        self._saved_at = time.monotonic()
         self.best, self.bad_vals, self.history = -1.0, 0, []
         self._dl: DataLoader | None = None
         self.tb: TensorBoard | None = None
@@ -164,19 +193,37 @@ class Trainer:
         self.best, self.bad_vals, self.history = st["best_dice"], st["bad_validations"], list(st["history"])
         restore_rng(st["rng"][self.dist.rank])
         self.fingerprint = ckpt.get("fingerprint")
+        self._loss_dev.fill_(self.loss_sum)
 
-    def save(self, best: bool = False, metrics: dict | None = None) -> None:
-        """latest.pt (and best.pt); collective in DDP because every rank's RNG state is stored."""
+    def read_loss(self) -> None:
+        """Bring the device-side loss sum to ``loss_sum`` (a host sync, once per iteration at most); stop on
+        a non-finite loss."""
+        if self._read_at == self.iteration:
+            return
+        total, bad_at, bad_loss = torch.stack([self._loss_dev, self._bad_at, self._bad_loss]).tolist()
+        if bad_at >= 0:
+            raise FloatingPointError(f"loss is {bad_loss} at iteration {int(bad_at)}; lower optim.lr or use fp32")
+        self.loss_sum, self._read_at = total, self.iteration
+
+    def save(self, best: bool = False, metrics: dict | None = None, latest: bool = True) -> None:
+        """latest.pt (and/or best.pt) from a CPU snapshot, written by a background thread; collective in DDP
+        because every rank's RNG state is stored."""
+        self.read_loss()
         rng = dd.gather_objects(capture_rng(), self.dist)
         if not self.dist.main:
             return
         splits = self.data.splits.record() if self.data.splits is not None else None
         ckpt = build_checkpoint(self.model, self.classes, self.data.preprocessing, self.cfg,
-                                self._train_state(rng), metrics, splits=splits, fingerprint=self.fingerprint)
-        save_checkpoint(ckpt, self.run_dir / "latest.pt")
+                                None, metrics, splits=splits, fingerprint=self.fingerprint)
+        ckpt["config"] = cpu_snapshot(ckpt["config"])
+        jobs = []
+        if latest:
+            jobs.append(({**ckpt, "train_state": cpu_snapshot(self._train_state(rng))}, self.run_dir / "latest.pt"))
+            self._saved_at = time.monotonic()
         if best:
-            ckpt["train_state"] = {"epoch": self.epoch, "iteration": self.iteration}
-            save_checkpoint(ckpt, self.run_dir / "best.pt")
+            jobs.append(({**ckpt, "train_state": {"epoch": self.epoch, "iteration": self.iteration}},
+                         self.run_dir / "best.pt"))
+        self.writer.submit(jobs)
 
     # ---- loop ---------------------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
@@ -192,22 +239,26 @@ class Trainer:
             gen = torch.Generator().manual_seed(seed * 7_919 + self.dist.rank)
             self._dl = DataLoader(SeededItems(self.data.train, seed), batch_size=self.batch, sampler=self.sampler,
                                   drop_last=True, num_workers=nw, worker_init_fn=seed_worker, generator=gen,
-                                  pin_memory=self.device.type == "cuda", persistent_workers=nw > 0)
+                                  pin_memory=self.device.type == "cuda", persistent_workers=nw > 0,
+                                  prefetch_factor=PREFETCH_FACTOR if nw > 0 else None)
         return self._dl
 
-    def _step(self, micro: list[dict]) -> float:
-        """One optimizer step over ``accum`` micro-batches; returns the mean loss."""
-        total = 0.0
+    def _step(self, micro: list[dict]) -> None:
+        """One optimizer step over ``accum`` micro-batches. No host sync: the mean loss is added to the
+        device-side sum, and the first non-finite one is recorded there with its iteration."""
+        total = torch.zeros((), dtype=self._loss_dev.dtype, device=self.device)
         for i, batch in enumerate(micro):
             x = batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             y = batch["label"].to(self.device, non_blocking=True)
             sync = i == len(micro) - 1 or not self.dist.enabled
             with (contextlib.nullcontext() if sync else self.net.no_sync()), autocast(self.precision, self.device):
-                loss = self.loss_fn(self.net(x), y) / len(micro)
+                loss = self.loss_fn(self.train_net(x), y) / len(micro)
             self.scaler.scale(loss).backward()
-            total += float(loss.detach())
-        if not math.isfinite(total):
-            raise FloatingPointError(f"loss is {total} at iteration {self.iteration}; lower optim.lr or use fp32")
+            total += loss.detach()
+        first_bad = torch.isfinite(total).logical_not_().logical_and_(self._bad_at < 0)
+        self._bad_at = torch.where(first_bad, float(self.iteration), self._bad_at)
+        self._bad_loss = torch.where(first_bad, total, self._bad_loss)
+        self._loss_dev += total
         clip = self.cfg["train"]["grad_clip"]
         if clip:
             self.scaler.unscale_(self.optimizer)
@@ -216,21 +267,22 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return total
 
     def _validate(self) -> np.ndarray:
         t = self.cfg["train"]
-        return validation_dice(self.model, self.data.val, self.data.preprocessing, len(self.classes),
+        return validation_dice(self.eval_net, self.data.val, self.data.preprocessing, len(self.classes),
                                 device=self.device, precision=self.precision,
                                 batch_size=int(t["val_batch_size"]), dist=self.dist)
 
     def _end_epoch(self, epoch_s: float) -> bool:
-        """Reduce the loss, validate, log, checkpoint; True when early stopping triggers."""
+        """Reduce the loss, validate, log, checkpoint when due; True when early stopping triggers."""
         t = self.cfg["train"]
-        agg = dd.all_reduce_sum(torch.tensor([self.loss_sum, float(self.loss_count)], dtype=torch.float64),
-                                self.dist)
+        self.read_loss()
+        agg = [self.loss_sum, float(self.loss_count)]
+        if self.dist.enabled:
+            agg = dd.all_reduce_sum(torch.tensor(agg, dtype=torch.float64), self.dist).tolist()
         row = {"epoch": self.epoch + 1, "iterations": self.iteration, "lr": self.scheduler.get_last_lr()[0],
-               "train_loss": float(agg[0] / max(agg[1], 1))}
+               "train_loss": agg[0] / max(agg[1], 1)}
         every, last = int(t["val_every"]), self.iteration >= self.total_steps or self._time_up
         dice = np.full(len(self.classes) - 1, np.nan)
         v0 = time.perf_counter()
@@ -250,9 +302,14 @@ class Trainer:
         elif not math.isnan(mean):
             self.bad_vals += 1
         self.epoch, self.step_in_epoch, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
+        self._loss_dev.zero_()
         metrics = {"val_dice": dict(zip(self.classes[1:], map(float, dice), strict=True)), "mean_dice": mean,
                    "epoch": self.epoch, "iteration": self.iteration}
-        self.save(best=improved, metrics=metrics)
+        patience = t["early_stop_patience"]
+        early = dd.broadcast_flag(bool(patience) and self.bad_vals >= int(patience), self.dist)
+        due = dd.broadcast_flag(time.monotonic() - self._saved_at >= float(t["save_every_s"]), self.dist)
+        if last or early or due or improved:
+            self.save(best=improved, metrics=metrics, latest=last or early or due)
         if self.dist.main:
             write_csv(self.history, self.run_dir / "train_log.csv", self.classes)
             if not math.isnan(mean) or last or time.monotonic() - self._plotted > 60:   # plotting costs ~1 s
@@ -262,8 +319,7 @@ class Trainer:
             val = "" if math.isnan(mean) else f"  val Dice {mean:.4f}{' (best)' if improved else ''}"
             self.log(f"epoch {self.epoch}/{self.epochs}  it {self.iteration}  loss {row['train_loss']:.4f}  "
                      f"lr {row['lr']:.2e}{val}  {row['epoch_s']:.1f}s")
-        patience = t["early_stop_patience"]
-        return dd.broadcast_flag(bool(patience) and self.bad_vals >= int(patience), self.dist)
+        return early
 
     def _install_signals(self) -> dict:
         def handler(signum, frame):
@@ -294,39 +350,46 @@ class Trainer:
         self._plotted = time.monotonic()
         old = self._install_signals()
         stopped, save_every = "finished", int(t["save_every_iters"] or 0)
-        freeze = int(t["freeze_gates_epochs"] or 0)
+        freeze, log_every = int(t["freeze_gates_epochs"] or 0), int(t["log_every"])
         limit, run_t0, self._time_up = t["time_limit_s"], time.perf_counter(), False
         bar = progress(self.total_steps, self.iteration, self.show_bar, self.log)
         try:
             while self.iteration < self.total_steps and stopped == "finished":
                 if freeze:     # MedT recipe: gates of gated axial attention train only after `freeze` epochs
                     set_gates_trainable(self.model, self.epoch >= freeze)
-                self.net.train()
-                epoch_t0 = last_t = time.perf_counter()
-                micro, steps_left = [], self.steps_per_epoch - self.step_in_epoch
+                self.train_net.train()
+                epoch_t0 = last_t = read_t = time.perf_counter()
+                micro, steps_left, read_it = [], self.steps_per_epoch - self.step_in_epoch, self.iteration
                 images_per_step = self.batch * self.accum * self.dist.world_size
                 for batch in self._loader():
                     micro.append(batch)
                     if len(micro) < self.accum:
                         continue
-                    loss = self._step(micro)
+                    self._step(micro)
                     micro = []
                     self.iteration += 1
                     self.step_in_epoch += 1
-                    self.loss_sum, self.loss_count = self.loss_sum + loss, self.loss_count + 1
+                    self.loss_count += 1
+                    steps_left -= 1
                     now = time.perf_counter()
-                    self.elapsed, last_t, dt = self.elapsed + now - last_t, now, now - last_t
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
-                                    img_s=f"{images_per_step / max(dt, 1e-9):.1f}")
+                    self.elapsed, last_t = self.elapsed + now - last_t, now
                     bar.update(1)
-                    if dd.broadcast_flag(bool(self._stop_signal), self.dist):
-                        stopped = "interrupted"
-                    elif stop_after is not None and self.iteration >= stop_after:
+                    # the log cadence: read the loss (the host sync), and in DDP agree on signals and time
+                    poll = self.iteration % log_every == 0
+                    if poll:
+                        self.read_loss()
+                        img_s = images_per_step * (self.iteration - read_it) / max(now - read_t, 1e-9)
+                        bar.set_postfix(loss=f"{self.loss_sum / self.loss_count:.4f}",
+                                        lr=f"{self.scheduler.get_last_lr()[0]:.2e}", img_s=f"{img_s:.1f}")
+                        read_it, read_t = self.iteration, now
+                    if poll or not self.dist.enabled or steps_left == 0:
+                        if dd.broadcast_flag(bool(self._stop_signal), self.dist):
+                            stopped = "interrupted"
+                        self._time_up = bool(limit) and dd.broadcast_flag(now - run_t0 > float(limit), self.dist)
+                    if stopped == "finished" and stop_after is not None and self.iteration >= stop_after:
                         stopped = "stop_after"
                     if stopped != "finished" or (save_every and self.iteration % save_every == 0):
                         self.save()
-                    steps_left -= 1
-                    self._time_up = bool(limit) and dd.broadcast_flag(now - run_t0 > float(limit), self.dist)
                     if stopped != "finished" or steps_left == 0 or self.iteration >= self.total_steps \
                             or self._time_up:
                         break
@@ -337,6 +400,7 @@ class Trainer:
                     stopped = "time_limit"
                     self.log(f"time limit of {limit} s reached at iteration {self.iteration}")
         finally:
+            self.writer.wait()        # the last checkpoint is on disk before anything reads it or we exit
             bar.close()
             self.tb.close()
             for sig, h in old.items():
