@@ -27,9 +27,19 @@ class CompiledModule(nn.Module):
     def __init__(self, module: nn.Module, log: Callable[[str], object] = print, **compile_kwargs):
         super().__init__()
         self.eager = module
-        self.compiled = torch.compile(module, **compile_kwargs)
         self.failed = False
         self._log = log
+        try:
+            self.compiled = torch.compile(module, **compile_kwargs)
+        except Exception as e:  # noqa: BLE001 - only compile errors are swallowed, the rest re-raised
+            self._fail(e)
+
+    def _fail(self, e: Exception) -> None:
+        if not is_compile_error(e):
+            raise e
+        line = (str(e).strip().splitlines() or [""])[0][:200]
+        self._log(f"torch.compile failed ({type(e).__name__}: {line}); running eagerly")
+        self.failed = True
 
     def forward(self, *args, **kwargs):
         if self.failed:
@@ -37,11 +47,7 @@ class CompiledModule(nn.Module):
         try:
             return self.compiled(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - only compile errors are swallowed, the rest re-raised
-            if not is_compile_error(e):
-                raise
-            line = (str(e).strip().splitlines() or [""])[0][:200]
-            self._log(f"torch.compile failed ({type(e).__name__}: {line}); running eagerly")
-            self.failed = True
+            self._fail(e)
             return self.eager(*args, **kwargs)
 
     def __getattr__(self, name: str):
@@ -51,6 +57,7 @@ class CompiledModule(nn.Module):
             return getattr(self._modules["eager"], name)
 
 
-def maybe_compile(module: nn.Module, enabled: bool, log: Callable[[str], object] = print) -> nn.Module:
+def maybe_compile(module: nn.Module, enabled: bool, log: Callable[[str], object] = print,
+                  backend: str = "inductor") -> nn.Module:
     """``CompiledModule(module)`` when ``enabled``, else ``module`` itself."""
-    return CompiledModule(module, log) if enabled else module
+    return CompiledModule(module, log, backend=backend) if enabled else module

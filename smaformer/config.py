@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
         "precision": "auto",         # auto (bf16 on CUDA if supported, else fp16; fp32 on CPU) | fp32 | bf16 | fp16
         "channels_last": None,       # null: on for the convolutional models (unet, transunet, hbformer)
         "compile": False,            # torch.compile the model for training and validation (falls back to eager)
+        "compile_backend": "inductor",  # torch.compile backend (aot_eager: tracing only, no C++/Triton code)
         "log_every": 50,             # steps between reads of the loss (the step loop's only host sync)
         "val_every": 1,              # epochs; 0 disables validation
         "val_batch_size": 16,

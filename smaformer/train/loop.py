@@ -133,8 +133,8 @@ class Trainer:
             self.net = DistributedDataParallel(self.model, device_ids=ids,
                                                find_unused_parameters=bool(t["freeze_gates_epochs"]))
         # compiled forward passes for training (through DDP) and validation; checkpoints use self.model
-        self.train_net = maybe_compile(self.net, bool(t["compile"]), self.log)
-        self.eval_net = maybe_compile(self.model, bool(t["compile"]), self.log)
+        self.train_net = maybe_compile(self.net, bool(t["compile"]), self.log, t["compile_backend"])
+        self.eval_net = maybe_compile(self.model, bool(t["compile"]), self.log, t["compile_backend"])
         seed_everything(seed + self.dist.rank)     # dropout/drop-path streams differ per rank
         self.loss_fn = build_loss(cfg, len(self.classes)).to(self.device)
         self.optimizer = build_optimizer(cfg, self.model, self.device)
