@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                    engine=args.engine,
                    save_nifti=args.save_nifti, overlays=args.overlays, device=args.device,
                    batch_size=args.batch_size, precision=args.precision, cases=args.cases,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, compile_model=args.compile)
 
     _print_table(res)
     unit = res["conventions"]["hd95_unit"]

@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     results = predict(args.input, args.output, args.checkpoint, engine=args.engine, device=args.device,
                       precision=args.precision, batch_size=args.batch_size, tta=args.tta, inference=args.inference,
                       postprocess=mode, min_size=min_size,
-                      save_probabilities=args.save_probabilities, progress=not args.quiet)
+                      save_probabilities=args.save_probabilities, progress=not args.quiet,
+                      compile_model=args.compile)
     failed = [r for r in results if r.error]
     slices = sum(r.slices for r in results)
     seconds = sum(r.seconds for r in results)

@@ -101,7 +101,7 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
              min_size: int = 0, choose_postprocessing: bool = False, tta: bool = False,
              inference: str | None = None, engine: str = "auto", save_nifti: bool = False, overlays: int = 3,
              device: str | None = None, batch_size: int = 16, precision: str = "fp32",
-             cases: list[str] | None = None, progress: bool = True) -> dict:
+             cases: list[str] | None = None, progress: bool = True, compile_model: bool = False) -> dict:
     """Evaluate ``checkpoint`` (one path, or several averaged as an ensemble) on ``data`` (a dataset path
     for ``open_dataset``, a reader or a list of Samples) into ``out_dir``.
 
@@ -119,7 +119,7 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     device = resolve_device(device)
     out = Path(out_dir)
-    members = load_members(paths, engine, device)
+    members = load_members(paths, engine, device, compile_model=compile_model)
     precision = member_precision(members, precision, device, paths[0])
     info = members[0][1]
     decision = _postprocessing(postprocess, min_size, choose_postprocessing, members, paths)

@@ -163,7 +163,8 @@ def predict_case(members: list[Member], case: Path, output: Path, settings: Sett
 def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, *, engine: str = "auto",
             device: str = "auto", precision: str = "fp32", batch_size: int = 16, save_probabilities: bool = False,
             tta: bool = False, inference: str | None = None, postprocess: str | dict | None = "auto",
-            min_size: int = 0, progress: bool = True, log: Callable[[str], None] = print) -> list[CaseResult]:
+            min_size: int = 0, progress: bool = True, log: Callable[[str], None] = print,
+            compile_model: bool = False) -> list[CaseResult]:
     """Segment every case of ``inp`` into ``output`` with one checkpoint or an ensemble of several;
     failing cases are reported and skipped.
 
@@ -172,7 +173,7 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
     """
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     device = resolve_device(device)
-    members = load_members(paths, engine, device)
+    members = load_members(paths, engine, device, compile_model=compile_model)
     settings = Settings(batch_size=batch_size, device=device, tta=tta, inference=inference,
                         precision=member_precision(members, precision, device, paths[0]),
                         postprocessing=resolve_postprocessing(postprocess, members, paths, min_size),
