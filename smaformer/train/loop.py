@@ -3,23 +3,17 @@ validation, self-describing checkpoints, exact (mid-epoch) resume and DDP throug
 
 ``train(cfg)`` is the API; ``smaformer train`` only parses arguments and calls it. A run folder holds
 ``config.yaml``, ``latest.pt`` (full training state: at the first epoch end ``save_every_s`` after the last
-save, at the end, every ``save_every_iters`` steps if set, and on SIGINT/SIGTERM; written atomically by a
-background thread), ``best.pt`` (best mean validation Dice), ``train_log.csv``
-and ``curves.png``; a run with validation cases ends with ``validation/`` (``train.crossval``: metrics and
-the post-processing choice), a cross-validation fold also writes ``splits.json``.
-Resuming restores model, optimizer, scheduler, scaler, the epoch and the step inside
-it (the sampler skips what was consumed), the per-rank RNG states and the log history, so on CPU in
-deterministic mode a resumed run ends with bit-identical weights.
-
-The step makes no host sync: the running loss and the first non-finite step are kept on the device and
-read every ``log_every`` steps and at the epoch end (and before a checkpoint), so a GPU can queue steps
-ahead of the Python loop. A non-finite loss stops the run at that read, naming the step where it went bad.
+save, at the end, every ``save_every_iters`` steps if set, and on SIGINT/SIGTERM; written by a background
+thread), ``best.pt`` (best mean validation Dice), ``train_log.csv``, ``curves.png``, ``validation/`` (a run
+with validation cases: ``train.crossval``) and ``splits.json`` (a cross-validation fold). Resuming restores
+model, optimizer, scheduler, scaler, the epoch and the step inside it, the per-rank RNG states and the log
+history, so on CPU in deterministic mode a resumed run ends with bit-identical weights. The step makes no
+host sync (``train.meter``): the loss is read every ``log_every`` steps, at the epoch end and before a save.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -42,20 +36,13 @@ from smaformer.models.layers.axial import set_gates_trainable
 from smaformer.runtime import autocast, resolve_device, resolve_precision
 from smaformer.train import distributed as dd
 from smaformer.train.crossval import final_validation
-from smaformer.train.data import TrainData, build_data, training_fingerprint, validation_dice
+from smaformer.train.data import TrainData, build_data, build_loader, training_fingerprint, validation_dice
 from smaformer.train.folds import write_splits
+from smaformer.train.meter import DeviceLoss, memory_format
 from smaformer.train.runlog import TensorBoard, plot_curves, progress, write_csv
-from smaformer.train.sampling import ResumableSampler, SeededItems, capture_rng, restore_rng, seed_everything
+from smaformer.train.sampling import ResumableSampler, capture_rng, restore_rng, seed_everything
 from smaformer.train.saver import BackgroundWriter, cpu_snapshot
 from smaformer.train.schedule import IterScheduler, build_optimizer
-
-# models built from convolutions, where channels_last (NHWC) kernels are the fast ones; train.channels_last
-# null turns it on for them (docs/bench/training.md)
-CONV_MODELS = ("unet", "transunet", "hbformer")
-# batches each loader worker keeps ready. 2,000 slices/s at batch 24 is one batch every 12 ms; a worker
-# needs ~50-150 ms to load and augment one, so ~8+ workers keep up on average and 4 batches each (32 in
-# flight, ~0.4 s of steps) absorb the slow ones (a volume-cache miss) without starving the GPU.
-PREFETCH_FACTOR = 4
 
 
 @dataclass
@@ -68,14 +55,6 @@ class TrainResult:
     stopped: str     # "finished" | "early_stop" | "time_limit" | "stop_after" | "interrupted"
     history: list[dict] = field(default_factory=list)
     signal: int = 0  # SIGINT/SIGTERM that interrupted the run (after latest.pt was saved), else 0
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (affinity, e.g. a batch scheduler's share), the cap on loader workers."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:      # not on Linux
-        return os.cpu_count() or 1
 
 
 def _new_run_dir(cfg: dict, dist: dd.Dist) -> Path:
@@ -121,10 +100,7 @@ class Trainer:
         if cfg["model"].get("pretrained") and state is None:
             from smaformer.weights import load_pretrained
             self.log(str(load_pretrained(self.model, cfg["model"]["pretrained"])))
-        channels_last = t["channels_last"]
-        if channels_last is None:
-            channels_last = cfg["model"]["name"] in CONV_MODELS
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.memory_format = memory_format(cfg)
         self.model.to(self.device, memory_format=self.memory_format)
         self.net = self.model
         if self.dist.enabled:
@@ -153,11 +129,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.epoch = self.step_in_epoch = self.iteration = 0
         self.loss_sum, self.loss_count, self.elapsed = 0.0, 0, 0.0
-        # on the device: the epoch's loss sum, the first non-finite step (-1: none) and its loss
-        acc = torch.float32 if self.device.type == "mps" else torch.float64
-        self._loss_dev = torch.zeros((), dtype=acc, device=self.device)
-        self._bad_at = torch.full((), -1.0, dtype=acc, device=self.device)
-        self._bad_loss = torch.zeros((), dtype=acc, device=self.device)
+        self.device_loss = DeviceLoss(self.device)
         self._read_at = -1              # the iteration of the last read_loss (its value is current)
         self.writer = BackgroundWriter()
         self._saved_at = time.monotonic()
@@ -193,17 +165,13 @@ class Trainer:
         self.best, self.bad_vals, self.history = st["best_dice"], st["bad_validations"], list(st["history"])
         restore_rng(st["rng"][self.dist.rank])
         self.fingerprint = ckpt.get("fingerprint")
-        self._loss_dev.fill_(self.loss_sum)
+        self.device_loss.reset(self.loss_sum)
 
     def read_loss(self) -> None:
         """Bring the device-side loss sum to ``loss_sum`` (a host sync, once per iteration at most); stop on
         a non-finite loss."""
-        if self._read_at == self.iteration:
-            return
-        total, bad_at, bad_loss = torch.stack([self._loss_dev, self._bad_at, self._bad_loss]).tolist()
-        if bad_at >= 0:
-            raise FloatingPointError(f"loss is {bad_loss} at iteration {int(bad_at)}; lower optim.lr or use fp32")
-        self.loss_sum, self._read_at = total, self.iteration
+        if self._read_at != self.iteration:
+            self.loss_sum, self._read_at = self.device_loss.read(), self.iteration
 
     def save(self, best: bool = False, metrics: dict | None = None, latest: bool = True) -> None:
         """latest.pt (and/or best.pt) from a CPU snapshot, written by a background thread; collective in DDP
@@ -229,24 +197,16 @@ class Trainer:
     def _loader(self) -> DataLoader:
         """The loader, positioned at the current epoch and step. Built once: workers persist across epochs
         (and keep their volume caches); the sampler, read in this process, is repositioned each time."""
-        from smaformer.data import seed_worker
-
         self.sampler.set_epoch(self.epoch, self.step_in_epoch * self.accum * self.batch)
         if self._dl is None:
-            nw, seed = min(int(self.cfg["data"]["num_workers"]), usable_cpus()), int(self.cfg["train"]["seed"])
-            # the loader's own generator: starting an iterator must not draw from the global torch RNG, or a
-            # resumed run (which starts one mid-epoch) would shift the dropout stream
-            gen = torch.Generator().manual_seed(seed * 7_919 + self.dist.rank)
-            self._dl = DataLoader(SeededItems(self.data.train, seed), batch_size=self.batch, sampler=self.sampler,
-                                  drop_last=True, num_workers=nw, worker_init_fn=seed_worker, generator=gen,
-                                  pin_memory=self.device.type == "cuda", persistent_workers=nw > 0,
-                                  prefetch_factor=PREFETCH_FACTOR if nw > 0 else None)
+            self._dl = build_loader(self.data.train, self.sampler, self.batch, int(self.cfg["data"]["num_workers"]),
+                                    int(self.cfg["train"]["seed"]), self.dist.rank, self.device)
         return self._dl
 
     def _step(self, micro: list[dict]) -> None:
         """One optimizer step over ``accum`` micro-batches. No host sync: the mean loss is added to the
         device-side sum, and the first non-finite one is recorded there with its iteration."""
-        total = torch.zeros((), dtype=self._loss_dev.dtype, device=self.device)
+        total = torch.zeros((), dtype=self.device_loss.dtype, device=self.device)
         for i, batch in enumerate(micro):
             x = batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             y = batch["label"].to(self.device, non_blocking=True)
@@ -255,10 +215,7 @@ class Trainer:
                 loss = self.loss_fn(self.train_net(x), y) / len(micro)
             self.scaler.scale(loss).backward()
             total += loss.detach()
-        first_bad = torch.isfinite(total).logical_not_().logical_and_(self._bad_at < 0)
-        self._bad_at = torch.where(first_bad, float(self.iteration), self._bad_at)
-        self._bad_loss = torch.where(first_bad, total, self._bad_loss)
-        self._loss_dev += total
+        self.device_loss.add(total, self.iteration)
         clip = self.cfg["train"]["grad_clip"]
         if clip:
             self.scaler.unscale_(self.optimizer)
@@ -302,7 +259,7 @@ class Trainer:
         elif not math.isnan(mean):
             self.bad_vals += 1
         self.epoch, self.step_in_epoch, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
-        self._loss_dev.zero_()
+        self.device_loss.reset()
         metrics = {"val_dice": dict(zip(self.classes[1:], map(float, dice), strict=True)), "mean_dice": mean,
                    "epoch": self.epoch, "iteration": self.iteration}
         patience = t["early_stop_patience"]

@@ -47,7 +47,7 @@ def test_sixty_steps_make_one_sync_per_log_interval(tmp_path, host_syncs):
     res = train(cfg, run_dir=tmp_path, data=_data(ds, [], 16), progress_bar=False, log=quiet)
     assert res.iterations == 60
     assert 1 <= len(host_syncs) <= 60 // 10, host_syncs
-    assert all("read_loss" in c for c in host_syncs), host_syncs
+    assert all(c == "tolist in read (meter.py)" for c in host_syncs), host_syncs
 
 
 class NanAt(Blobs):
@@ -150,3 +150,20 @@ def test_background_writer_reports_a_failed_write_on_wait(tmp_path):
         writer.wait()
     writer.wait()                     # the error is raised once
     assert np.isfinite(writer.last_s)
+
+
+def test_channels_last_by_default_for_the_conv_models_only():
+    from smaformer.train.meter import memory_format
+
+    assert memory_format(tiny_cfg(16)) == torch.channels_last                                # unet
+    assert memory_format(tiny_cfg(16, "train.channels_last=false")) == torch.contiguous_format
+    assert memory_format(tiny_cfg(32, "model.name=swin_unet", "model.kwargs={}")) == torch.contiguous_format
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_optimizers_are_fused_on_cuda_only(name):
+    from smaformer.train.schedule import build_optimizer
+
+    cfg, model = tiny_cfg(16, f"optim.name={name}"), torch.nn.Linear(2, 2)
+    assert build_optimizer(cfg, model, torch.device("cuda")).defaults["fused"] is True
+    assert not build_optimizer(cfg, model, torch.device("cpu")).defaults.get("fused")
