@@ -43,6 +43,11 @@ RUNS: dict[str, tuple[str, str, str, dict[str, list[str]]]] = {
         "full": [],
         "cpu-reduced": ["data.img_size=128", f"model.kwargs={_SMALL_SWIN}", "train.batch_size=8",
                         "train.max_iterations=800", *_CPU]}),
+    # the control: a CNN U-Net through the same recipe and pipeline (no pretraining either way)
+    "acdc_unet": ("acdc_swin_unet", "acdc", "val", {
+        "full": ["model.name=unet", "name=acdc_unet"],
+        "cpu-reduced": ["model.name=unet", "name=acdc_unet", "data.img_size=128", "train.batch_size=8",
+                        "train.max_iterations=1800", *_CPU]}),
     "drive_medt": ("medt_drive", "drive", "test", {
         "full": [],
         "cpu-reduced": ["data.img_size=128", "train.max_iterations=100", "train.freeze_gates_epochs=2", *_CPU]}),

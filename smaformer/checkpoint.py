@@ -56,7 +56,7 @@ def build_checkpoint(model: nn.Module, classes: list[str], preprocessing: dict, 
         "format": FORMAT,
         "version": VERSION,
         "model": {"name": name, "kwargs": dict(getattr(net, "model_kwargs", {}))},
-        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()},   # a snapshot
         "classes": list(classes),
         "preprocessing": preprocessing,
         "config": config or {},

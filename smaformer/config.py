@@ -55,11 +55,15 @@ DEFAULTS: dict[str, Any] = {
         "accum_steps": 1,
         "grad_clip": None,
         "precision": "auto",         # auto (bf16 on CUDA if supported, else fp16; fp32 on CPU) | fp32 | bf16 | fp16
-        "channels_last": False,
+        "channels_last": None,       # null: on for the convolutional models (unet, transunet, hbformer)
+        "compile": False,            # torch.compile the model for training and validation (falls back to eager)
+        "compile_backend": "inductor",  # torch.compile backend (aot_eager: tracing only, no C++/Triton code)
+        "log_every": 50,             # steps between reads of the loss (the step loop's only host sync)
         "val_every": 1,              # epochs; 0 disables validation
         "val_batch_size": 16,
         "validate_best": True,       # the end-of-run validation also scores best.pt beside the final weights
-        "save_every_iters": 500,     # latest.pt also mid-epoch, so a kill loses at most this many steps
+        "save_every_s": 300,         # latest.pt at the first epoch end this long after the last save
+        "save_every_iters": None,    # also mid-epoch every this many steps (for very long epochs)
         "early_stop_patience": None,  # validations without improvement before stopping
         "time_limit_s": None,        # stop (validate, checkpoint) at the first step after this many seconds
         "freeze_gates_epochs": 0,    # MedT: keep the gates of gated axial attention frozen this long
@@ -208,6 +212,10 @@ def check_config(cfg: dict) -> None:
         (s["name"] in ("poly", "cosine", "constant"), f"schedule.name {s['name']!r}: use poly, cosine or constant"),
         (t["precision"] in ("auto", *PRECISIONS), f"train.precision {t['precision']!r}: "
                                                              "use auto, fp32, bf16 or fp16"),
+        (t["channels_last"] in (None, True, False), f"train.channels_last={t['channels_last']!r}: use true, "
+                                                     "false or null (on for the convolutional models)"),
+        (int(t["log_every"]) >= 1, "train.log_every must be >= 1"),
+        (float(t["save_every_s"]) >= 0, "train.save_every_s must be >= 0 (0: at every epoch end)"),
         (d["channel_mode"] in ("repeat", "pseudo_hdr", "none"), f"data.channel_mode {d['channel_mode']!r}"),
         (d["patches"] in ("resize", "crop"), f"data.patches {d['patches']!r}: use resize or crop"),
     ]

@@ -15,6 +15,8 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("auto", *PRECISIONS), default="fp32",
                    help="autocast dtype for the torch engine (default fp32; auto: bf16/fp16 on CUDA, fp32 elsewhere)")
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the torch models (pays off on long runs on a GPU; on failure: eager)")
 
 
 def add_parts_args(p: argparse.ArgumentParser) -> None:

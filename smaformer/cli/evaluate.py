@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
                    engine=args.engine,
                    save_nifti=args.save_nifti, overlays=args.overlays, device=args.device,
                    batch_size=args.batch_size, precision=args.precision, cases=args.cases,
-                   progress=not args.no_progress, num_parts=args.num_parts, part_id=args.part_id, torchrun=True)
+                   progress=not args.no_progress, num_parts=args.num_parts, part_id=args.part_id, torchrun=True,
+                   compile_model=args.compile)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0        # torchrun: rank 0 wrote and reports the merged result
     _print_table(res)

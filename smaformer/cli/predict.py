@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
                       precision=args.precision, batch_size=args.batch_size, tta=args.tta, inference=args.inference,
                       postprocess=mode, min_size=min_size, output_type=args.output_type,
                       save_probabilities=args.save_probabilities, progress=not args.quiet,
-                      num_parts=args.num_parts, part_id=args.part_id, torchrun=True)
+                      num_parts=args.num_parts, part_id=args.part_id, torchrun=True, compile_model=args.compile)
     failed = [r for r in results if r.error]
     slices = sum(r.slices for r in results)
     seconds = sum(r.seconds for r in results)

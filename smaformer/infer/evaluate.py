@@ -102,7 +102,7 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
              inference: str | None = None, engine: str = "auto", save_nifti: bool = False, overlays: int = 3,
              device: str | None = None, batch_size: int = 16, precision: str = "fp32",
              cases: list[str] | None = None, progress: bool = True, num_parts: int | None = None,
-             part_id: int | None = None, torchrun: bool = False) -> dict:
+             part_id: int | None = None, torchrun: bool = False, compile_model: bool = False) -> dict:
     """Evaluate ``checkpoint`` (one path, or several averaged as an ensemble) on ``data`` (a dataset path
     for ``open_dataset``, a reader or a list of Samples) into ``out_dir``.
 
@@ -129,7 +129,7 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     out = check_output(out_dir, folder=True, inputs=[*paths, *([data] if isinstance(data, (str, Path)) else [])])
     device = part.device(resolve_device(device))
-    members = load_members(paths, engine, device)
+    members = load_members(paths, engine, device, compile_model=compile_model)
     precision = member_precision(members, precision, device, paths[0])
     info = members[0][1]
     decision = _postprocessing(postprocess, min_size, choose_postprocessing, members, paths)

@@ -45,16 +45,21 @@ def load_predictor(path: str | Path, engine: str = "auto", device: str | torch.d
 
 
 def load_members(paths: str | Path | Sequence[str | Path], engine: str = "auto",
-                 device: str | torch.device = "cpu") -> list[Member]:
+                 device: str | torch.device = "cpu", compile_model: bool = False) -> list[Member]:
     """Every checkpoint of an ensemble; an ``onnxruntime``/``openvino`` engine applies to the .onnx members.
-    Members whose classes differ from the first one's are refused (one line naming the file)."""
+    Members whose classes differ from the first one's are refused (one line naming the file).
+    ``compile_model``: torch members run through ``torch.compile`` (``smaformer.compiled``)."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
         raise InputError(None, "no checkpoint given")
     members = []
     for p in paths:
         own = engine if len(paths) == 1 or Path(p).suffix == ".onnx" or engine == "torch" else "auto"
-        members.append(load_predictor(p, own, device))
+        model, info = load_predictor(p, own, device)
+        if compile_model and isinstance(model, torch.nn.Module):
+            from smaformer.compiled import CompiledModule
+            model = CompiledModule(model, log.warning)
+        members.append((model, info))
     first = _classes(members[0][1])
     for p, (_, info) in zip(paths[1:], members[1:], strict=True):
         if _classes(info) != first:

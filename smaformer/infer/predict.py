@@ -211,7 +211,7 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
             tta: bool = False, inference: str | None = None, postprocess: str | dict | None = "auto",
             min_size: int = 0, output_type: str = "nifti", progress: bool = True,
             log: Callable[[str], None] = print, num_parts: int | None = None, part_id: int | None = None,
-            torchrun: bool = False) -> list[CaseResult]:
+            torchrun: bool = False, compile_model: bool = False) -> list[CaseResult]:
     """Segment every case of ``inp`` into ``output`` with one checkpoint or an ensemble of several;
     failing cases are reported and skipped.
 
@@ -228,7 +228,7 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
     check_outputs(Path(inp), cases, output, single, output_type)
     clean_stale_temps(output.parent if output_is_file(output, single) else output)
     device = part.device(resolve_device(device))
-    members = load_members(paths, engine, device)
+    members = load_members(paths, engine, device, compile_model=compile_model)
     settings = Settings(batch_size=batch_size, device=device, tta=tta, inference=inference,
                         precision=member_precision(members, precision, device, paths[0]),
                         postprocessing=resolve_postprocessing(postprocess, members, paths, min_size),

@@ -2,19 +2,18 @@
 validation, self-describing checkpoints, exact (mid-epoch) resume and DDP through torchrun.
 
 ``train(cfg)`` is the API; ``smaformer train`` only parses arguments and calls it. A run folder holds
-``config.yaml``, ``latest.pt`` (full training state, rewritten atomically at every epoch end, every
-``save_every_iters`` steps and on SIGINT/SIGTERM), ``best.pt`` (best mean validation Dice), ``train_log.csv``
-and ``curves.png``; a run with validation cases ends with ``validation/`` (``train.crossval``: metrics and
-the post-processing choice), a cross-validation fold also writes ``splits.json``.
-Resuming restores model, optimizer, scheduler, scaler, the epoch and the step inside
-it (the sampler skips what was consumed), the per-rank RNG states and the log history, so on CPU in
-deterministic mode a resumed run ends with bit-identical weights.
+``config.yaml``, ``latest.pt`` (full training state: at the first epoch end ``save_every_s`` after the last
+save, at the end, every ``save_every_iters`` steps if set, and on SIGINT/SIGTERM; written by a background
+thread), ``best.pt`` (best mean validation Dice), ``train_log.csv``, ``curves.png``, ``validation/`` (a run
+with validation cases: ``train.crossval``) and ``splits.json`` (a cross-validation fold). Resuming restores
+model, optimizer, scheduler, scaler, the epoch and the step inside it, the per-rank RNG states and the log
+history, so on CPU in deterministic mode a resumed run ends with bit-identical weights. The step makes no
+host sync (``train.meter``): the loss is read every ``log_every`` steps, at the epoch end and before a save.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -26,7 +25,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from smaformer.checkpoint import build_checkpoint, read_checkpoint, save_checkpoint
+from smaformer.checkpoint import build_checkpoint, read_checkpoint
+from smaformer.compiled import maybe_compile
 from smaformer.config import check_config, dump_config
 from smaformer.errors import InputError
 from smaformer.losses import build_loss
@@ -35,11 +35,13 @@ from smaformer.models.layers.axial import set_gates_trainable
 from smaformer.runtime import autocast, enable_deterministic, resolve_device, resolve_precision
 from smaformer.train import distributed as dd
 from smaformer.train.crossval import final_validation
-from smaformer.train.data import TrainData, build_data, training_fingerprint, validation_dice
+from smaformer.train.data import TrainData, build_data, build_loader, training_fingerprint, validation_dice
 from smaformer.train.folds import write_splits
-from smaformer.train.rundir import check_out_folder, claim_run_dir, new_run_dir
+from smaformer.train.meter import DeviceLoss, memory_format
+from smaformer.train.rundir import check_out_folder, new_run_dir, open_run_dir
 from smaformer.train.runlog import TensorBoard, plot_curves, progress, write_csv
-from smaformer.train.sampling import ResumableSampler, SeededItems, capture_rng, restore_rng, seed_everything
+from smaformer.train.sampling import ResumableSampler, capture_rng, restore_rng, seed_everything
+from smaformer.train.saver import BackgroundWriter, cpu_snapshot
 from smaformer.train.schedule import IterScheduler, build_optimizer
 
 
@@ -55,12 +57,6 @@ class TrainResult:
     signal: int = 0  # SIGINT/SIGTERM that interrupted the run (after latest.pt was saved), else 0
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (affinity, e.g. a batch scheduler's share), the cap on loader workers."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:      # not on Linux
-        return os.cpu_count() or 1
 
 
 class Trainer:
@@ -102,7 +98,7 @@ class Trainer:
         if cfg["model"].get("pretrained") and state is None:
             from smaformer.weights import load_pretrained
             self.log(str(load_pretrained(self.model, cfg["model"]["pretrained"])))
-        self.memory_format = torch.channels_last if t["channels_last"] else torch.contiguous_format
+        self.memory_format = memory_format(cfg)
         self.model.to(self.device, memory_format=self.memory_format)
         self.net = self.model
         if self.dist.enabled:
@@ -110,9 +106,12 @@ class Trainer:
             # frozen MedT gates get no gradient for a while: DDP must not wait for them
             self.net = DistributedDataParallel(self.model, device_ids=ids,
                                                find_unused_parameters=bool(t["freeze_gates_epochs"]))
+        # compiled forward passes for training (through DDP) and validation; checkpoints use self.model
+        self.train_net = maybe_compile(self.net, bool(t["compile"]), self.log, t["compile_backend"])
+        self.eval_net = maybe_compile(self.model, bool(t["compile"]), self.log, t["compile_backend"])
         seed_everything(seed + self.dist.rank)     # dropout/drop-path streams differ per rank
         self.loss_fn = build_loss(cfg, len(self.classes)).to(self.device)
-        self.optimizer = build_optimizer(cfg, self.model)
+        self.optimizer = build_optimizer(cfg, self.model, self.device)
         self.batch, self.accum = int(t["batch_size"]), int(t["accum_steps"])
         self.sampler = ResumableSampler(len(self.data.train), seed=seed, rank=self.dist.rank,
                                         world_size=self.dist.world_size)
@@ -128,6 +127,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.epoch = self.step_in_epoch = self.iteration = 0
         self.loss_sum, self.loss_count, self.elapsed = 0.0, 0, 0.0
+        self.device_loss = DeviceLoss(self.device)
+        self._read_at = -1              # the iteration of the last read_loss (its value is current)
+        self.writer = BackgroundWriter()
+        self._saved_at = time.monotonic()
         self.best, self.bad_vals, self.history = -1.0, 0, []
         self._dl: DataLoader | None = None
         self.tb: TensorBoard | None = None
@@ -160,50 +163,57 @@ class Trainer:
         self.best, self.bad_vals, self.history = st["best_dice"], st["bad_validations"], list(st["history"])
         restore_rng(st["rng"][self.dist.rank])
         self.fingerprint = ckpt.get("fingerprint")
+        self.device_loss.reset(self.loss_sum)
 
-    def save(self, best: bool = False, metrics: dict | None = None) -> None:
-        """latest.pt (and best.pt); collective in DDP because every rank's RNG state is stored."""
+    def read_loss(self) -> None:
+        """Bring the device-side loss sum to ``loss_sum`` (a host sync, once per iteration at most); stop on
+        a non-finite loss."""
+        if self._read_at != self.iteration:
+            self.loss_sum, self._read_at = self.device_loss.read(), self.iteration
+
+    def save(self, best: bool = False, metrics: dict | None = None, latest: bool = True) -> None:
+        """latest.pt (and/or best.pt) from a CPU snapshot, written by a background thread; collective in DDP
+        because every rank's RNG state is stored."""
+        self.read_loss()
         rng = dd.gather_objects(capture_rng(), self.dist)
         if not self.dist.main:
             return
         splits = self.data.splits.record() if self.data.splits is not None else None
         ckpt = build_checkpoint(self.model, self.classes, self.data.preprocessing, self.cfg,
-                                self._train_state(rng), metrics, splits=splits, fingerprint=self.fingerprint)
-        save_checkpoint(ckpt, self.run_dir / "latest.pt")
+                                None, metrics, splits=splits, fingerprint=self.fingerprint)
+        ckpt["config"] = cpu_snapshot(ckpt["config"])
+        jobs = []
+        if latest:
+            jobs.append(({**ckpt, "train_state": cpu_snapshot(self._train_state(rng))}, self.run_dir / "latest.pt"))
+            self._saved_at = time.monotonic()
         if best:
-            ckpt["train_state"] = {"epoch": self.epoch, "iteration": self.iteration}
-            save_checkpoint(ckpt, self.run_dir / "best.pt")
+            jobs.append(({**ckpt, "train_state": {"epoch": self.epoch, "iteration": self.iteration}},
+                         self.run_dir / "best.pt"))
+        self.writer.submit(jobs)
 
     # ---- loop ---------------------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
         """The loader, positioned at the current epoch and step. Built once: workers persist across epochs
         (and keep their volume caches); the sampler, read in this process, is repositioned each time."""
-        from smaformer.data import seed_worker
-
         self.sampler.set_epoch(self.epoch, self.step_in_epoch * self.accum * self.batch)
         if self._dl is None:
-            nw, seed = min(int(self.cfg["data"]["num_workers"]), usable_cpus()), int(self.cfg["train"]["seed"])
-            # the loader's own generator: starting an iterator must not draw from the global torch RNG, or a
-            # resumed run (which starts one mid-epoch) would shift the dropout stream
-            gen = torch.Generator().manual_seed(seed * 7_919 + self.dist.rank)
-            self._dl = DataLoader(SeededItems(self.data.train, seed), batch_size=self.batch, sampler=self.sampler,
-                                  drop_last=True, num_workers=nw, worker_init_fn=seed_worker, generator=gen,
-                                  pin_memory=self.device.type == "cuda", persistent_workers=nw > 0)
+            self._dl = build_loader(self.data.train, self.sampler, self.batch, int(self.cfg["data"]["num_workers"]),
+                                    int(self.cfg["train"]["seed"]), self.dist.rank, self.device)
         return self._dl
 
-    def _step(self, micro: list[dict]) -> float:
-        """One optimizer step over ``accum`` micro-batches; returns the mean loss."""
-        total = 0.0
+    def _step(self, micro: list[dict]) -> None:
+        """One optimizer step over ``accum`` micro-batches. No host sync: the mean loss is added to the
+        device-side sum, and the first non-finite one is recorded there with its iteration."""
+        total = torch.zeros((), dtype=self.device_loss.dtype, device=self.device)
         for i, batch in enumerate(micro):
             x = batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             y = batch["label"].to(self.device, non_blocking=True)
             sync = i == len(micro) - 1 or not self.dist.enabled
             with (contextlib.nullcontext() if sync else self.net.no_sync()), autocast(self.precision, self.device):
-                loss = self.loss_fn(self.net(x), y) / len(micro)
+                loss = self.loss_fn(self.train_net(x), y) / len(micro)
             self.scaler.scale(loss).backward()
-            total += float(loss.detach())
-        if not math.isfinite(total):
-            raise FloatingPointError(f"loss is {total} at iteration {self.iteration}; lower optim.lr or use fp32")
+            total += loss.detach()
+        self.device_loss.add(total, self.iteration)
         clip = self.cfg["train"]["grad_clip"]
         if clip:
             self.scaler.unscale_(self.optimizer)
@@ -212,21 +222,22 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return total
 
     def _validate(self) -> np.ndarray:
         t = self.cfg["train"]
-        return validation_dice(self.model, self.data.val, self.data.preprocessing, len(self.classes),
+        return validation_dice(self.eval_net, self.data.val, self.data.preprocessing, len(self.classes),
                                 device=self.device, precision=self.precision,
                                 batch_size=int(t["val_batch_size"]), dist=self.dist)
 
     def _end_epoch(self, epoch_s: float) -> bool:
-        """Reduce the loss, validate, log, checkpoint; True when early stopping triggers."""
+        """Reduce the loss, validate, log, checkpoint when due; True when early stopping triggers."""
         t = self.cfg["train"]
-        agg = dd.all_reduce_sum(torch.tensor([self.loss_sum, float(self.loss_count)], dtype=torch.float64),
-                                self.dist)
+        self.read_loss()
+        agg = [self.loss_sum, float(self.loss_count)]
+        if self.dist.enabled:
+            agg = dd.all_reduce_sum(torch.tensor(agg, dtype=torch.float64), self.dist).tolist()
         row = {"epoch": self.epoch + 1, "iterations": self.iteration, "lr": self.scheduler.get_last_lr()[0],
-               "train_loss": float(agg[0] / max(agg[1], 1))}
+               "train_loss": agg[0] / max(agg[1], 1)}
         every, last = int(t["val_every"]), self.iteration >= self.total_steps or self._time_up
         dice = np.full(len(self.classes) - 1, np.nan)
         v0 = time.perf_counter()
@@ -246,9 +257,14 @@ class Trainer:
         elif not math.isnan(mean):
             self.bad_vals += 1
         self.epoch, self.step_in_epoch, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
+        self.device_loss.reset()
         metrics = {"val_dice": dict(zip(self.classes[1:], map(float, dice), strict=True)), "mean_dice": mean,
                    "epoch": self.epoch, "iteration": self.iteration}
-        self.save(best=improved, metrics=metrics)
+        patience = t["early_stop_patience"]
+        early = dd.broadcast_flag(bool(patience) and self.bad_vals >= int(patience), self.dist)
+        due = dd.broadcast_flag(time.monotonic() - self._saved_at >= float(t["save_every_s"]), self.dist)
+        if last or early or due or improved:
+            self.save(best=improved, metrics=metrics, latest=last or early or due)
         if self.dist.main:
             write_csv(self.history, self.run_dir / "train_log.csv", self.classes)
             if not math.isnan(mean) or last or time.monotonic() - self._plotted > 60:   # plotting costs ~1 s
@@ -258,8 +274,7 @@ class Trainer:
             val = "" if math.isnan(mean) else f"  val Dice {mean:.4f}{' (best)' if improved else ''}"
             self.log(f"epoch {self.epoch}/{self.epochs}  it {self.iteration}  loss {row['train_loss']:.4f}  "
                      f"lr {row['lr']:.2e}{val}  {row['epoch_s']:.1f}s")
-        patience = t["early_stop_patience"]
-        return dd.broadcast_flag(bool(patience) and self.bad_vals >= int(patience), self.dist)
+        return early
 
     def _install_signals(self) -> dict:
         def handler(signum, frame):
@@ -274,13 +289,8 @@ class Trainer:
     def fit(self, stop_after: int | None = None) -> TrainResult:
         """Train to the end (or to ``stop_after`` optimizer steps, saving latest.pt there)."""
         t = self.cfg["train"]
-        if self.dist.main:
-            self.log(f"device {self.device}, precision {self.precision} (train.precision {t['precision']})")
-            if self._fresh_dir:
-                self.run_dir, self._fresh_dir = claim_run_dir(self.run_dir), False
-            else:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.run_dir = Path(dd.gather_objects(str(self.run_dir), self.dist)[0])
+        self.log(f"device {self.device}, precision {self.precision} (train.precision {t['precision']})")
+        self.run_dir, self._fresh_dir = open_run_dir(self.run_dir, self._fresh_dir, self.dist), False
         if self.dist.main:
             dump_config(self.cfg, self.run_dir / "config.yaml")
             if self.data.splits is not None:
@@ -295,39 +305,46 @@ class Trainer:
         self._plotted = time.monotonic()
         old = self._install_signals()
         stopped, save_every = "finished", int(t["save_every_iters"] or 0)
-        freeze = int(t["freeze_gates_epochs"] or 0)
+        freeze, log_every = int(t["freeze_gates_epochs"] or 0), int(t["log_every"])
         limit, run_t0, self._time_up = t["time_limit_s"], time.perf_counter(), False
         bar = progress(self.total_steps, self.iteration, self.show_bar, self.log)
         try:
             while self.iteration < self.total_steps and stopped == "finished":
                 if freeze:     # MedT recipe: gates of gated axial attention train only after `freeze` epochs
                     set_gates_trainable(self.model, self.epoch >= freeze)
-                self.net.train()
-                epoch_t0 = last_t = time.perf_counter()
-                micro, steps_left = [], self.steps_per_epoch - self.step_in_epoch
+                self.train_net.train()
+                epoch_t0 = last_t = read_t = time.perf_counter()
+                micro, steps_left, read_it = [], self.steps_per_epoch - self.step_in_epoch, self.iteration
                 images_per_step = self.batch * self.accum * self.dist.world_size
                 for batch in self._loader():
                     micro.append(batch)
                     if len(micro) < self.accum:
                         continue
-                    loss = self._step(micro)
+                    self._step(micro)
                     micro = []
                     self.iteration += 1
                     self.step_in_epoch += 1
-                    self.loss_sum, self.loss_count = self.loss_sum + loss, self.loss_count + 1
+                    self.loss_count += 1
+                    steps_left -= 1
                     now = time.perf_counter()
-                    self.elapsed, last_t, dt = self.elapsed + now - last_t, now, now - last_t
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
-                                    img_s=f"{images_per_step / max(dt, 1e-9):.1f}")
+                    self.elapsed, last_t = self.elapsed + now - last_t, now
                     bar.update(1)
-                    if dd.broadcast_flag(bool(self._stop_signal), self.dist):
-                        stopped = "interrupted"
-                    elif stop_after is not None and self.iteration >= stop_after:
+                    # the log cadence: read the loss (the host sync), and in DDP agree on signals and time
+                    poll = self.iteration % log_every == 0
+                    if poll:
+                        self.read_loss()
+                        img_s = images_per_step * (self.iteration - read_it) / max(now - read_t, 1e-9)
+                        bar.set_postfix(loss=f"{self.loss_sum / self.loss_count:.4f}",
+                                        lr=f"{self.scheduler.get_last_lr()[0]:.2e}", img_s=f"{img_s:.1f}")
+                        read_it, read_t = self.iteration, now
+                    if poll or not self.dist.enabled or steps_left == 0:
+                        if dd.broadcast_flag(bool(self._stop_signal), self.dist):
+                            stopped = "interrupted"
+                        self._time_up = bool(limit) and dd.broadcast_flag(now - run_t0 > float(limit), self.dist)
+                    if stopped == "finished" and stop_after is not None and self.iteration >= stop_after:
                         stopped = "stop_after"
                     if stopped != "finished" or (save_every and self.iteration % save_every == 0):
                         self.save()
-                    steps_left -= 1
-                    self._time_up = bool(limit) and dd.broadcast_flag(now - run_t0 > float(limit), self.dist)
                     if stopped != "finished" or steps_left == 0 or self.iteration >= self.total_steps \
                             or self._time_up:
                         break
@@ -338,6 +355,7 @@ class Trainer:
                     stopped = "time_limit"
                     self.log(f"time limit of {limit} s reached at iteration {self.iteration}")
         finally:
+            self.writer.wait()        # the last checkpoint is on disk before anything reads it or we exit
             bar.close()
             self.tb.close()
             for sig, h in old.items():

@@ -34,6 +34,16 @@ def claim_run_dir(path: Path) -> Path:
     raise AssertionError("unreachable")
 
 
+def open_run_dir(path: Path, fresh: bool, dist: dd.Dist) -> Path:
+    """The run folder every rank writes to: claimed (``fresh``) or created by rank 0, then shared."""
+    if dist.main:
+        if fresh:
+            path = claim_run_dir(path)
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+    return Path(dd.gather_objects(str(path), dist)[0])
+
+
 def check_out_folder(run_dir: Path) -> None:
     """``train --out``: a folder that can be written and holds no run, which only ``--resume`` continues."""
     check_output(run_dir, folder=True, what="run folder")

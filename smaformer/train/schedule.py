@@ -13,15 +13,19 @@ import torch.nn as nn
 from smaformer.config import effective_lr
 
 
-def build_optimizer(cfg: dict, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD / Adam / AdamW from the ``optim`` section, over the trainable parameters."""
+def build_optimizer(cfg: dict, model: nn.Module, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """SGD / Adam / AdamW from the ``optim`` section, over the trainable parameters.
+
+    On CUDA the fused kernels update every parameter in a few launches (``fused=True``); elsewhere torch's
+    default implementation runs, so CPU runs keep their bit-exact history."""
     o = cfg["optim"]
     lr, wd = effective_lr(cfg), float(o["weight_decay"])
     params = [p for p in model.parameters() if p.requires_grad]
+    fast = {"fused": True} if device is not None and device.type == "cuda" else {}
     if o["name"] == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=float(o["momentum"]), weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=float(o["momentum"]), weight_decay=wd, **fast)
     cls = torch.optim.AdamW if o["name"] == "adamw" else torch.optim.Adam
-    return cls(params, lr=lr, weight_decay=wd, betas=tuple(float(b) for b in o["betas"]))
+    return cls(params, lr=lr, weight_decay=wd, betas=tuple(float(b) for b in o["betas"]), **fast)
 
 
 def lr_factor(step: int, total: int, name: str, warmup: int = 0, warmup_start: float = 1e-3,

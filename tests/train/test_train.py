@@ -244,7 +244,7 @@ def test_plain_progress_for_pipes_prints_every_30_s():
 
 def test_loader_workers_capped_by_usable_cpus(tmp_path):
     from smaformer.train import trainer_session
-    from smaformer.train.loop import usable_cpus
+    from smaformer.train.data import usable_cpus
 
     ds = Blobs(8, 32)
     cfg = tiny_cfg(32, "train.batch_size=4", "data.num_workers=64")
