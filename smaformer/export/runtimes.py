@@ -1,5 +1,5 @@
-"""Running an exported ONNX file: ONNX Runtime or OpenVINO, behind the same ``model(x) -> logits`` call
-that ``infer_volume`` uses for torch models."""
+"""Running an exported file (ONNX under ONNX Runtime or OpenVINO, an OpenVINO IR under OpenVINO) behind the
+same ``model(x) -> logits`` call that ``infer_volume`` uses for torch models."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from smaformer.errors import InputError
-from smaformer.export.metadata import read_onnx_metadata
+from smaformer.export.metadata import read_metadata, read_onnx_metadata
 
 
 class FixedBatch:
@@ -47,12 +47,12 @@ def onnxruntime_runner(path: Path, device: str | torch.device = "cpu") -> tuple[
 
 
 def openvino_runner(path: Path, device: str | torch.device = "cpu") -> tuple[Callable, dict]:
-    """``(runner, info)`` for an ONNX file under OpenVINO."""
+    """``(runner, info)`` for an ONNX file or an OpenVINO IR (``.xml``, fp32 or INT8) under OpenVINO."""
     try:
         import openvino as ov
     except ImportError:
         raise InputError(path, "--engine openvino needs the openvino package (pip install openvino)") from None
-    meta = read_onnx_metadata(path)
+    meta = read_metadata(path)
     device = torch.device(device)
     target = "CPU" if device.type != "cuda" else "GPU" if device.index is None else f"GPU.{device.index}"
     # exported files run in fp32: OpenVINO would otherwise pick bf16 on CPUs with AMX (labels change)
