@@ -88,7 +88,7 @@ def export_openvino(model: nn.Module, info: dict, path: str | Path, int8=None,
         ov_model, report = quantize_guarded(ov_model, meta, int8, path)
         result.fmt = "openvino INT8"
         result.exporter += " -> nncf.quantize"
-        result.notes += report
+        result.notes += ["the max |eager - export| lines are the fp32 IR's, before quantization", *report]
         d = _diff(lambda t: compile_ir(ov_model)(t.numpy()), model, x)
         result.notes.append(f"INT8 max |eager - export| at {'x'.join(map(str, x.shape))}: {d:.3g} "
                             "(not held to the fp32 tolerance; the Dice guard decides)")
