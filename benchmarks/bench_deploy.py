@@ -40,6 +40,14 @@ DEPLOYMENTS = {"eager fp32": ("pt", "torch", "fp32"), "eager bf16": ("pt", "torc
                                                                                          "fp32")}
 
 
+def cpu_flags() -> str:
+    """The vector/matrix flags that decide INT8 and bf16 speed (avx2, avx512 VNNI/bf16, AMX)."""
+    want = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+    flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("flags")), [])
+    return " ".join(f for f in want if f in flags) or "none of " + " ".join(want)
+
+
 def _runner(path: Path, engine: str, precision: str):
     """``f(x) -> logits`` for a batch at model size, and the file's info."""
     from smaformer.infer.members import load_predictor
@@ -120,7 +128,7 @@ def table(args) -> dict:
     from smaformer.infer.evaluate import evaluate
 
     torch.set_num_threads(args.threads)
-    record = {"cpu": cpu_description(), "threads": args.threads, "date_utc": time.strftime("%Y-%m-%d %H:%M"),
+    record = {"cpu": cpu_description(), "cpu_flags": cpu_flags(), "threads": args.threads, "date_utc": time.strftime("%Y-%m-%d %H:%M"),
               "load_start": os.getloadavg(), "models": {}}
     for spec in args.checkpoints:
         name, ckpt = spec.split("=", 1)
@@ -203,7 +211,7 @@ def speed224(args) -> dict:
             times[n].append(time.perf_counter() - t0)
     med = {n: float(np.median(v)) for n, v in times.items()}
     base = med["eager fp32"]
-    return {"cpu": cpu_description(), "threads": args.threads, "batch": 8, "rounds": args.rounds,
+    return {"cpu": cpu_description(), "cpu_flags": cpu_flags(), "threads": args.threads, "batch": 8, "rounds": args.rounds,
             "date_utc": time.strftime("%Y-%m-%d %H:%M"), "load": os.getloadavg(),
             "seconds": med, "ratio_to_eager_fp32": {n: v / base for n, v in med.items()},
             "rss_mib_all_loaded": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
