@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -91,11 +90,18 @@ def interleaved(runs: dict, batches: tuple[int, ...], rounds: int, calls: int) -
     return {f"{n}|b{b}": b / float(np.median(v)) for (n, b), v in times.items()}
 
 
+def vm_hwm_kib() -> int:
+    """This process's peak resident set (KiB), from /proc/self/status."""
+    line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:"))
+    return int(line.split()[1])
+
+
 def peak_rss(path: Path, engine: str, precision: str) -> float:
-    """MiB, a fresh process: load, then three batches of 8."""
-    code = (f"import resource,sys; sys.path.insert(0,{str(REPO / 'benchmarks')!r}); import bench_deploy as b; "
+    """MiB, a fresh process: load, then three batches of 8. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
+    from the parent through fork and exec, so a child of a big benchmark would report the parent's peak."""
+    code = (f"import sys; sys.path.insert(0,{str(REPO / 'benchmarks')!r}); import bench_deploy as b; "
             f"from pathlib import Path; r,i=b._runner(Path({str(path)!r}),{engine!r},{precision!r}); x=b._input(i,8); "
-            "[r(x) for _ in range(3)]; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "[r(x) for _ in range(3)]; print(b.vm_hwm_kib())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ,
                          "PYTHONPATH": str(REPO)}, check=True).stdout.split()
     return int(out[-1]) / 1024
@@ -128,7 +134,8 @@ def table(args) -> dict:
     from smaformer.infer.evaluate import evaluate
 
     torch.set_num_threads(args.threads)
-    record = {"cpu": cpu_description(), "cpu_flags": cpu_flags(), "threads": args.threads, "date_utc": time.strftime("%Y-%m-%d %H:%M"),
+    record = {"cpu": cpu_description(), "cpu_flags": cpu_flags(), "threads": args.threads,
+              "date_utc": time.strftime("%Y-%m-%d %H:%M"),
               "load_start": os.getloadavg(), "models": {}}
     for spec in args.checkpoints:
         name, ckpt = spec.split("=", 1)
@@ -211,10 +218,11 @@ def speed224(args) -> dict:
             times[n].append(time.perf_counter() - t0)
     med = {n: float(np.median(v)) for n, v in times.items()}
     base = med["eager fp32"]
-    return {"cpu": cpu_description(), "cpu_flags": cpu_flags(), "threads": args.threads, "batch": 8, "rounds": args.rounds,
+    return {"cpu": cpu_description(), "cpu_flags": cpu_flags(), "threads": args.threads, "batch": 8,
+            "rounds": args.rounds,
             "date_utc": time.strftime("%Y-%m-%d %H:%M"), "load": os.getloadavg(),
             "seconds": med, "ratio_to_eager_fp32": {n: v / base for n, v in med.items()},
-            "rss_mib_all_loaded": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib_all_variants_loaded": vm_hwm_kib() / 1024}
 
 
 def main() -> None:
