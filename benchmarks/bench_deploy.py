@@ -180,7 +180,7 @@ def speed224(args) -> dict:
     model = create_model("swin_unet", img_size=224, num_classes=4).eval()
     ck = save_checkpoint(build_checkpoint(model, ["bg", "rv", "myo", "lv"], default_preprocessing((224, 224), 3)),
                          args.work / "swin224.pt")
-    export_checkpoint(ck, args.work / "fp32.xml", "openvino")
+    export_checkpoint(ck, args.work / "fp32.xml", "openvino", EXPORTERS)
     core = ov.Core()
     fp32 = core.read_model(str(args.work / "fp32.xml"))
     calib = nncf.Dataset([np.random.default_rng(i).random((1, 3, 224, 224), dtype=np.float32) for i in range(16)])

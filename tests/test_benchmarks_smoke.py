@@ -121,3 +121,12 @@ def test_accuracy_runs_resolve_to_valid_configs():
         for budget, overrides in budgets.items():
             cfg = load_config(preset, overrides)
             assert cfg["model"]["name"] in ("swin_unet", "smaformer", "medt", "unet"), (name, budget)
+
+
+def test_deploy_interleaved_speed_and_memory():
+    deploy = _load("bench_deploy")
+    info = {"preprocessing": {"in_chans": 1, "img_size": [8, 8]}}
+    runs = {"a": (lambda x: x * 2, info), "b": (lambda x: x + 1, info)}
+    speed = deploy.interleaved(runs, (1, 8), rounds=2, calls=1)
+    assert set(speed) == {"a|b1", "a|b8", "b|b1", "b|b8"} and all(v > 0 for v in speed.values())
+    assert deploy.vm_hwm_kib() > 0 and isinstance(deploy.cpu_flags(), str)
