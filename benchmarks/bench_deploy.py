@@ -35,8 +35,9 @@ EXPORTERS = ("torchscript", "dynamo")
 #: deployment -> (file kind, engine, precision)
 DEPLOYMENTS = {"eager fp32": ("pt", "torch", "fp32"), "eager bf16": ("pt", "torch", "bf16"),
                "ONNX Runtime fp32": ("onnx", "onnxruntime", "fp32"), "OpenVINO fp32": ("xml", "openvino", "fp32"),
-               "OpenVINO INT8": ("int8.xml", "openvino", "fp32"), "ONNX fp16 (ORT CPU)": ("fp16.onnx", "onnxruntime",
-                                                                                         "fp32")}
+               "OpenVINO INT8": ("int8.xml", "openvino", "fp32"),
+               "OpenVINO INT8, CNN scheme": ("int8cnn.xml", "openvino", "fp32"),
+               "ONNX fp16 (ORT CPU)": ("fp16.onnx", "onnxruntime", "fp32")}
 
 
 def cpu_flags() -> str:
@@ -108,14 +109,15 @@ def peak_rss(path: Path, engine: str, precision: str) -> float:
 
 
 def export_all(ckpt: Path, work: Path, data: Path) -> dict:
-    """The five exported files of a checkpoint (the INT8 one may be refused: its line is kept)."""
+    """The exported files of a checkpoint (an INT8 one may be refused: its line is kept)."""
     from smaformer.export import export_checkpoint
     from smaformer.export.quantize import Int8Spec
 
     work.mkdir(parents=True, exist_ok=True)
     files, log = {"pt": ckpt}, {}
     for kind, fmt, kw in (("onnx", "onnx", {}), ("xml", "openvino", {}), ("fp16.onnx", "onnx", {"fp16": True}),
-                          ("int8.xml", "openvino", {"int8": Int8Spec(data)})):
+                          ("int8.xml", "openvino", {"int8": Int8Spec(data)}),
+                          ("int8cnn.xml", "openvino", {"int8": Int8Spec(data, scheme="cnn")})):
         out = work / f"model.{kind}"
         t0 = time.perf_counter()
         try:

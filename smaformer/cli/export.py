@@ -38,6 +38,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="volumes of other patients held back for the guard (default 8)")
     q.add_argument("--max-dice-drop", type=float, default=0.5, metavar="POINTS",
                    help="refuse when INT8 loses more points of mean foreground Dice than this (default 0.5)")
+    q.add_argument("--int8-scheme", choices=("auto", "transformer", "cnn"), default="auto",
+                   help="NNCF's transformer scheme (MatMul/Linear only) or CNN scheme (every quantizable op; faster, "
+                        "riskier); auto: CNN for the U-Net, transformer for the others")
     q.add_argument("--layout", help="dataset layout of DATA (default: detected)")
     p.add_argument("--fp16", action="store_true", help="--format onnx: a half-precision graph (fp32 inputs/outputs)")
 
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.calibration:
             raise InputError(args.output, "--int8 needs --calibration DATA (the dataset to calibrate on)")
         int8 = Int8Spec(args.calibration, args.calibration_split, args.calibration_cases, args.guard_cases,
-                        args.max_dice_drop, args.layout)
+                        args.max_dice_drop, args.layout, scheme=args.int8_scheme)
     elif args.calibration:
         raise InputError(args.calibration, "--calibration applies with --int8")
     result = export_checkpoint(args.checkpoint, args.output, args.format, int8=int8, fp16=args.fp16)

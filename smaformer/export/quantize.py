@@ -28,8 +28,10 @@ from smaformer.export.metadata import ExportMetadata
 from smaformer.export.runtimes import FixedBatch
 from smaformer.infer.volume import infer_volume
 
-#: models NNCF quantizes with its transformer scheme (MatMul inputs, SmoothQuant); the others as CNNs
+#: models ``auto`` quantizes with NNCF's CNN scheme (every quantizable op: Conv, MatMul, Add, Mul...); the
+#: others with its transformer scheme (MatMul/Linear inputs, SmoothQuant, LayerNorm/softmax/GELU left fp32)
 CNN_MODELS = ("unet",)
+SCHEMES = ("auto", "transformer", "cnn")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Int8Spec:
     max_dice_drop: float = 0.5
     layout: str | None = None
     seed: int = 0
+    scheme: str = "auto"              # transformer / cnn / auto (cnn for CNN_MODELS, else transformer)
 
 
 def _reader(spec: Int8Spec):
@@ -141,6 +144,8 @@ def mean_foreground_dice(run, volumes: list[Sample], meta: ExportMetadata) -> fl
 def quantize_guarded(ov_model, meta: ExportMetadata, spec: Int8Spec, path: Path):
     """``(int8_model, report lines)``: NNCF ``quantize`` on the calibration volumes, then the guard; an
     ExportError (nothing written) when INT8 loses more than ``spec.max_dice_drop`` points."""
+    if spec.scheme not in SCHEMES:
+        raise InputError(None, f"unknown INT8 scheme {spec.scheme!r}; use one of {', '.join(SCHEMES)}")
     try:
         import nncf
     except ImportError:
@@ -150,7 +155,7 @@ def quantize_guarded(ov_model, meta: ExportMetadata, spec: Int8Spec, path: Path)
     nncf.set_log_level(logging.ERROR)
     cal, held = split_volumes(spec)
     items = calibration_inputs(cal, meta)
-    cnn = meta.model.get("name") in CNN_MODELS
+    cnn = spec.scheme == "cnn" or (spec.scheme == "auto" and meta.model.get("name") in CNN_MODELS)
     q = nncf.quantize(ov_model, nncf.Dataset(items), subset_size=len(items),
                       model_type=None if cnn else nncf.ModelType.TRANSFORMER,
                       preset=nncf.QuantizationPreset.PERFORMANCE if cnn else nncf.QuantizationPreset.MIXED)

@@ -132,3 +132,13 @@ def test_cli_int8_refuses_in_one_line_on_acdc(ckpt, tmp_path, shared_data_dir, c
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "INT8 refused, nothing written" in err[0]
     assert not out.exists() and not out.with_suffix(".bin").exists()
+
+
+def test_unknown_int8_scheme_is_refused(ckpt):
+    from smaformer.errors import InputError
+    from smaformer.export.quantize import Int8Spec, quantize_guarded
+
+    _, info = load_checkpoint(ckpt)
+    meta = ExportMetadata.of(info, {"batch": None, "height": None, "width": None})
+    with pytest.raises(InputError, match="unknown INT8 scheme 'fast'"):
+        quantize_guarded(None, meta, Int8Spec(_volumes(2), scheme="fast"), ckpt.with_name("q.xml"))
