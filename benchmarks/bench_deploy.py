@@ -166,6 +166,23 @@ def table(args) -> dict:
     return record
 
 
+def latency(args) -> dict:
+    """Only the interleaved latencies, on the files a ``table`` run left in ``--work/NAME`` (a repeat)."""
+    torch.set_num_threads(args.threads)
+    record = {"cpu": cpu_description(), "cpu_flags": cpu_flags(), "threads": args.threads,
+              "date_utc": time.strftime("%Y-%m-%d %H:%M"), "load_start": os.getloadavg(), "models": {}}
+    for spec in args.checkpoints:
+        name, ckpt = spec.split("=", 1)
+        runs = {}
+        for dep, (kind, engine, precision) in DEPLOYMENTS.items():
+            path = Path(ckpt) if kind == "pt" else args.work / name / f"model.{kind}"
+            if path.exists():
+                runs[dep] = _runner(path, engine, precision)
+        record["models"][name] = interleaved(runs, (1, 8), args.rounds, args.calls)
+    record["load_end"] = os.getloadavg()
+    return record
+
+
 def speed224(args) -> dict:
     """Full-size Swin-Unet 224, random weights: eager fp32 vs OpenVINO fp32 / INT8 variants at batch 8."""
     import nncf
@@ -231,19 +248,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("table")
-    t.add_argument("-c", "--checkpoints", nargs="+", required=True, metavar="NAME=CKPT")
+    lat = sub.add_parser("latency", help="repeat the latencies of a table run on its files")
+    for p in (t, lat):
+        p.add_argument("-c", "--checkpoints", nargs="+", required=True, metavar="NAME=CKPT")
     t.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "acdc")
     t.add_argument("--split", default="val")
     s = sub.add_parser("speed224")
     s.add_argument("--bf16", action="store_true", help="also OpenVINO's bf16 hint (meaningful on bf16-unit CPUs)")
-    for p in (t, s):
+    for p in (t, lat, s):
         p.add_argument("--work", type=Path, required=True)
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--rounds", type=int, default=5)
         p.add_argument("--calls", type=int, default=3)
         p.add_argument("--json", type=Path)
     args = ap.parse_args()
-    record = table(args) if args.cmd == "table" else speed224(args)
+    record = {"table": table, "latency": latency, "speed224": speed224}[args.cmd](args)
     text = json.dumps(record, indent=1, default=str)
     print(text)
     if args.json:
