@@ -142,3 +142,12 @@ def test_bench_resize_swaps_only_the_input_resize_for_the_training_operator():
     assert volume.F is F
     diff = resize.input_difference([img[0]], (16, 12))
     assert diff["slices"] == 1 and 0 < diff["mean_abs_inner"] < diff["max_abs_border"]
+
+
+def test_deploy_interleaved_speed_and_memory():
+    deploy = _load("bench_deploy")
+    info = {"preprocessing": {"in_chans": 1, "img_size": [8, 8]}}
+    runs = {"a": (lambda x: x * 2, info), "b": (lambda x: x + 1, info)}
+    speed = deploy.interleaved(runs, (1, 8), rounds=2, calls=1)
+    assert set(speed) == {"a|b1", "a|b8", "b|b1", "b|b8"} and all(v > 0 for v in speed.values())
+    assert deploy.vm_hwm_kib() > 0 and isinstance(deploy.cpu_flags(), str)

@@ -41,6 +41,7 @@ class ExportResult:
     checks: dict[str, float] = field(default_factory=dict)
     dims: dict[str, int | None] = field(default_factory=dict)  # batch/height/width -> None (dynamic) or N
     notes: list[str] = field(default_factory=list)
+    tolerance: str = f"<= {TOLERANCE:g}"   # what the checks were held to (fp16: relative, see export.half)
 
     @property
     def max_diff(self) -> float:
@@ -51,7 +52,7 @@ class ExportResult:
         lines += [f"  max |eager - export| at {shape}: {d:.3g}" for shape, d in self.checks.items()]
         lines += [f"  {k}: {'dynamic' if v is None else f'fixed at {v}'}" for k, v in self.dims.items()]
         lines += [f"  note: {n}" for n in self.notes]
-        lines.append(f"  parity OK (max abs diff {self.max_diff:.3g} <= {TOLERANCE:g})")
+        lines.append(f"  parity OK (max abs diff {self.max_diff:.3g} {self.tolerance})")
         return "\n".join(lines)
 
 
@@ -218,21 +219,37 @@ def export_safetensors(model: nn.Module, ckpt: dict, path: str | Path) -> Export
 
 
 def export_checkpoint(ckpt_path: str | Path, out: str | Path, fmt: str,
-                      onnx_exporters: tuple[str, ...] = ("dynamo", "torchscript")) -> ExportResult:
-    """Load a checkpoint (.pt or safetensors pair) and export it to ``fmt``. The output, and the sidecar a
-    safetensors export writes beside it, are checked first: writable, and never the checkpoint or its sidecar."""
+                      onnx_exporters: tuple[str, ...] = ("dynamo", "torchscript"), *, int8=None,
+                      fp16: bool = False) -> ExportResult:
+    """Load a checkpoint (.pt or safetensors pair) and export it to ``fmt``. ``int8`` (an
+    ``export.quantize.Int8Spec``) applies to ``openvino``, ``fp16`` to ``onnx``. The outputs (with the sidecar
+    a safetensors export and the weights an OpenVINO IR writes beside them) are checked first: writable, and
+    never the checkpoint or its sidecar."""
     from smaformer.checkpoint import load_checkpoint, sidecar_path
 
+    if int8 is not None and fmt != "openvino":
+        raise InputError(out, "--int8 applies to --format openvino")
+    if fp16 and fmt != "onnx":
+        raise InputError(out, "--fp16 applies to --format onnx")
     src = Path(ckpt_path)
     inputs = [src, src.with_suffix(".safetensors"), sidecar_path(src)] if src.suffix in (".safetensors", ".json") \
         else [src]
-    for target in [out, sidecar_path(out)] if fmt == "safetensors" else [out]:
+    siblings = {"safetensors": [sidecar_path(out)], "openvino": [Path(out).with_suffix(".bin")]}.get(fmt, [])
+    for target in [out, *siblings]:
         check_output(target, inputs=inputs)
     model, info = load_checkpoint(ckpt_path)
+    if fmt == "openvino":
+        from smaformer.export.openvino import export_openvino
+
+        return export_openvino(model, info, out, int8, onnx_exporters)
+    if fmt == "onnx" and fp16:
+        from smaformer.export.half import export_onnx_fp16
+
+        return export_onnx_fp16(model, info, out, onnx_exporters)
     if fmt == "onnx":
         return export_onnx(model, info, out, onnx_exporters)
     if fmt == "torchscript":
         return export_torchscript(model, info, out)
     if fmt == "safetensors":
         return export_safetensors(model, {**info, "state_dict": model.state_dict()}, out)  # no second read
-    raise InputError(out, f"unknown export format {fmt!r}; use onnx, torchscript or safetensors")
+    raise InputError(out, f"unknown export format {fmt!r}; use onnx, openvino, torchscript or safetensors")

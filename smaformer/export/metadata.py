@@ -1,8 +1,9 @@
 """The contract between an exported file and the runtimes that read it, written and read in one place.
 
 An exported ONNX file carries a JSON block under the metadata key ``smaformer`` (a TorchScript file carries
-the same JSON as the extra file ``smaformer.json``): the model, the class names, the preprocessing and the
-input dimensions that were *verified* dynamic (``None``) or fixed (their size).
+the same JSON as the extra file ``smaformer.json``, an OpenVINO IR in its ``rt_info`` under ``smaformer``):
+the model, the class names, the preprocessing and the input dimensions that were *verified* dynamic
+(``None``) or fixed (their size).
 """
 from __future__ import annotations
 
@@ -84,3 +85,12 @@ def read_onnx_metadata(path: Path) -> ExportMetadata:
         return ExportMetadata.from_json(side.read_text(encoding="utf-8"), side)
     raise InputError(path, "ONNX file has no smaformer metadata (preprocessing); export it with "
                            "`smaformer export --format onnx`")
+
+
+def read_metadata(path: Path) -> ExportMetadata:
+    """The ``smaformer`` block of an exported file: an ONNX file or an OpenVINO IR (``.xml``)."""
+    if Path(path).suffix == ".xml":
+        from smaformer.export.openvino import read_ir_metadata
+
+        return read_ir_metadata(Path(path))
+    return read_onnx_metadata(Path(path))

@@ -1,5 +1,5 @@
-"""Running an exported ONNX file: ONNX Runtime or OpenVINO, behind the same ``model(x) -> logits`` call
-that ``infer_volume`` uses for torch models."""
+"""Running an exported file (ONNX under ONNX Runtime or OpenVINO, an OpenVINO IR under OpenVINO) behind the
+same ``model(x) -> logits`` call that ``infer_volume`` uses for torch models."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from smaformer.errors import InputError
-from smaformer.export.metadata import read_onnx_metadata
+from smaformer.export.metadata import read_metadata, read_onnx_metadata
 
 
 class FixedBatch:
@@ -59,8 +59,9 @@ def onnxruntime_runner(path: Path, device: str | torch.device = "cpu") -> tuple[
 
 
 def openvino_runner(path: Path, device: str | torch.device = "cpu") -> tuple[Callable, dict]:
-    """``(runner, info)`` for an ONNX file under OpenVINO, on the CPU: a CUDA (or MPS) device is refused
-    in one line, since OpenVINO's "GPU" is an Intel GPU, not the CUDA device that was asked for."""
+    """``(runner, info)`` for an ONNX file or an OpenVINO IR (``.xml``, fp32 or INT8) under OpenVINO, on the
+    CPU: a CUDA (or MPS) device is refused in one line, since OpenVINO's "GPU" is an Intel GPU, not the CUDA
+    device that was asked for."""
     device = torch.device(device)
     if device.type != "cpu":
         raise InputError(path, f"--engine openvino runs on the CPU here, not on {device}: OpenVINO's GPU is an "
@@ -70,7 +71,7 @@ def openvino_runner(path: Path, device: str | torch.device = "cpu") -> tuple[Cal
         import openvino as ov
     except ImportError:
         raise InputError(path, "--engine openvino needs the openvino package (pip install openvino)") from None
-    meta = read_onnx_metadata(path)
+    meta = read_metadata(path)
     target = "CPU"
     # exported files run in fp32: OpenVINO would otherwise pick bf16 on CPUs with AMX (labels change)
     compiled = ov.Core().compile_model(str(path), target, {"INFERENCE_PRECISION_HINT": "f32"})

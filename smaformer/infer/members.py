@@ -1,8 +1,9 @@
 """The models a prediction runs: one checkpoint, or several averaged as an ensemble (``-c a.pt b.pt``).
 
-A member is a ``.pt`` checkpoint, a ``.safetensors`` + ``.json`` pair or an exported ``.onnx`` file (run
-through ONNX Runtime or OpenVINO); each brings its own preprocessing (input size, intensity, channels)
-from its metadata. Members must predict the same classes; ``infer.volume.infer_ensemble`` averages them.
+A member is a ``.pt`` checkpoint, a ``.safetensors`` + ``.json`` pair, an exported ``.onnx`` file (run
+through ONNX Runtime or OpenVINO) or an OpenVINO IR ``.xml`` (OpenVINO; the engine follows the suffix);
+each brings its own preprocessing (input size, intensity, channels) from its metadata. Members must predict
+the same classes; ``infer.volume.infer_ensemble`` averages them.
 """
 from __future__ import annotations
 
@@ -23,30 +24,39 @@ from smaformer.runtime import resolve_precision
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "torch", "onnxruntime", "openvino")
+#: exported suffixes and the engines that run them (``auto`` picks the first)
+EXPORTED = {".onnx": "onnxruntime or openvino", ".xml": "openvino"}
 Member = tuple[Callable, dict]
 
 
 def load_predictor(path: str | Path, engine: str = "auto", device: str | torch.device = "cpu") -> Member:
-    """``(model_or_runner, info)`` for a checkpoint (.pt, .safetensors pair) or an exported .onnx file."""
+    """``(model_or_runner, info)`` for a checkpoint (.pt, .safetensors pair), an exported .onnx file or an
+    OpenVINO IR (.xml)."""
     from smaformer.checkpoint import load_checkpoint
 
     path = Path(path)
     if engine == "auto":
-        engine = "onnxruntime" if path.suffix == ".onnx" else "torch"
+        engine = {".onnx": "onnxruntime", ".xml": "openvino"}.get(path.suffix, "torch")
     if engine not in ENGINES:
         raise InputError(path, f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     if engine == "torch":
-        if path.suffix == ".onnx":
-            raise InputError(path, "an .onnx file runs with --engine onnxruntime or openvino")
+        if path.suffix in EXPORTED:
+            raise InputError(path, f"an {path.suffix} file runs with --engine {EXPORTED[path.suffix]}")
         return load_checkpoint(path, device)
-    if path.suffix != ".onnx":
-        raise InputError(path, f"--engine {engine} needs an .onnx file (smaformer export --format onnx)")
-    return RUNTIMES[engine](check_readable(path, "ONNX file"), torch.device(device))
+    if path.suffix == ".xml" and engine != "openvino":
+        raise InputError(path, "an OpenVINO IR (.xml) runs with --engine openvino")
+    if path.suffix not in EXPORTED:
+        raise InputError(path, f"--engine {engine} needs an .onnx file (smaformer export --format onnx)"
+                               + (" or an OpenVINO .xml" if engine == "openvino" else ""))
+    if path.suffix == ".xml":
+        check_readable(path.with_suffix(".bin"), "OpenVINO weights (.bin beside the .xml)")
+    return RUNTIMES[engine](check_readable(path, "exported file"), torch.device(device))
 
 
 def load_members(paths: str | Path | Sequence[str | Path], engine: str = "auto",
                  device: str | torch.device = "cpu", compile_model: bool = False) -> list[Member]:
-    """Every checkpoint of an ensemble; an ``onnxruntime``/``openvino`` engine applies to the .onnx members.
+    """Every checkpoint of an ensemble; an ``onnxruntime``/``openvino`` engine applies to the .onnx members
+    (an .xml member always runs with OpenVINO).
     Members whose classes differ from the first one's are refused (one line naming the file).
     ``compile_model``: torch members run through ``torch.compile`` (``smaformer.compiled``)."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)

@@ -118,3 +118,32 @@ def test_exporter_errors_name_the_cause_not_the_missing_trace():
     e = RuntimeError("Failed to convert the graph\nUnsupported op aten::foo\n(Refer to the full stack trace above for "
                      "more information.)")
     assert _reason(e) == "Unsupported op aten::foo"
+
+
+def test_fp16_onnx_parity_and_metadata(ckpt, tmp_path, capsys):
+    import onnxruntime as ort
+
+    out = tmp_path / "h.onnx"
+    assert main(["export", "--format", "onnx", "--fp16", "-c", str(ckpt), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "onnx fp16" in text and "labels agree on" in text and "parity OK" in text
+    m = onnx.load(str(out))
+    assert json.loads({p.key: p.value for p in m.metadata_props}["smaformer"])["classes"] == ["bg", "fg"]
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    model, _ = load_checkpoint(ckpt)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    got = sess.run(None, {"image": x.numpy()})[0]
+    assert got.dtype == np.float32 and np.abs(got - ref).max() <= 2e-2 * max(1.0, np.abs(ref).max())
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.999
+
+
+def test_fp16_refuses_a_graph_outside_tolerance(ckpt, tmp_path, monkeypatch):
+    import smaformer.export.half as half
+
+    monkeypatch.setattr(half, "FP16_RTOL", 1e-9)
+    with pytest.raises(ExportError, match="fp16 parity failed"):
+        export_checkpoint(ckpt, tmp_path / "h.onnx", "onnx", ("torchscript",), fp16=True)
+    assert not (tmp_path / "h.onnx").exists()

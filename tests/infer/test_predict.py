@@ -111,7 +111,7 @@ def test_openvino_is_asked_for_f32(tmp_path, monkeypatch):
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(ov.Core, "compile_model", fake_compile)
-    monkeypatch.setattr(rt, "read_onnx_metadata", lambda p: None)
+    monkeypatch.setattr(rt, "read_metadata", lambda p: None)
     with pytest.raises(RuntimeError, match="stop here"):
         rt.openvino_runner(tmp_path / "m.onnx")
     assert seen == {"device": "CPU", "config": {"INFERENCE_PRECISION_HINT": "f32"}}
