@@ -7,47 +7,31 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from tiny_models import nifti_cases, tiny_unet_checkpoint
 
-from smaformer.checkpoint import build_checkpoint, default_preprocessing, read_checkpoint, save_checkpoint
+from smaformer.checkpoint import default_preprocessing, read_checkpoint, save_checkpoint
 from smaformer.cli import main
 from smaformer.data.fingerprint import intensity_warnings
 from smaformer.errors import InputError
 from smaformer.export import export_onnx
 from smaformer.infer.volume import infer_volume
-from smaformer.models import create_model
-from smaformer.models.registry import tiny_kwargs
 from smaformer.train.folds import fold_split
 
 CLASSES = ["background", "a", "b"]
 
 
-def _ckpt(path: Path, *, size=32, in_chans=1, classes=CLASSES, seed=0, fingerprint=None, **extra) -> Path:
-    torch.manual_seed(seed)
-    model = create_model("unet", **tiny_kwargs("unet"), num_classes=len(classes), in_chans=in_chans, img_size=size)
-    pre = default_preprocessing((size, size), in_chans, "repeat", {"mode": "minmax"})
-    ck = build_checkpoint(model, classes, pre)
-    if fingerprint is not None:
-        ck["fingerprint"] = fingerprint
-    ck.update(extra)
-    return save_checkpoint(ck, path)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {"a": _ckpt(root / "a.pt"), "b": _ckpt(root / "b.pt", size=48, in_chans=3, seed=1),
-            "other": _ckpt(root / "other.pt", classes=["background", "x"], seed=2)}
+    minmax = {"mode": "minmax"}
+    return {"a": tiny_unet_checkpoint(root / "a.pt", CLASSES, intensity=minmax),
+            "b": tiny_unet_checkpoint(root / "b.pt", CLASSES, size=48, in_chans=3, intensity=minmax, seed=1),
+            "other": tiny_unet_checkpoint(root / "other.pt", ["background", "x"], intensity=minmax, seed=2)}
 
 
 @pytest.fixture
 def scans(tmp_path) -> Path:
-    folder = tmp_path / "scans"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in ("c1", "c2"):
-        nib.save(nib.Nifti1Image(rng.random((20, 24, 3), dtype=np.float32), np.diag([0.8, 0.8, 2.5, 1])),
-                 str(folder / f"{name}.nii.gz"))
-    return folder
+    return nifti_cases(tmp_path / "scans", ("c1", "c2"), (20, 24, 3), np.diag([0.8, 0.8, 2.5, 1]))
 
 
 def _one_line(argv: list[str], capsys, match: str) -> str:

@@ -10,16 +10,12 @@ import time
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 import pytest
-import torch
+from tiny_models import nifti_cases, tiny_unet_checkpoint
 
-from smaformer.checkpoint import build_checkpoint, default_preprocessing, save_checkpoint
 from smaformer.cli import main
 from smaformer.errors import InputError
 from smaformer.io_utils import STALE_TEMP_S, atomic_path, check_output, clean_stale_temps
-from smaformer.models import create_model
-from smaformer.models.registry import tiny_kwargs
 from smaformer.train.rundir import claim_run_dir
 
 
@@ -30,20 +26,12 @@ def _digest(*paths: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = create_model("unet", **tiny_kwargs("unet"), num_classes=2, in_chans=3, img_size=32)
-    pre = default_preprocessing((32, 32), 3, "repeat", {"mode": "none"})
-    return save_checkpoint(build_checkpoint(model, ["background", "fg"], pre), tmp_path_factory.mktemp("ck") / "m.pt")
+    return tiny_unet_checkpoint(tmp_path_factory.mktemp("ck") / "m.pt", ["background", "fg"], in_chans=3)
 
 
 @pytest.fixture
 def scans(tmp_path) -> Path:
-    folder = tmp_path / "scans"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in ("a", "b"):
-        nib.save(nib.Nifti1Image(rng.random((16, 16, 3), dtype=np.float32), np.eye(4)), str(folder / f"{name}.nii.gz"))
-    return folder
+    return nifti_cases(tmp_path / "scans", ("a", "b"), (16, 16, 3))
 
 
 def _refused(argv: list[str], capsys, *watched: Path, match: str) -> None:

@@ -7,14 +7,11 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from dicom_series import write_dicom_series
+from tiny_models import CT_WINDOW, tiny_unet_checkpoint
 
-from smaformer.checkpoint import build_checkpoint, default_preprocessing, save_checkpoint
 from smaformer.cli import main
 from smaformer.infer.dicom_seg import segment_codes
-from smaformer.models import create_model
-from smaformer.models.registry import tiny_kwargs
 
 hd = pytest.importorskip("highdicom")
 pydicom = pytest.importorskip("pydicom")
@@ -26,10 +23,7 @@ CT = "totalseg_sample/example_ct_sm.nii.gz"
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = create_model("unet", **tiny_kwargs("unet"), num_classes=4, in_chans=1, img_size=32)
-    pre = default_preprocessing((32, 32), 1, "repeat", {"mode": "window", "lo": -125, "hi": 275})
-    return save_checkpoint(build_checkpoint(model, CLASSES, pre), tmp_path_factory.mktemp("ck") / "m.pt")
+    return tiny_unet_checkpoint(tmp_path_factory.mktemp("ck") / "m.pt", CLASSES, intensity=CT_WINDOW)
 
 
 def _series(data_dir, folder, z=slice(0, 6)):

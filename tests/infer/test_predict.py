@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import CT_WINDOW, tiny_unet_checkpoint
 
 from smaformer.checkpoint import (
     build_checkpoint,
@@ -29,10 +30,7 @@ CT = "totalseg_sample/example_ct_sm.nii.gz"
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """A tiny untrained U-Net checkpoint at 32x32 with the Synapse CT window."""
-    torch.manual_seed(0)
-    model = create_model("unet", **tiny_kwargs("unet"), num_classes=3, in_chans=3, img_size=32)
-    pre = default_preprocessing((32, 32), 3, "repeat", {"mode": "window", "lo": -125, "hi": 275})
-    return save_checkpoint(build_checkpoint(model, CLASSES, pre), tmp_path_factory.mktemp("ck") / "tiny.pt")
+    return tiny_unet_checkpoint(tmp_path_factory.mktemp("ck") / "tiny.pt", CLASSES, in_chans=3, intensity=CT_WINDOW)
 
 
 def _same_geometry(src, out):
