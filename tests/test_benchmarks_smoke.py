@@ -151,3 +151,20 @@ def test_deploy_interleaved_speed_and_memory():
     speed = deploy.interleaved(runs, (1, 8), rounds=2, calls=1)
     assert set(speed) == {"a|b1", "a|b8", "b|b1", "b|b8"} and all(v > 0 for v in speed.values())
     assert deploy.vm_hwm_kib() > 0 and isinstance(deploy.cpu_flags(), str)
+
+
+def test_dicom_seg_demo_writes_a_series_and_draws_its_seg(tmp_path):
+    import numpy as np
+    from tiny_models import tiny_unet_checkpoint
+
+    from smaformer.infer.predict import predict
+
+    demo = _load("dicom_seg_demo")
+    volume = np.random.default_rng(0).random((3, 24, 20)).astype(np.float32)
+    files = demo.write_mr_series(volume, tmp_path / "series")
+    ckpt = tiny_unet_checkpoint(tmp_path / "m.pt", ["background", "RV", "Myo", "LV"])
+    res = predict(tmp_path / "series", tmp_path / "seg.dcm", ckpt, device="cpu", output_type="dicom-seg",
+                  progress=False, log=lambda _: None)
+    assert res[0].error is None
+    names = demo.render(files, tmp_path / "seg.dcm", tmp_path / "seg.png", slices=2)
+    assert names and set(names) <= {"RV", "Myo", "LV"} and (tmp_path / "seg.png").stat().st_size > 1000
