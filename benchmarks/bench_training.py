@@ -173,13 +173,15 @@ def checkpoint(repeats: int) -> None:
                           "load": _load()}), flush=True)
 
 
-def compile_bench(repeats: int, models: list[str]) -> None:
+def compile_bench(repeats: int, models: list[str], phases: list[str]) -> None:
     from smaformer.models import create_model
 
     torch.set_num_threads(1)
     for name in models:
         size = 256 if name == "smaformer" else 224
         for phase, batch in (("inference", 8), ("train", 4)):
+            if phase not in phases:
+                continue
             torch.manual_seed(0)
             model = create_model(name, num_classes=4, img_size=size)
             x = torch.rand(batch, 3, size, size)
@@ -230,6 +232,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15, help="steps: timed steps per run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--models", nargs="+", default=["swin_unet", "smaformer"], help="compile: models")
+    ap.add_argument("--phases", nargs="+", default=["inference", "train"], choices=("inference", "train"),
+                    help="compile: inference at batch 8, train step at batch 4")
     args = ap.parse_args()
     from smaformer.runtime import cpu_description
 
@@ -242,7 +246,7 @@ def main() -> None:
     elif args.section == "checkpoint":
         checkpoint(args.repeats)
     else:
-        compile_bench(args.repeats, args.models)
+        compile_bench(args.repeats, args.models, args.phases)
 
 
 if __name__ == "__main__":
