@@ -8,12 +8,14 @@
   epoch end waited for ``latest.pt`` before (snapshot + torch.save + fsync, synchronous) and now (the CPU
   snapshot; the file is written by a thread, and only when ``save_every_s`` is due), and a step's time
   while that thread writes.
+- ``channels_last``: an AdamW step at batch 8, 128², channels_last / contiguous, alternating in one process.
 - ``compile``: compiled (inductor) / eager for Swin-Unet and SMAFormer at full size: inference at batch 8
   and an AdamW train step at batch 4; the first compiled call's time is the compile time.
 
     git archive <commit-before> | tar -x -C /tmp/before
     python benchmarks/bench_training.py steps --before /tmp/before
     python benchmarks/bench_training.py checkpoint
+    python benchmarks/bench_training.py channels_last --models unet transunet hbformer --repeats 5
     python benchmarks/bench_training.py compile --repeats 3
 
 Each prints one JSON line per row with the CPU description and the 1-minute load; ratios are measured inside
@@ -173,13 +175,44 @@ def checkpoint(repeats: int) -> None:
                           "load": _load()}), flush=True)
 
 
-def compile_bench(repeats: int, models: list[str]) -> None:
+def channels_last(repeats: int, models: list[str]) -> None:
+    """An AdamW train step at batch 8, 128², channels_last / contiguous, alternating in one process."""
+    from smaformer.models import create_model
+
+    torch.set_num_threads(1)
+    for name in models:
+        torch.manual_seed(0)
+        x, y = torch.rand(8, 3, 128, 128), torch.randint(0, 4, (8, 128, 128))
+        nets = {}
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            model = create_model(name, num_classes=4, img_size=128).to(memory_format=fmt).train()
+            nets[fmt] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
+        times: dict = {fmt: [] for fmt in nets}
+        for r in range(repeats + 1):
+            for fmt, (model, opt) in nets.items():
+                t0 = time.perf_counter()
+                torch.nn.functional.cross_entropy(model(x.contiguous(memory_format=fmt)), y).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if r:                             # the first round warms up
+                    times[fmt].append(time.perf_counter() - t0)
+        ratios = [c / p for c, p in zip(times[torch.channels_last], times[torch.contiguous_format], strict=True)]
+        print(json.dumps({"model": name, "batch": 8, "img_size": 128,
+                          "contiguous_s": round(statistics.median(times[torch.contiguous_format]), 3),
+                          "channels_last_s": round(statistics.median(times[torch.channels_last]), 3),
+                          "channels_last_over_contiguous": round(statistics.median(ratios), 3),
+                          "repeats": repeats, "load": _load()}), flush=True)
+
+
+def compile_bench(repeats: int, models: list[str], phases: list[str]) -> None:
     from smaformer.models import create_model
 
     torch.set_num_threads(1)
     for name in models:
         size = 256 if name == "smaformer" else 224
         for phase, batch in (("inference", 8), ("train", 4)):
+            if phase not in phases:
+                continue
             torch.manual_seed(0)
             model = create_model(name, num_classes=4, img_size=size)
             x = torch.rand(batch, 3, size, size)
@@ -224,12 +257,14 @@ def main() -> None:
         print(json.dumps(steps_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("section", choices=("steps", "checkpoint", "compile"))
+    ap.add_argument("section", choices=("steps", "checkpoint", "channels_last", "compile"))
     ap.add_argument("--before", type=Path, help="steps: a checkout of the tree before the change")
     ap.add_argument("--rounds", type=int, default=2, help="steps: alternating rounds")
     ap.add_argument("--steps", type=int, default=15, help="steps: timed steps per run")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--models", nargs="+", default=["swin_unet", "smaformer"], help="compile: models")
+    ap.add_argument("--models", nargs="+", default=["swin_unet", "smaformer"], help="compile, channels_last: models")
+    ap.add_argument("--phases", nargs="+", default=["inference", "train"], choices=("inference", "train"),
+                    help="compile: inference at batch 8, train step at batch 4")
     args = ap.parse_args()
     from smaformer.runtime import cpu_description
 
@@ -241,8 +276,10 @@ def main() -> None:
         steps(args.before, args.rounds, args.steps)
     elif args.section == "checkpoint":
         checkpoint(args.repeats)
+    elif args.section == "channels_last":
+        channels_last(args.repeats, args.models)
     else:
-        compile_bench(args.repeats, args.models)
+        compile_bench(args.repeats, args.models, args.phases)
 
 
 if __name__ == "__main__":

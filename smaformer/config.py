@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "accum_steps": 1,
         "grad_clip": None,
         "precision": "auto",         # auto (bf16 on CUDA if supported, else fp16; fp32 on CPU) | fp32 | bf16 | fp16
-        "channels_last": None,       # null: on for the convolutional models (unet, transunet, hbformer)
+        "channels_last": None,       # null: on for unet (and on CUDA for transunet, hbformer)
         "compile": False,            # torch.compile the model for training and validation (falls back to eager)
         "compile_backend": "inductor",  # torch.compile backend (aot_eager: tracing only, no C++/Triton code)
         "log_every": 50,             # steps between reads of the loss (the step loop's only host sync)

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import torch
 
-# models built from convolutions, where channels_last (NHWC) kernels are the fast ones; train.channels_last
-# null turns it on for them (docs/bench/training.md)
-CONV_MODELS = ("unet", "transunet", "hbformer")
+# where train.channels_last null turns channels_last (NHWC) on (docs/bench/training.md): the all-convolution
+# U-Net everywhere (its CPU step takes 0.88x the time); the hybrids with a CNN part (TransUNet's R50, the
+# HBFormer decoders) on CUDA only, where NHWC is cuDNN's fast layout (unverified); their CPU step took 1.10x.
+CONV_MODELS = ("unet",)
+CUDA_CONV_MODELS = ("unet", "transunet", "hbformer")
 
 
-def memory_format(cfg: dict) -> torch.memory_format:
-    """``train.channels_last`` (null: on for ``CONV_MODELS``) as a memory format."""
+def memory_format(cfg: dict, device: torch.device) -> torch.memory_format:
+    """``train.channels_last`` (null: on for ``CONV_MODELS``, on CUDA also ``CUDA_CONV_MODELS``)."""
     on = cfg["train"]["channels_last"]
     if on is None:
-        on = cfg["model"]["name"] in CONV_MODELS
+        on = cfg["model"]["name"] in (CUDA_CONV_MODELS if device.type == "cuda" else CONV_MODELS)
     return torch.channels_last if on else torch.contiguous_format
 
 

@@ -1,6 +1,8 @@
 """The plan of a run (``smaformer train --dry-run``): model, data, schedule, precision and run folder."""
 from __future__ import annotations
 
+import torch
+
 from smaformer.train.folds import describe_fold
 from smaformer.train.loop import Trainer
 
@@ -22,7 +24,9 @@ def describe(tr: Trainer) -> str:
         f"steps      {tr.steps_per_epoch}/epoch x {tr.epochs} epochs = {tr.total_steps} iterations "
         f"(batch {tr.batch} x accum {tr.accum} x {tr.dist.world_size} rank(s))",
         f"loss       {cfg['loss']}",
-        f"device     {tr.device}, precision {tr.precision}, channels_last {cfg['train']['channels_last']}",
+        f"device     {tr.device}, precision {tr.precision}, channels_last "
+        f"{tr.memory_format == torch.channels_last}, compile {cfg['train']['compile']}, "
+        f"latest.pt every {cfg['train']['save_every_s']} s (at an epoch end)",
         f"run folder {tr.run_dir}",
     ]
     return "\n".join(lines)
