@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -103,6 +104,29 @@ def check_output(path: str | Path, *, folder: bool = False, inputs: Iterable[str
     except OSError as e:
         raise InputError(path, f"cannot write in {base} ({first_line(e)})") from None
     return path
+
+
+@contextlib.contextmanager
+def atomic_files(*paths: str | Path) -> Iterator[Path]:
+    """Yield a hidden temp folder beside ``paths[0]`` for a writer that makes several files at once, named as
+    ``paths`` are (an OpenVINO IR writes ``model.xml`` with its ``model.bin``). When the block ends without
+    error each is flushed and moved into place in the order given (the file that names the others last);
+    the folder is removed either way."""
+    paths = [Path(p) for p in paths]
+    try:
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".{paths[0].name}.", suffix=".tmp", dir=paths[0].parent))
+    except OSError as e:
+        raise InputError(paths[0], f"cannot write here ({first_line(e)})") from None
+    try:
+        yield folder
+        for path in paths:
+            with open(folder / path.name, "rb") as f:
+                os.fsync(f.fileno())
+            os.chmod(folder / path.name, 0o666 & ~_UMASK)
+            os.replace(folder / path.name, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:

@@ -46,16 +46,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    int8 = None
+    quantize = None
     if args.int8:
-        from smaformer.export.quantize import Int8Spec
+        from smaformer.infer.quantize import Int8Spec, int8_quantizer
 
         if not args.calibration:
             raise InputError(args.output, "--int8 needs --calibration DATA (the dataset to calibrate on)")
-        int8 = Int8Spec(args.calibration, args.calibration_split, args.calibration_cases, args.guard_cases,
-                        args.max_dice_drop, args.layout, scheme=args.int8_scheme)
+        quantize = int8_quantizer(Int8Spec(args.calibration, args.calibration_split, args.calibration_cases,
+                                           args.guard_cases, args.max_dice_drop, args.layout, scheme=args.int8_scheme))
     elif args.calibration:
         raise InputError(args.calibration, "--calibration applies with --int8")
-    result = export_checkpoint(args.checkpoint, args.output, args.format, int8=int8, fp16=args.fp16)
+    result = export_checkpoint(args.checkpoint, args.output, args.format, quantize=quantize, fp16=args.fp16)
     print(result.summary())
     return 0

@@ -4,11 +4,11 @@ from smaformer.export.exporters import (
     TOLERANCE,
     ExportError,
     ExportResult,
-    export_checkpoint,
     export_onnx,
     export_safetensors,
     export_torchscript,
 )
+from smaformer.export.from_checkpoint import export_checkpoint
 from smaformer.export.metadata import ExportMetadata, read_onnx_metadata
 
 __all__ = ["TOLERANCE", "ExportError", "ExportMetadata", "ExportResult", "export_checkpoint", "export_onnx",

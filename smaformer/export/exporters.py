@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 
 from smaformer.checkpoint import save_safetensors_pair
-from smaformer.errors import InputError, SmaformerError
+from smaformer.errors import SmaformerError
 from smaformer.export.metadata import DIM_NAMES, META_KEY, ExportMetadata
-from smaformer.io_utils import atomic_path, check_output
+from smaformer.io_utils import atomic_path
 
 TOLERANCE = 1e-3
 
@@ -216,40 +216,3 @@ def export_safetensors(model: nn.Module, ckpt: dict, path: str | Path) -> Export
     if not d <= TOLERANCE:
         raise ExportError(f"{weights}: reloaded weights differ from the checkpoint (max abs diff {d:.3g})")
     return result
-
-
-def export_checkpoint(ckpt_path: str | Path, out: str | Path, fmt: str,
-                      onnx_exporters: tuple[str, ...] = ("dynamo", "torchscript"), *, int8=None,
-                      fp16: bool = False) -> ExportResult:
-    """Load a checkpoint (.pt or safetensors pair) and export it to ``fmt``. ``int8`` (an
-    ``export.quantize.Int8Spec``) applies to ``openvino``, ``fp16`` to ``onnx``. The outputs (with the sidecar
-    a safetensors export and the weights an OpenVINO IR writes beside them) are checked first: writable, and
-    never the checkpoint or its sidecar."""
-    from smaformer.checkpoint import load_checkpoint, sidecar_path
-
-    if int8 is not None and fmt != "openvino":
-        raise InputError(out, "--int8 applies to --format openvino")
-    if fp16 and fmt != "onnx":
-        raise InputError(out, "--fp16 applies to --format onnx")
-    src = Path(ckpt_path)
-    inputs = [src, src.with_suffix(".safetensors"), sidecar_path(src)] if src.suffix in (".safetensors", ".json") \
-        else [src]
-    siblings = {"safetensors": [sidecar_path(out)], "openvino": [Path(out).with_suffix(".bin")]}.get(fmt, [])
-    for target in [out, *siblings]:
-        check_output(target, inputs=inputs)
-    model, info = load_checkpoint(ckpt_path)
-    if fmt == "openvino":
-        from smaformer.export.openvino import export_openvino
-
-        return export_openvino(model, info, out, int8, onnx_exporters)
-    if fmt == "onnx" and fp16:
-        from smaformer.export.half import export_onnx_fp16
-
-        return export_onnx_fp16(model, info, out, onnx_exporters)
-    if fmt == "onnx":
-        return export_onnx(model, info, out, onnx_exporters)
-    if fmt == "torchscript":
-        return export_torchscript(model, info, out)
-    if fmt == "safetensors":
-        return export_safetensors(model, {**info, "state_dict": model.state_dict()}, out)  # no second read
-    raise InputError(out, f"unknown export format {fmt!r}; use onnx, openvino, torchscript or safetensors")

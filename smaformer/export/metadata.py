@@ -85,12 +85,3 @@ def read_onnx_metadata(path: Path) -> ExportMetadata:
         return ExportMetadata.from_json(side.read_text(encoding="utf-8"), side)
     raise InputError(path, "ONNX file has no smaformer metadata (preprocessing); export it with "
                            "`smaformer export --format onnx`")
-
-
-def read_metadata(path: Path) -> ExportMetadata:
-    """The ``smaformer`` block of an exported file: an ONNX file or an OpenVINO IR (``.xml``)."""
-    if Path(path).suffix == ".xml":
-        from smaformer.export.openvino import read_ir_metadata
-
-        return read_ir_metadata(Path(path))
-    return read_onnx_metadata(Path(path))

@@ -3,13 +3,15 @@
 The network goes through our verified ONNX export first (so the same dims are dynamic or pinned), then
 ``openvino.convert_model`` turns it into an IR saved with fp32 weights. The metadata block travels in
 the IR's ``rt_info`` under the key ``smaformer`` (the JSON the ONNX export stores). fp32: the IR must
-match eager within ``TOLERANCE``. INT8 (``Int8Spec``): NNCF post-training quantization, then the
-accuracy guard of ``export.quantize`` decides whether the file is written at all.
+match eager within ``TOLERANCE``. INT8: a ``quantize`` hook (``infer.quantize.int8_quantizer``: NNCF
+post-training quantization on slices prepared as ``predict`` prepares them, then a Dice guard on held-back
+cases) returns the quantized model or raises, and so decides whether the file is written at all. The hook
+lives in ``infer`` because it runs inference; export never imports ``infer``.
 """
 from __future__ import annotations
 
-import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,10 @@ import torch.nn as nn
 from smaformer.errors import InputError
 from smaformer.export.exporters import ExportResult, _diff, _example, _require, _verify, export_onnx
 from smaformer.export.metadata import META_KEY, ExportMetadata, read_onnx_metadata
+from smaformer.io_utils import atomic_files
+
+#: (fp32 IR model, metadata, output path) -> (quantized model, report lines); raises to refuse
+Quantizer = Callable[[object, ExportMetadata, Path], tuple[object, list[str]]]
 
 #: exported files run in fp32: OpenVINO would otherwise pick bf16 on CPUs with AMX (labels change)
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -58,17 +64,14 @@ def save_ir(ov_model, path: Path, meta: ExportMetadata) -> None:
     """Write ``path`` (.xml) and its .bin with the metadata; both appear only when both were written."""
     ov = _openvino()
     ov_model.set_rt_info(meta.to_json(), [META_KEY])
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.") as d:
-        tmp = Path(d) / path.name
-        ov.save_model(ov_model, str(tmp), compress_to_fp16=False)
-        os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
-        os.replace(tmp, path)
+    with atomic_files(path.with_suffix(".bin"), path) as folder:
+        ov.save_model(ov_model, str(folder / path.name), compress_to_fp16=False)
 
 
-def export_openvino(model: nn.Module, info: dict, path: str | Path, int8=None,
+def export_openvino(model: nn.Module, info: dict, path: str | Path, quantize: Quantizer | None = None,
                     onnx_exporters: tuple[str, ...] = ("dynamo", "torchscript")) -> ExportResult:
-    """IR export: fp32 (parity with eager enforced) or INT8 with ``int8`` (an ``export.quantize.Int8Spec``;
-    the guard's report goes into the result's notes and a failing guard raises before anything is written)."""
+    """IR export: fp32 (parity with eager enforced), or quantized by ``quantize`` (``infer.quantize.int8_quantizer``:
+    its report goes into the result's notes, and a failing guard raises before anything is written)."""
     ov = _openvino()
     path = Path(path)
     if path.suffix != ".xml":
@@ -82,10 +85,8 @@ def export_openvino(model: nn.Module, info: dict, path: str | Path, int8=None,
     x = _example(info)
     run = compile_ir(ov_model)
     _verify(result, lambda t: run(t.numpy()), model, x, _require(model, "onnx"))
-    if int8 is not None:
-        from smaformer.export.quantize import quantize_guarded
-
-        ov_model, report = quantize_guarded(ov_model, meta, int8, path)
+    if quantize is not None:
+        ov_model, report = quantize(ov_model, meta, path)
         result.fmt = "openvino INT8"
         result.exporter += " -> nncf.quantize"
         result.notes += ["the max |eager - export| lines are the fp32 IR's, before quantization", *report]

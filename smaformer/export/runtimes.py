@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from smaformer.errors import InputError
-from smaformer.export.metadata import read_metadata, read_onnx_metadata
+from smaformer.export.metadata import ExportMetadata, read_onnx_metadata
+from smaformer.export.openvino import read_ir_metadata
 
 
 class FixedBatch:
@@ -31,6 +32,11 @@ class FixedBatch:
             outs.append(np.asarray(self.run(chunk))[:self.n - pad])
         return torch.from_numpy(np.concatenate(outs))
 
+
+
+def read_metadata(path: Path) -> ExportMetadata:
+    """The ``smaformer`` block of an exported file: an ONNX file or an OpenVINO IR (``.xml``)."""
+    return read_ir_metadata(Path(path)) if Path(path).suffix == ".xml" else read_onnx_metadata(Path(path))
 
 def onnxruntime_runner(path: Path, device: str | torch.device = "cpu") -> tuple[Callable, dict]:
     """``(runner, info)`` for an ONNX file under ONNX Runtime: the CUDA provider for a CUDA device, the CPU

@@ -8,7 +8,8 @@ import torch
 
 from smaformer.checkpoint import build_checkpoint, default_preprocessing, load_checkpoint, save_checkpoint
 from smaformer.cli import main
-from smaformer.export.exporters import ExportError, ExportResult, _verify, export_checkpoint
+from smaformer.export import ExportError, ExportResult, export_checkpoint
+from smaformer.export.exporters import _verify
 from smaformer.models import create_model
 from smaformer.models.registry import tiny_kwargs
 

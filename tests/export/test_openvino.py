@@ -7,8 +7,9 @@ import torch
 from smaformer.checkpoint import build_checkpoint, default_preprocessing, load_checkpoint, save_checkpoint
 from smaformer.cli import main
 from smaformer.data.sample import Sample
-from smaformer.export.exporters import ExportError, export_checkpoint
-from smaformer.export.metadata import ExportMetadata, read_metadata
+from smaformer.export import ExportError, export_checkpoint
+from smaformer.export.metadata import ExportMetadata
+from smaformer.export.runtimes import read_metadata
 from smaformer.infer.predict import predict
 from smaformer.models import create_model
 from smaformer.models.registry import tiny_kwargs
@@ -94,23 +95,23 @@ def test_xml_needs_openvino(ir):
 
 def test_int8_guard_refuses_and_writes_nothing(ckpt, tmp_path):
     from smaformer.export.openvino import export_openvino
-    from smaformer.export.quantize import Int8Spec
+    from smaformer.infer.quantize import Int8Spec, int8_quantizer
 
     model, info = load_checkpoint(ckpt)
     out = tmp_path / "q.xml"
     spec = Int8Spec(_volumes(4), cases=2, guard_cases=2, max_dice_drop=-100.0)   # no INT8 can gain 100 points
     with pytest.raises(ExportError, match=r"INT8 refused, nothing written: accuracy guard: .* fp32 .* INT8 .* "
                                           r"\(limit -100 points of mean foreground Dice\)"):
-        export_openvino(model, info, out, spec, onnx_exporters=FAST)
+        export_openvino(model, info, out, int8_quantizer(spec), onnx_exporters=FAST)
     assert not any(tmp_path.iterdir())
-    res = export_openvino(model, info, out, Int8Spec(_volumes(4), cases=2, guard_cases=2, max_dice_drop=100.0),
-                          onnx_exporters=FAST)
+    spec = Int8Spec(_volumes(4), cases=2, guard_cases=2, max_dice_drop=100.0)
+    res = export_openvino(model, info, out, int8_quantizer(spec), onnx_exporters=FAST)
     assert res.fmt == "openvino INT8" and any("accuracy guard" in n for n in res.notes)
     assert read_metadata(out).classes == ["bg", "a", "b"]
 
 
 def test_int8_calibration_split_is_by_patient():
-    from smaformer.export.quantize import Int8Spec, split_volumes
+    from smaformer.infer.quantize import Int8Spec, split_volumes
 
     vols = _volumes(6)
     for i, v in enumerate(vols):
@@ -136,7 +137,7 @@ def test_cli_int8_refuses_in_one_line_on_acdc(ckpt, tmp_path, shared_data_dir, c
 
 def test_unknown_int8_scheme_is_refused(ckpt):
     from smaformer.errors import InputError
-    from smaformer.export.quantize import Int8Spec, quantize_guarded
+    from smaformer.infer.quantize import Int8Spec, quantize_guarded
 
     _, info = load_checkpoint(ckpt)
     meta = ExportMetadata.of(info, {"batch": None, "height": None, "width": None})

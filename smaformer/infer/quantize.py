@@ -25,6 +25,7 @@ from smaformer.data.sample import Sample, SampleList, case_key, iter_cases, slic
 from smaformer.errors import InputError
 from smaformer.export.exporters import ExportError
 from smaformer.export.metadata import ExportMetadata
+from smaformer.export.openvino import Quantizer, compile_ir
 from smaformer.export.runtimes import FixedBatch
 from smaformer.infer.volume import infer_volume
 
@@ -150,9 +151,7 @@ def quantize_guarded(ov_model, meta: ExportMetadata, spec: Int8Spec, path: Path)
         import nncf
     except ImportError:
         raise InputError(None, "--int8 needs NNCF (pip install -e '.[export]')") from None
-    from smaformer.export.openvino import compile_ir
-
-    nncf.set_log_level(logging.ERROR)
+        nncf.set_log_level(logging.ERROR)
     cal, held = split_volumes(spec)
     items = calibration_inputs(cal, meta)
     cnn = spec.scheme == "cnn" or (spec.scheme == "auto" and meta.model.get("name") in CNN_MODELS)
@@ -169,3 +168,8 @@ def quantize_guarded(ov_model, meta: ExportMetadata, spec: Int8Spec, path: Path)
     report = [f"calibrated on {len(cal)} volumes ({sum(len(i) for i in items)} slices) of split {spec.split}, "
               f"nncf.quantize ({'CNN' if cnn else 'transformer'} scheme)", line]
     return q, report
+
+
+def int8_quantizer(spec: Int8Spec) -> Quantizer:
+    """The hook ``export_checkpoint(..., quantize=...)`` takes: NNCF INT8 behind the Dice guard of ``spec``."""
+    return lambda ov_model, meta, path: quantize_guarded(ov_model, meta, spec, path)
