@@ -38,7 +38,8 @@ class CompiledModule(nn.Module):
         if not is_compile_error(e):
             raise e
         line = (str(e).strip().splitlines() or [""])[0][:200]
-        self._log(f"torch.compile failed ({type(e).__name__}: {line}); running eagerly")
+        hint = "; PYTHONUTF8=1 lets torch read its templates" if "UnicodeDecodeError" in str(e) else ""
+        self._log(f"torch.compile failed ({type(e).__name__}: {line}){hint}; running eagerly")
         self.failed = True
 
     def forward(self, *args, **kwargs):

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import nifti_cases
 
 from smaformer.checkpoint import load_checkpoint, read_checkpoint, save_safetensors_pair
 from smaformer.cli import main
@@ -50,7 +51,8 @@ def test_read_checkpoint_refuses_code(malicious):
 def test_cli_prints_one_line_and_runs_nothing(malicious, command, tmp_path, capsys):
     path, marker = malicious
     argv = {"info": ["info", str(path)],
-            "predict": ["predict", "-i", str(tmp_path), "-o", str(tmp_path / "o"), "-c", str(path), "--quiet"],
+            "predict": ["predict", "-i", str(nifti_cases(tmp_path / "in", ("a",), (8, 8, 2))), "-o",
+                        str(tmp_path / "o"), "-c", str(path), "--quiet"],
             "export": ["export", "--format", "onnx", "-c", str(path), "-o", str(tmp_path / "m.onnx")]}[command]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -142,7 +142,11 @@ def convert_to_synapse(source: str | Path | Reader, out_dir: str | Path, *, wind
     Returns the ``convert.json`` record: per output case its source, split, shape and spacing, plus
     ``failed`` (case, fault) for cases skipped because they could not be read.
     """
-    inputs = source.files() if isinstance(source, PairsReader) else [getattr(source, "root", source)]
+    if isinstance(source, PairsReader):
+        inputs = source.files()
+    else:
+        root = getattr(source, "root", None) if isinstance(source, Reader) else source
+        inputs = [root] if root else []
     out = check_output(out_dir, folder=True, inputs=inputs)
     reader = source if isinstance(source, Reader) else open_dataset(source, layout=layout)
     intensity = {"mode": "none"} if window == "none" else ({"mode": window} if window in ("zscore", "minmax")
