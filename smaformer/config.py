@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
         "layout": "synthetic",      # synthetic | any layout smaformer.data.open_dataset knows
         "root": None,
         "train_split": "train",
-        "val_split": "val",          # null: no validation (best.pt then follows latest.pt)
+        "val_split": "val",          # null: no validation (no best.pt; latest.pt is the result)
         "test_split": "test",        # only its case names are listed, to refuse val/test overlap
         "val_cases": None,           # optional: hold these training cases out as the validation set
         "fold": None,                # cross-validation: fold K of the training split validates (null: no CV)

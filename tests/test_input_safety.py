@@ -67,6 +67,21 @@ def test_predict_refuses_its_input_as_output(scans, ckpt, capsys, tmp_path):
              match="is inside the input")
 
 
+def test_predict_never_writes_over_a_checkpoint_or_its_sidecar(scans, ckpt, capsys, tmp_path):
+    from smaformer.checkpoint import read_checkpoint, save_safetensors_pair
+
+    weights, sidecar = save_safetensors_pair(read_checkpoint(ckpt), tmp_path / "model.safetensors")
+    case = scans / "a.nii.gz"
+    # the summary of -o model.nii.gz is model.json: the safetensors sidecar
+    _refused(["predict", "-i", str(case), "-o", str(tmp_path / "model.nii.gz"), "-c", str(weights)], capsys,
+             weights, sidecar, match="is the input")
+    _refused(["predict", "-i", str(case), "-o", str(ckpt), "-c", str(ckpt)], capsys, ckpt, match="is the input")
+    _refused(["predict", "-i", str(case), "-o", str(tmp_path / "seg.nii.gz"), "-c", str(ckpt), "--output-type",
+              "dicom-seg"], capsys, scans, match="needs DICOM series folders")
+    _refused(["predict", "-i", str(case), "-o", str(tmp_path / "seg.dcm"), "-c", str(ckpt)], capsys, scans,
+             match="a DICOM SEG is named *.dcm")
+
+
 def test_predict_refuses_two_cases_with_one_output_name(scans, ckpt, capsys, tmp_path):
     img = nib.load(str(scans / "a.nii.gz"))
     nib.save(img, str(scans / "a.nii"))

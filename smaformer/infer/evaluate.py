@@ -128,8 +128,9 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
                                "without --num-parts or torchrun")
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     out = check_output(out_dir, folder=True, inputs=[*paths, *([data] if isinstance(data, (str, Path)) else [])])
+    auto = str(device or "auto") == "auto"   # exported members then run where their runtime can
     device = part.device(resolve_device(device))
-    members = load_members(paths, engine, device, compile_model=compile_model)
+    members = load_members(paths, engine, device, compile_model=compile_model, auto_device=auto)
     precision = member_precision(members, precision, device, paths[0])
     info = members[0][1]
     decision = _postprocessing(postprocess, min_size, choose_postprocessing, members, paths)

@@ -29,9 +29,24 @@ EXPORTED = {".onnx": "onnxruntime or openvino", ".xml": "openvino"}
 Member = tuple[Callable, dict]
 
 
-def load_predictor(path: str | Path, engine: str = "auto", device: str | torch.device = "cpu") -> Member:
+def exported_device(engine: str, device: torch.device, auto: bool) -> torch.device:
+    """Where an exported member runs. An explicit device is the runner's to honour or refuse (never a silent
+    fallback); ``--device auto`` means the best device that member's runtime has: CUDA for ONNX Runtime when
+    it has the CUDA provider, else the CPU, and the CPU for OpenVINO (its "GPU" is an Intel GPU)."""
+    if not auto or device.type == "cpu":
+        return device
+    if engine == "onnxruntime" and device.type == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return device
+    return torch.device("cpu")
+
+
+def load_predictor(path: str | Path, engine: str = "auto", device: str | torch.device = "cpu",
+                   auto_device: bool = False) -> Member:
     """``(model_or_runner, info)`` for a checkpoint (.pt, .safetensors pair), an exported .onnx file or an
-    OpenVINO IR (.xml)."""
+    OpenVINO IR (.xml); ``auto_device``: ``device`` came from ``--device auto`` (see ``exported_device``)."""
     from smaformer.checkpoint import load_checkpoint
 
     path = Path(path)
@@ -50,22 +65,25 @@ def load_predictor(path: str | Path, engine: str = "auto", device: str | torch.d
                                + (" or an OpenVINO .xml" if engine == "openvino" else ""))
     if path.suffix == ".xml":
         check_readable(path.with_suffix(".bin"), "OpenVINO weights (.bin beside the .xml)")
-    return RUNTIMES[engine](check_readable(path, "exported file"), torch.device(device))
+    return RUNTIMES[engine](check_readable(path, "exported file"),
+                            exported_device(engine, torch.device(device), auto_device))
 
 
 def load_members(paths: str | Path | Sequence[str | Path], engine: str = "auto",
-                 device: str | torch.device = "cpu", compile_model: bool = False) -> list[Member]:
+                 device: str | torch.device = "cpu", compile_model: bool = False,
+                 auto_device: bool = False) -> list[Member]:
     """Every checkpoint of an ensemble; an ``onnxruntime``/``openvino`` engine applies to the .onnx members
     (an .xml member always runs with OpenVINO).
     Members whose classes differ from the first one's are refused (one line naming the file).
-    ``compile_model``: torch members run through ``torch.compile`` (``smaformer.compiled``)."""
+    ``compile_model``: torch members run through ``torch.compile`` (``smaformer.compiled``); ``auto_device``:
+    ``device`` came from ``--device auto`` (exported members then run where their runtime can)."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
         raise InputError(None, "no checkpoint given")
     members = []
     for p in paths:
         own = engine if len(paths) == 1 or Path(p).suffix == ".onnx" or engine == "torch" else "auto"
-        model, info = load_predictor(p, own, device)
+        model, info = load_predictor(p, own, device, auto_device)
         if compile_model and isinstance(model, torch.nn.Module):
             from smaformer.compiled import CompiledModule
             model = CompiledModule(model, log.warning)

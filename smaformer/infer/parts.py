@@ -11,7 +11,7 @@ with ``all_gather_object`` over a gloo group, and rank 0 writes the one ``metric
 per-rank files merged from disk: the rows are small Python objects, gloo carries them on CPU and GPU
 nodes alike, and no shared file system, polling or stale partial files are needed across nodes.
 Independent parts (no torchrun) cannot talk to each other: each writes ``metrics_part{K}_of_{N}.json`` and
-``merge_part_results`` pools them once all are done (``smaformer evaluate --merge-parts -o OUT``).
+``infer.evaluate.merge_part_files`` pools them once all are done (``smaformer evaluate --merge-parts -o OUT``).
 """
 from __future__ import annotations
 

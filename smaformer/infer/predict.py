@@ -100,10 +100,12 @@ def output_is_file(output: Path, single: bool) -> bool:
     return single and output.name.lower().endswith(OUTPUT_SUFFIXES) and not output.is_dir()
 
 
-def check_outputs(inp: Path, cases: list[Path], output: Path, single: bool, output_type: str = "nifti") -> None:
-    """Before any model is loaded: the output can be written, and it writes over no input, neither the input
-    itself nor any case (whatever suffix a case's output gets); two cases never share an output name; a DICOM
-    SEG is asked for DICOM series (folders) only."""
+def check_outputs(inp: Path, cases: list[Path], output: Path, single: bool, output_type: str = "nifti",
+                  checkpoints: list[Path] = ()) -> None:
+    """Before any model is loaded: the output can be written, and it writes over no input: neither the input
+    itself, nor any case (whatever suffix a case's output gets), nor a checkpoint or its sidecar (a
+    ``<name>.json`` summary beside ``-o <name>.nii.gz`` would replace a ``<name>.json`` sidecar); two cases
+    never share an output name; a DICOM SEG is asked for DICOM series (folders) only, and named ``.dcm``."""
     if output_type not in OUTPUT_TYPES:
         raise InputError(None, f"unknown output type {output_type!r}; use one of {', '.join(OUTPUT_TYPES)}")
     for case in cases if output_type == "dicom-seg" else []:
@@ -111,8 +113,16 @@ def check_outputs(inp: Path, cases: list[Path], output: Path, single: bool, outp
             raise InputError(case, "--output-type dicom-seg needs DICOM series folders as input: a SEG references "
                                    "its source instances")
     is_file = output_is_file(output, single)
-    check_output(output, folder=not is_file, inputs=[inp, *cases])
+    if is_file and (output.suffix.lower() == ".dcm") != (output_type == "dicom-seg"):
+        raise InputError(output, "a DICOM SEG is named *.dcm, and only --output-type dicom-seg writes one")
+    beside = {".safetensors": ".json", ".json": ".safetensors", ".xml": ".bin"}   # the files a checkpoint pairs with
+    models = [q for c in checkpoints for q in [c, *([c.with_suffix(beside[c.suffix])] if c.suffix in beside else [])]]
+    inputs = [inp, *cases, *models]
+    check_output(output, folder=not is_file, inputs=inputs)
     if is_file:
+        stem = case_stem(output)
+        for extra in (output.with_name(f"{stem}.json"), output.with_name(f"{stem}_probabilities.npz")):
+            check_output(extra, inputs=inputs)
         return
     sources = {c.resolve() for c in cases}
     by_stem: dict[str, Path] = {}
@@ -225,10 +235,11 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     cases, output = list_cases(inp), Path(output)
     single = cases == [Path(inp)]
-    check_outputs(Path(inp), cases, output, single, output_type)
+    check_outputs(Path(inp), cases, output, single, output_type, [Path(c) for c in paths])
     clean_stale_temps(output.parent if output_is_file(output, single) else output)
+    auto = str(device or "auto") == "auto"   # exported members then run where their runtime can
     device = part.device(resolve_device(device))
-    members = load_members(paths, engine, device, compile_model=compile_model)
+    members = load_members(paths, engine, device, compile_model=compile_model, auto_device=auto)
     settings = Settings(batch_size=batch_size, device=device, tta=tta, inference=inference,
                         precision=member_precision(members, precision, device, paths[0]),
                         postprocessing=resolve_postprocessing(postprocess, members, paths, min_size),

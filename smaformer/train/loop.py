@@ -355,11 +355,11 @@ class Trainer:
                     stopped = "time_limit"
                     self.log(f"time limit of {limit} s reached at iteration {self.iteration}")
         finally:
-            self.writer.wait()        # the last checkpoint is on disk before anything reads it or we exit
             bar.close()
             self.tb.close()
             for sig, h in old.items():
                 signal.signal(sig, h)
+            self.writer.wait()        # the last checkpoint is on disk before anything reads it or we exit
         last = self.history[-1]["mean_dice"] if self.history else math.nan
         if stopped not in ("interrupted", "stop_after") and self.dist.main:   # <run>/validation/, post-processing
             final_validation(self.data, self.run_dir, device=self.device, batch_size=int(t["val_batch_size"]),

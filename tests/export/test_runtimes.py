@@ -52,3 +52,20 @@ def test_openvino_follows_the_device_asked(tmp_path, monkeypatch):
         with pytest.raises(InputError) as e:
             rt.openvino_runner(tmp_path / "m.onnx", torch.device(device))
         _one_line(e, "Intel GPU", "--device cpu")
+
+
+def test_auto_device_runs_exported_members_where_their_runtime_can(monkeypatch):
+    """--device auto on a CUDA machine: OpenVINO runs on the CPU, ONNX Runtime on CUDA only with its CUDA
+    provider; an explicit device is left to the runner, which refuses what it cannot do."""
+    import onnxruntime as ort
+
+    from smaformer.infer.members import exported_device
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert exported_device("openvino", cuda, auto=True) == cpu
+    assert exported_device("openvino", cuda, auto=False) == cuda
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert exported_device("onnxruntime", cuda, auto=True) == cpu
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert exported_device("onnxruntime", cuda, auto=True) == cuda
+    assert exported_device("onnxruntime", cpu, auto=True) == cpu
