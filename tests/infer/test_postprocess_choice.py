@@ -86,7 +86,7 @@ def test_evaluate_chooses_stores_and_predict_applies(tiny, tmp_path, capsys, mon
                       {"case": "c0", "is_volume": True})]
     import smaformer.infer.members as members
 
-    monkeypatch.setattr(members, "load_predictor", lambda p, e, d: (_Fixed(pred), load_checkpoint(p)[1]))
+    monkeypatch.setattr(members, "load_predictor", lambda p, e, d, *_: (_Fixed(pred), load_checkpoint(p)[1]))
     res = evaluate(tiny, samples, tmp_path / "ev", overlays=0, progress=False, choose_postprocessing=True,
                    device="cpu", batch_size=8)
     with caplog.at_level("WARNING"):
