@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from smaformer.data.preprocess import fix_volume_statistics, make_channels, normalize_intensity
-from smaformer.data.sample import SLICE_NAME, Reader, Sample
+from smaformer.data.sample import SLICE_NAME, Reader, Sample, volume_key
 from smaformer.data.transforms import RandomGenerator, random_crop, resize_pair
 from smaformer.errors import InputError
 
@@ -84,7 +84,7 @@ class SliceDataset(Dataset):
         if self.intensity.get("mode") in ("zscore", "minmax") and not self.intensity.get("per_slice"):
             for c, _ in counts:
                 if SLICE_NAME.search(c):
-                    self._slices_of.setdefault(SLICE_NAME.sub("", c), []).append(c)
+                    self._slices_of.setdefault(volume_key(c), []).append(c)
         self._volume_spec: dict[str, dict] = {}
         if skip_empty:
             self.index = [(c, i) for c, i in self.index if self._has_foreground(c, i)]
@@ -131,7 +131,7 @@ class SliceDataset(Dataset):
     def _spec_of_slice(self, case: str) -> dict:
         """The intensity spec of a stored 2D slice: zscore/minmax with the statistics of its whole volume
         (its sibling slices that load; fixed once per volume), as volume inference normalises it."""
-        volume = SLICE_NAME.sub("", case)
+        volume = volume_key(case)
         if volume not in self._slices_of:
             return self.intensity
         if volume not in self._volume_spec:

@@ -193,10 +193,16 @@ def slice_order(name: str) -> tuple[str, int]:
     return (name[: m.start()], int(m.group(1))) if m else (name, 0)
 
 
+def volume_key(name: str) -> str:
+    """The stored volume a slice name belongs to: ``patient001_frame01_slice_3`` -> ``patient001_frame01``
+    (one ACDC frame); the name itself for a volume."""
+    return SLICE_NAME.sub("", name)
+
+
 def case_key(name: str) -> str:
     """The case (for ACDC: the patient) a slice or volume name belongs to: ``case0005_slice012`` ->
     ``case0005``, ``patient001_frame01_slice_3`` -> ``patient001``; used for hold-outs, folds, leak checks
     and the fingerprint's grouping."""
-    base = SLICE_NAME.sub("", name)
+    base = volume_key(name)
     m = re.match(r"(patient\d+)_frame\d+$", base)
     return m.group(1) if m else base

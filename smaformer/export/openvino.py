@@ -76,7 +76,6 @@ def export_openvino(model: nn.Module, info: dict, path: str | Path, quantize: Qu
     path = Path(path)
     if path.suffix != ".xml":
         raise InputError(path, "an OpenVINO IR is named *.xml (its weights go to the .bin beside it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="smaformer-ir-") as d:
         onnx_res = export_onnx(model, info, Path(d) / "model.onnx", onnx_exporters)
         meta = read_onnx_metadata(onnx_res.path)

@@ -10,7 +10,7 @@ import torch
 
 from smaformer.errors import InputError
 from smaformer.export.metadata import ExportMetadata, read_onnx_metadata
-from smaformer.export.openvino import read_ir_metadata
+from smaformer.export.openvino import compile_ir, read_ir_metadata
 
 
 class FixedBatch:
@@ -73,16 +73,8 @@ def openvino_runner(path: Path, device: str | torch.device = "cpu") -> tuple[Cal
         raise InputError(path, f"--engine openvino runs on the CPU here, not on {device}: OpenVINO's GPU is an "
                                "Intel GPU, not a CUDA device; use --device cpu, or --engine onnxruntime/torch "
                                "for CUDA")
-    try:
-        import openvino as ov
-    except ImportError:
-        raise InputError(path, "--engine openvino needs the openvino package (pip install openvino)") from None
     meta = read_metadata(path)
-    target = "CPU"
-    # exported files run in fp32: OpenVINO would otherwise pick bf16 on CPUs with AMX (labels change)
-    compiled = ov.Core().compile_model(str(path), target, {"INFERENCE_PRECISION_HINT": "f32"})
-    out = compiled.output(0)
-    return FixedBatch(lambda a: compiled(a)[out], meta.static_batch), meta.info
+    return FixedBatch(compile_ir(Path(path)), meta.static_batch), meta.info   # fp32 hint, as every IR here
 
 
 RUNTIMES = {"onnxruntime": onnxruntime_runner, "openvino": openvino_runner}

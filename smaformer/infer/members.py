@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from smaformer.compiled import maybe_compile
 from smaformer.data.fingerprint import intensity_warnings
 from smaformer.errors import InputError
 from smaformer.export.runtimes import RUNTIMES
@@ -84,9 +85,8 @@ def load_members(paths: str | Path | Sequence[str | Path], engine: str = "auto",
     for p in paths:
         own = engine if len(paths) == 1 or Path(p).suffix == ".onnx" or engine == "torch" else "auto"
         model, info = load_predictor(p, own, device, auto_device)
-        if compile_model and isinstance(model, torch.nn.Module):
-            from smaformer.compiled import CompiledModule
-            model = CompiledModule(model, log.warning)
+        if isinstance(model, torch.nn.Module):
+            model = maybe_compile(model, compile_model, log.warning)
         members.append((model, info))
     first = _classes(members[0][1])
     for p, (_, info) in zip(paths[1:], members[1:], strict=True):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from smaformer import metrics as M
-from smaformer.data.sample import Sample, SampleList, case_key, iter_cases, slice_order
+from smaformer.data.sample import Sample, SampleList, case_key, iter_cases, slice_order, volume_key
 from smaformer.errors import InputError
 from smaformer.export.exporters import ExportError
 from smaformer.export.metadata import ExportMetadata
@@ -81,7 +81,7 @@ def split_volumes(spec: Int8Spec) -> tuple[list[Sample], list[Sample]]:
     reader = _reader(spec)
     volumes: dict[str, list[str]] = {}
     for c in sorted(reader.cases(), key=slice_order):
-        volumes.setdefault(slice_order(c)[0], []).append(c)
+        volumes.setdefault(volume_key(c), []).append(c)
     patients: dict[str, list[str]] = {}
     for v in volumes:
         patients.setdefault(case_key(v), []).append(v)

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from smaformer.checkpoint import default_preprocessing
 from smaformer.data.fingerprint import dataset_fingerprint
-from smaformer.data.sample import SLICE_NAME, Reader, Sample, case_key, iter_cases, slice_order
+from smaformer.data.sample import SLICE_NAME, Reader, Sample, case_key, iter_cases, slice_order, volume_key
 from smaformer.errors import InputError
 from smaformer.infer.evaluate import volume_dice
 from smaformer.train.distributed import Dist, all_reduce_sum
@@ -69,7 +69,7 @@ class StackedCases(Reader):
         self.classes, self.root, self.skipped = reader.classes, getattr(reader, "root", None), []
         self.groups: dict[str, list[str]] = {}
         for n in sorted(names, key=slice_order):
-            self.groups.setdefault(SLICE_NAME.sub("", n), []).append(n)
+            self.groups.setdefault(volume_key(n), []).append(n)
 
     def cases(self) -> list[str]:
         return list(self.groups)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smaformer.data.sample import SLICE_NAME, case_key
+from smaformer.data.sample import SLICE_NAME, case_key, volume_key
 from smaformer.errors import InputError
 from smaformer.io_utils import check_readable, write_text
 
@@ -160,7 +160,7 @@ def describe_fold(split: FoldSplit | None) -> str | None:
     origin = f"seed {split.seed}" if split.seed is not None else split.source
     parts = []
     for what, names in (("train", split.train), ("val", split.val)):
-        groups, volumes = len({case_key(n) for n in names}), len({SLICE_NAME.sub("", n) for n in names})
+        groups, volumes = len({case_key(n) for n in names}), len({volume_key(n) for n in names})
         unit = "slices" if any(SLICE_NAME.search(n) for n in names) else "names"
         counts = ([f"{volumes} volumes"] if groups < volumes < len(names) else []) + \
             ([f"{len(names)} {unit}"] if len(names) != groups else [])
