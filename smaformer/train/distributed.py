@@ -5,6 +5,7 @@ The backend is NCCL on CUDA and gloo on CPU.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -47,8 +48,14 @@ def _comm_device(d: Dist) -> torch.device:
 
 
 def leave() -> None:
-    """Leave the process group joined through torchrun, if any (also after a run that failed to start)."""
+    """Leave the process group joined through torchrun, if any (also after a run that failed to start).
+
+    Drop every DDP wrapper first: if DDP's reducer holds the last reference to a gloo group, freeing it joins
+    gloo's worker threads while holding the GIL, and a worker still freeing the last collective's tensors
+    waits for the GIL: the process hangs at exit (seen on rank 1, which skips the final validation).
+    ``gc.collect`` frees wrappers caught in reference cycles while the group is still registered."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -57,8 +57,6 @@ class TrainResult:
     signal: int = 0  # SIGINT/SIGTERM that interrupted the run (after latest.pt was saved), else 0
 
 
-
-
 class Trainer:
     """One training run; see the module docstring. Build it, then call ``fit``."""
 
@@ -379,12 +377,15 @@ def trainer_session(cfg: dict | None, *, run_dir: str | Path | None = None, resu
     """A ``Trainer`` whose global side effects end with the block: the process group it joined is left and
     the deterministic-algorithms switch is put back as it was (also when building the Trainer fails)."""
     deterministic = torch.are_deterministic_algorithms_enabled()
+    trainer = None
     try:
         trainer = Trainer(cfg, run_dir=None if run_dir is None else Path(run_dir),
                           resume=None if resume is None else Path(resume), data=data,
                           progress_bar=progress_bar, log=log)
         yield trainer
     finally:
+        if trainer is not None:       # DDP's reducer goes first, while the group lives (see dd.leave)
+            trainer.net = trainer.train_net = trainer.model
         dd.leave()
         torch.use_deterministic_algorithms(deterministic)
 

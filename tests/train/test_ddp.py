@@ -93,3 +93,27 @@ def test_signals_save_then_exit_with_the_shell_code(tiny_yaml, tmp_path, sig, co
     assert proc.returncode == code, stdout[-1000:]
     assert "resume with `smaformer train --resume" in stdout
     assert read_checkpoint(out / "latest.pt")["train_state"]["iteration"] >= 1
+
+
+def test_session_frees_the_ddp_wrapper_before_leaving_the_group(monkeypatch):
+    """DDP's reducer must not hold the last reference to the gloo group when it is freed (a hang at exit
+    on rank 1, 2 runs in 5 under load): the session drops the wrapper, then leaves the group."""
+    import weakref
+
+    from smaformer.train import loop
+
+    class Wrapper(torch.nn.Module):       # stands in for DistributedDataParallel
+        pass
+
+    class FakeTrainer:
+        def __init__(self, *a, **k):
+            self.model = torch.nn.Linear(1, 1)
+            self.net = Wrapper()
+            self.train_net = self.net
+
+    seen = {}
+    monkeypatch.setattr(loop, "Trainer", FakeTrainer)
+    monkeypatch.setattr(loop.dd, "leave", lambda: seen.setdefault("alive", ref() is not None))
+    with loop.trainer_session({}) as trainer:
+        ref = weakref.ref(trainer.net)
+    assert seen == {"alive": False}
