@@ -22,6 +22,10 @@ class CheckpointError(InputError):
     """A checkpoint that cannot be loaded safely or does not describe its model."""
 
 
+class DivergedError(SmaformerError, FloatingPointError):
+    """Training met a non-finite loss (the CLI prints it as one line; the last checkpoint is kept)."""
+
+
 def did_you_mean(name: str, choices) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)

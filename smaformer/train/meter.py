@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from smaformer.errors import DivergedError
+
 # where train.channels_last null turns channels_last (NHWC) on (docs/bench/training.md): the all-convolution
 # U-Net everywhere (its CPU step takes 0.88x the time); the hybrids with a CNN part (TransUNet's R50, the
 # HBFormer decoders) on CUDA only, where NHWC is cuDNN's fast layout (unverified); their CPU step took 1.10x.
@@ -40,10 +42,10 @@ class DeviceLoss:
         self.sum += loss
 
     def read(self) -> float:
-        """The sum, read to the host (the sync); a non-finite loss since the start raises FloatingPointError."""
+        """The sum, read to the host (the sync); a non-finite loss since the start raises DivergedError."""
         total, bad_at, bad_loss = torch.stack([self.sum, self.bad_at, self.bad_loss]).tolist()
         if bad_at >= 0:
-            raise FloatingPointError(f"loss is {bad_loss} at iteration {int(bad_at)}; lower optim.lr or use fp32")
+            raise DivergedError(f"loss is {bad_loss} at iteration {int(bad_at)}; lower optim.lr or use fp32")
         return total
 
     def reset(self, value: float = 0.0) -> None:

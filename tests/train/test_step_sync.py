@@ -12,6 +12,7 @@ from test_train import Blobs, _data, quiet, tiny_cfg
 
 import smaformer
 from smaformer.checkpoint import read_checkpoint
+from smaformer.errors import DivergedError, SmaformerError
 from smaformer.train import saver
 from smaformer.train.loop import train
 
@@ -70,9 +71,10 @@ def test_non_finite_loss_stops_at_the_next_read_naming_its_iteration(tmp_path):
                    "data.augment=false")
     order = torch.randperm(32, generator=torch.Generator().manual_seed(1234 * 100_003)).tolist()
     bad_step = order.index(5) // 2                       # the step of epoch 0 whose batch holds item 5
-    with pytest.raises(FloatingPointError, match=rf"loss is nan at iteration {bad_step}; lower optim.lr"):
+    with pytest.raises(DivergedError, match=rf"loss is nan at iteration {bad_step}; lower optim.lr") as e:
         train(cfg, run_dir=tmp_path, data=_data(ds, [], 16), progress_bar=False, log=quiet)
     assert not (tmp_path / "latest.pt").exists()          # nothing from the poisoned weights was saved
+    assert isinstance(e.value, SmaformerError)            # the CLI prints it as one line, exit 2
 
 
 @pytest.fixture
