@@ -3,9 +3,6 @@ evaluate cover every case once, with the outputs and metrics of one process."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torchrun import TORCHRUN_ENV, torchrun
 
 from smaformer.checkpoint import build_checkpoint, default_preprocessing, save_checkpoint
 from smaformer.cli import main
@@ -23,7 +21,6 @@ from smaformer.models import create_model
 from smaformer.models.registry import tiny_kwargs
 
 N_CASES = 5
-TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
 @pytest.fixture(autouse=True)
@@ -141,21 +138,11 @@ def test_predict_parts_cover_every_case_once(dataset, single_predict, tmp_path):
     assert all(np.array_equal(got[name], single_predict[name]) for name in got)
 
 
-def _torchrun(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "smaformer",
-           *args]
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
-                       env={**env, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    return r
-
-
 @pytest.mark.slow
 def test_torchrun_predict_equals_one_process(dataset, single_predict, tmp_path):
     root, ckpt = dataset
     out = tmp_path / "segs"
-    _torchrun("predict", "-i", str(root / "imagesTr"), "-o", str(out), "-c", str(ckpt), "--quiet", "--device", "cpu")
+    torchrun("predict", "-i", str(root / "imagesTr"), "-o", str(out), "-c", str(ckpt), "--quiet", "--device", "cpu")
     parts = [_summary_cases(out / f"predict_part{k}_of_2.json") for k in (0, 1)]
     assert sorted(parts[0] + parts[1]) == [f"case{i}_0000.nii.gz" for i in range(N_CASES)]
     got = _labels(out)
@@ -211,7 +198,7 @@ def test_merge_needs_every_part(dataset, tmp_path, capsys):
 @pytest.mark.slow
 def test_torchrun_evaluate_writes_one_metrics_json(dataset, single_metrics, tmp_path):
     out = tmp_path / "eval"
-    r = _torchrun(*_evaluate(dataset, out))
+    r = torchrun(*_evaluate(dataset, out))
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "overlays", "report.html", "summary.csv"]
     assert len(list((out / "overlays").glob("*.png"))) == N_CASES
     merged = json.loads((out / "metrics.json").read_text(encoding="utf-8"))

@@ -95,22 +95,16 @@ def test_model_errors_are_not_hidden():
 @pytest.mark.slow
 def test_compiled_ddp_matches_eager_ddp(tmp_path):
     """torchrun, 2 gloo processes: the compiled module wraps DDP; its losses equal eager DDP's to 1e-4."""
-    import os
-    import subprocess
-    import sys
-
     import yaml
     from test_ddp import TINY
+    from torchrun import torchrun
 
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY), encoding="utf-8")
     losses = []
     for name, extra in (("eager", []), ("compiled", ["train.compile=true", "train.compile_backend=aot_eager"])):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-               "smaformer", "train", "--no-progress", "--config", str(tmp_path / "tiny.yaml"),
-               "--out", str(tmp_path / name), *[a for s in ["train.epochs=2", *extra] for a in ("--set", s)]]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
-        assert r.returncode == 0 and "torch.compile failed" not in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+        r = torchrun("train", "--no-progress", "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / name),
+                     *[a for s in ["train.epochs=2", *extra] for a in ("--set", s)], timeout=600)
+        assert "torch.compile failed" not in r.stdout, r.stdout[-2000:]
         losses.append([row["train_loss"] for row in read_checkpoint(tmp_path / name / "latest.pt")
                        ["train_state"]["history"]])
     assert len(losses[0]) == 2 and losses[1] == pytest.approx(losses[0], rel=1e-4)

@@ -1,5 +1,4 @@
 """DDP through torchrun (CPU, gloo, 2 processes) and crash safety (SIGKILL leaves a loadable latest.pt)."""
-import os
 import signal
 import subprocess
 import sys
@@ -8,6 +7,7 @@ import time
 import pytest
 import torch
 import yaml
+from torchrun import torchrun, torchrun_env
 
 from smaformer.checkpoint import read_checkpoint
 from smaformer.train.loop import train
@@ -30,21 +30,9 @@ def tiny_yaml(tmp_path):
     return path
 
 
-def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-
-
-def _torchrun(*args, timeout=240):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "smaformer", "train", "--no-progress", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    return r
-
-
 def test_ddp_two_processes(tiny_yaml, tmp_path):
     out = tmp_path / "run"
-    r = _torchrun("--config", str(tiny_yaml), "--out", str(out))
+    r = torchrun("train", "--no-progress", "--config", str(tiny_yaml), "--out", str(out))
     ckpt = read_checkpoint(out / "latest.pt")
     st = ckpt["train_state"]
     # 8 slices over 2 ranks, batch 2 -> 2 steps per epoch, 3 epochs
@@ -62,7 +50,7 @@ def _long_run(tiny_yaml, out, stdout) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "smaformer", "train", "--config", str(tiny_yaml), "--out", str(out),
            "--no-progress", "--set", "train.epochs=500", "--set", "train.save_every_iters=1",
            "--set", "train.val_every=0"]
-    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.DEVNULL, text=True, env=_env())
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.DEVNULL, text=True, env=torchrun_env())
     deadline = time.time() + 120
     while not (out / "latest.pt").exists() and time.time() < deadline:
         time.sleep(0.2)

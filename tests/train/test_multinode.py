@@ -3,12 +3,14 @@ localhost (gloo, CPU), as two machines would through the first one's address (do
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 
 import pytest
 import yaml
+from torchrun import torchrun_env
 
 from smaformer.checkpoint import read_checkpoint
 
@@ -35,12 +37,11 @@ def test_two_nodes_on_one_host(tmp_path):
     cfg.write_text(yaml.safe_dump(TINY), encoding="utf-8")
     out = tmp_path / "run"
     endpoint = f"localhost:{_free_port()}"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
            "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=test-two-nodes",
            "-m", "smaformer", "train", "--no-progress", "--config", str(cfg), "--out", str(out)]
-    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=torchrun_env(),
+                              start_new_session=True)
              for _ in range(2)]
     logs = []
     try:
@@ -48,8 +49,8 @@ def test_two_nodes_on_one_host(tmp_path):
             logs.append(p.communicate(timeout=240)[0])
     finally:
         for p in nodes:
-            if p.poll() is None:
-                p.kill()
+            if p.poll() is None:      # the launcher and its worker: no orphan survives a hung run
+                os.killpg(p.pid, signal.SIGKILL)
     assert [p.returncode for p in nodes] == [0, 0], "\n".join(x[-2000:] for x in logs)
     st = read_checkpoint(out / "latest.pt")["train_state"]
     # 8 slices over 2 ranks, batch 2 -> 2 steps per epoch, 2 epochs

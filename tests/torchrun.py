@@ -1,0 +1,32 @@
+"""``torchrun`` for tests: two CPU processes, a hard timeout that kills the whole process group (workers
+included, so a hung run leaves no orphans behind), and the output's tail when it fails."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def torchrun_env() -> dict[str, str]:
+    """This environment without torchrun's variables (a test may run under one), one thread per worker."""
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def torchrun(*args: str, launcher: tuple[str, ...] = ("--standalone", "--nproc_per_node=2"),
+             timeout: float = 240) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run LAUNCHER -m smaformer ARGS``; fails the test unless it exits 0."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "smaformer", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=torchrun_env(),
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"torchrun timed out after {timeout} s:\n{out[-2000:]}{err[-3000:]}") from None
+    assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
