@@ -1,9 +1,8 @@
-"""``torchrun`` for tests: two CPU processes, a hard timeout that kills the whole process group (workers
-included, so a hung run leaves no orphans behind), and the output's tail when it fails."""
+"""``torchrun`` for tests: two CPU processes, a timeout that stops the launcher and its workers (a hung run
+leaves no orphans behind), and the output's tail when it fails."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -16,17 +15,27 @@ def torchrun_env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
+def stop(proc: subprocess.Popen) -> tuple[str, str]:
+    """Stop a torchrun launcher and its workers: SIGTERM, which the launcher passes on to the workers (each in
+    a session of its own, so killing the launcher alone would leave them waiting for its store), SIGKILL
+    after 60 s; returns the output so far."""
+    proc.terminate()
+    try:
+        return proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
+
+
 def torchrun(*args: str, launcher: tuple[str, ...] = ("--standalone", "--nproc_per_node=2"),
              timeout: float = 240) -> subprocess.CompletedProcess:
     """``python -m torch.distributed.run LAUNCHER -m smaformer ARGS``; fails the test unless it exits 0."""
     cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "smaformer", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=torchrun_env(),
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=torchrun_env())
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        out, err = stop(proc)
         raise AssertionError(f"torchrun timed out after {timeout} s:\n{out[-2000:]}{err[-3000:]}") from None
     assert proc.returncode == 0, out[-2000:] + err[-3000:]
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -2,15 +2,13 @@
 localhost (gloo, CPU), as two machines would through the first one's address (docs/TRAINING.md)."""
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
 
 import pytest
 import yaml
-from torchrun import torchrun_env
+from torchrun import stop, torchrun_env
 
 from smaformer.checkpoint import read_checkpoint
 
@@ -40,8 +38,7 @@ def test_two_nodes_on_one_host(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
            "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=test-two-nodes",
            "-m", "smaformer", "train", "--no-progress", "--config", str(cfg), "--out", str(out)]
-    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=torchrun_env(),
-                              start_new_session=True)
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=torchrun_env())
              for _ in range(2)]
     logs = []
     try:
@@ -50,7 +47,7 @@ def test_two_nodes_on_one_host(tmp_path):
     finally:
         for p in nodes:
             if p.poll() is None:      # the launcher and its worker: no orphan survives a hung run
-                os.killpg(p.pid, signal.SIGKILL)
+                stop(p)
     assert [p.returncode for p in nodes] == [0, 0], "\n".join(x[-2000:] for x in logs)
     st = read_checkpoint(out / "latest.pt")["train_state"]
     # 8 slices over 2 ranks, batch 2 -> 2 steps per epoch, 2 epochs
