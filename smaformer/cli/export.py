@@ -34,8 +34,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     q.add_argument("--calibration", metavar="DATA", help="dataset folder to calibrate on and to guard with")
     q.add_argument("--calibration-split", default="train", help="split of DATA (default: train)")
     q.add_argument("--calibration-cases", type=int, default=8, metavar="N", help="volumes that calibrate (default 8)")
-    q.add_argument("--guard-cases", type=int, default=8, metavar="N",
-                   help="volumes of other patients held back for the guard (default 8)")
+    q.add_argument("--guard-cases", type=int, default=20, metavar="N",
+                   help="volumes of other patients held back for the guard (default 20, or those left)")
     q.add_argument("--max-dice-drop", type=float, default=0.5, metavar="POINTS",
                    help="refuse when INT8 loses more points of mean foreground Dice than this (default 0.5)")
     q.add_argument("--int8-scheme", choices=("auto", "transformer", "cnn"), default="auto",

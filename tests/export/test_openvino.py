@@ -104,13 +104,15 @@ def test_int8_guard_refuses_and_writes_nothing(ckpt, tmp_path):
                                           r"\(limit -100 points of mean foreground Dice\)"):
         export_openvino(model, info, out, int8_quantizer(spec), onnx_exporters=FAST)
     assert not any(tmp_path.iterdir())
-    spec = Int8Spec(_volumes(4), cases=2, guard_cases=2, max_dice_drop=100.0)
+    spec = Int8Spec(_volumes(4), cases=2, max_dice_drop=100.0)      # the default 20 guard volumes: 2 left
     res = export_openvino(model, info, out, int8_quantizer(spec), onnx_exporters=FAST)
-    assert res.fmt == "openvino INT8" and any("accuracy guard" in n for n in res.notes)
+    assert res.fmt == "openvino INT8" and any("Dice on 2 held-back volumes" in n for n in res.notes)
+    assert any(n.startswith("only 2 of the 20 guard volumes") for n in res.notes)
     assert read_metadata(out).classes == ["bg", "a", "b"]
 
 
 def test_int8_calibration_split_is_by_patient():
+    from smaformer.errors import InputError
     from smaformer.infer.quantize import Int8Spec, split_volumes
 
     vols = _volumes(6)
@@ -119,6 +121,8 @@ def test_int8_calibration_split_is_by_patient():
     cal, held = split_volumes(Int8Spec(vols, cases=2, guard_cases=2))
     patients = lambda vs: {v.case.split("_")[0] for v in vs}  # noqa: E731
     assert len(cal) == 2 and len(held) == 2 and not patients(cal) & patients(held)
+    with pytest.raises(InputError, match="6 volumes .* needs 6 to calibrate [+] at least 1 held back"):
+        split_volumes(Int8Spec(vols, cases=6))
 
 
 def test_cli_int8_refuses_in_one_line_on_acdc(ckpt, tmp_path, shared_data_dir, capsys, monkeypatch):
