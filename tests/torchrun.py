@@ -27,10 +27,10 @@ def stop(proc: subprocess.Popen) -> tuple[str, str]:
         return proc.communicate()
 
 
-def torchrun(*args: str, launcher: tuple[str, ...] = ("--standalone", "--nproc_per_node=2"),
-             timeout: float = 240) -> subprocess.CompletedProcess:
-    """``python -m torch.distributed.run LAUNCHER -m smaformer ARGS``; fails the test unless it exits 0."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "smaformer", *args]
+def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=2 -m smaformer ARGS``; fails the test unless it exits 0."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "smaformer",
+           *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=torchrun_env())
     try:
         out, err = proc.communicate(timeout=timeout)
