@@ -85,7 +85,7 @@ def test_signals_save_then_exit_with_the_shell_code(tiny_yaml, tmp_path, sig, co
 
 def test_session_frees_the_ddp_wrapper_before_leaving_the_group(monkeypatch):
     """DDP's reducer must not hold the last reference to the gloo group when it is freed (a hang at exit
-    on rank 1, 2 runs in 5 under load): the session drops the wrapper, then leaves the group."""
+    on rank 1, 11 runs in 40 under load): the session drops the wrapper, then leaves the group."""
     import weakref
 
     from smaformer.train import loop
