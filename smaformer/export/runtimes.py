@@ -33,10 +33,10 @@ class FixedBatch:
         return torch.from_numpy(np.concatenate(outs))
 
 
-
 def read_metadata(path: Path) -> ExportMetadata:
     """The ``smaformer`` block of an exported file: an ONNX file or an OpenVINO IR (``.xml``)."""
     return read_ir_metadata(Path(path)) if Path(path).suffix == ".xml" else read_onnx_metadata(Path(path))
+
 
 def onnxruntime_runner(path: Path, device: str | torch.device = "cpu") -> tuple[Callable, dict]:
     """``(runner, info)`` for an ONNX file under ONNX Runtime: the CUDA provider for a CUDA device, the CPU
