@@ -43,6 +43,15 @@ RUNS: dict[str, tuple[str, str, str, dict[str, list[str]]]] = {
         "full": [],
         "cpu-reduced": ["data.img_size=128", f"model.kwargs={_SMALL_SWIN}", "train.batch_size=8",
                         "train.max_iterations=800", *_CPU]}),
+    # the from-scratch recipe (configs/*_scratch.yaml): AdamW 2e-3 + warm-up + cosine instead of the official optimizer
+    "acdc_swin_unet_scratch": ("acdc_swin_unet_scratch", "acdc", "val", {
+        "full": [],
+        "cpu-reduced": ["data.img_size=128", f"model.kwargs={_SMALL_SWIN}", "train.batch_size=8",
+                        "train.max_iterations=6000", *_CPU]}),
+    "acdc_smaformer_scratch": ("acdc_smaformer_scratch", "acdc", "val", {
+        "full": [],
+        "cpu-reduced": ["data.img_size=128", f"model.kwargs={_SMALL_SWIN}", "train.batch_size=8",
+                        "train.max_iterations=6000", *_CPU]}),
     # the control: a CNN U-Net through the same recipe and pipeline (no pretraining either way)
     "acdc_unet": ("acdc_swin_unet", "acdc", "val", {
         "full": ["model.name=unet", "name=acdc_unet"],

@@ -73,6 +73,18 @@ DEFAULTS: dict[str, Any] = {
         "out_dir": "runs",
         "tensorboard": True,
     },
+    # learning from a teacher (smaformer train --teacher; smaformer.train.distill): off while teachers is empty
+    "distill": {
+        "teachers": [],              # smaformer checkpoints; several are averaged (softmax) as an ensemble
+        "weight": 0.5,               # a: loss = (1 - a) * supervised + a * distillation terms
+        "ramp_iters": 0,             # a rises linearly from 0 over this many steps (0: from the start)
+        "soft": 1.0,                 # weight of T^2 * KL(teacher_T || student_T) per pixel
+        "hard": 0.0,                 # weight of the supervised loss on the teacher's argmax (DeiT's hard label)
+        "dice": 0.0,                 # weight of a soft Dice against the teacher's probabilities
+        "temperature": 2.0,
+        "balanced": False,           # average the KL within each teacher class, then over classes
+        "teacher_sha256": [],        # filled by training: a resumed run must find the same teacher files
+    },
 }
 
 
@@ -191,12 +203,14 @@ def check_config(cfg: dict) -> None:
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
         raise InputError(None, f"unknown config sections {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
-    for section in ("data", "optim", "schedule", "loss", "train"):
+    cfg.setdefault("distill", copy.deepcopy(DEFAULTS["distill"]))   # configs stored before the section existed
+    for section in ("data", "optim", "schedule", "loss", "train", "distill"):
         for key in sorted(set(cfg[section]) - set(DEFAULTS[section])):
             raise InputError(None, f"unknown key {section}.{key}{did_you_mean(key, DEFAULTS[section])}; valid: "
                                    f"{', '.join(sorted(DEFAULTS[section]))}")
     _check_types(cfg, DEFAULTS)
-    d, t, o, s = cfg["data"], cfg["train"], cfg["optim"], cfg["schedule"]
+    d, t, o, s, k = cfg["data"], cfg["train"], cfg["optim"], cfg["schedule"], cfg["distill"]
+    terms = [float(k[n]) for n in ("soft", "hard", "dice")]
     d["img_size"] = _pair(d["img_size"])
     kw = cfg["model"].setdefault("kwargs", {})
     kw["img_size"] = d["img_size"][0] if d["img_size"][0] == d["img_size"][1] else list(d["img_size"])
@@ -218,6 +232,11 @@ def check_config(cfg: dict) -> None:
         (float(t["save_every_s"]) >= 0, "train.save_every_s must be >= 0 (0: at every epoch end)"),
         (d["channel_mode"] in ("repeat", "pseudo_hdr", "none"), f"data.channel_mode {d['channel_mode']!r}"),
         (d["patches"] in ("resize", "crop"), f"data.patches {d['patches']!r}: use resize or crop"),
+        (all(isinstance(p, str) for p in k["teachers"]), f"distill.teachers={k['teachers']!r}: expected paths"),
+        (0 <= float(k["weight"]) <= 1, f"distill.weight={k['weight']}: expected 0..1"),
+        (float(k["temperature"]) > 0, f"distill.temperature={k['temperature']}: expected > 0"),
+        (min(terms) >= 0 and sum(terms) > 0, "distill.soft, hard and dice must be >= 0 with a positive sum"),
+        (int(k["ramp_iters"]) >= 0, f"distill.ramp_iters={k['ramp_iters']}: expected >= 0"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from smaformer.config import list_presets, load_config
 from smaformer.errors import InputError
@@ -15,6 +16,8 @@ EPILOG = """examples:
   smaformer train --config acdc_swin_unet --fold 2 --folds 10 --set train.seed=7
   smaformer train --config acdc_swin_unet --fold 0 --splits runs/acdc_swin_unet-20250101-120000/splits.json
   smaformer train --resume runs/acdc_swin_unet-20250101-120000
+  smaformer train --config acdc_swin_unet_scratch --teacher runs/acdc_unet/latest.pt --set distill.hard=1 \
+      --set distill.soft=0        # learn from a U-Net teacher too (distill.*: weight, temperature, ramp_iters)
   torchrun --standalone --nproc_per_node=2 -m smaformer train --config acdc_swin_unet
 
 presets: """
@@ -30,6 +33,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, metavar="N", help="number of folds (data.folds, default 5)")
     p.add_argument("--splits", metavar="FILE", help="take the folds from this splits.json (nnU-Net "
                    "splits_final.json shape; sets data.splits_file)")
+    p.add_argument("--teacher", nargs="+", metavar="CKPT", help="distil from these smaformer checkpoints "
+                   "(several: their softmax averaged); sets distill.teachers, tuned by the distill.* entries")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where latest.pt left it")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: <train.out_dir>/<name>-<timestamp>)")
     p.add_argument("--dry-run", action="store_true", help="build the model and the data, print the plan, stop")
@@ -43,15 +48,20 @@ def run(args: argparse.Namespace) -> int:
 
     folds = {k: v for k, v in (("fold", args.fold), ("folds", args.folds), ("splits_file", args.splits))
              if v is not None}
+    if args.stop_after is not None and args.stop_after < 1:
+        raise InputError(None, f"--stop-after {args.stop_after}: give a number of optimizer steps >= 1")
+    base = {"data": folds} if folds else {}
+    if args.teacher:
+        base["distill"] = {"teachers": [str(Path(t).resolve()) for t in args.teacher]}
     if args.resume:
-        if args.config or args.overrides or folds:
+        if args.config or args.overrides or base:
             raise InputError(args.resume, "--resume continues a run with its stored config; "
-                                          "drop --config/--set/--fold/--folds/--splits")
+                                          "drop --config/--set/--fold/--folds/--splits/--teacher")
         cfg = None
     elif not args.config:
         raise InputError(None, "give --config PRESET (or --resume RUN_DIR); presets: " + ", ".join(list_presets()))
     else:
-        cfg = load_config(args.config, args.overrides, base={"data": folds} if folds else None)
+        cfg = load_config(args.config, args.overrides, base=base or None)
     if args.dry_run:
         with trainer_session(cfg, run_dir=args.out, resume=args.resume, progress_bar=False) as trainer:
             print(describe(trainer))

@@ -29,13 +29,13 @@ from smaformer.checkpoint import build_checkpoint, read_checkpoint
 from smaformer.compiled import maybe_compile
 from smaformer.config import check_config, dump_config
 from smaformer.errors import InputError
-from smaformer.losses import build_loss
 from smaformer.models import create_model
 from smaformer.models.layers.axial import set_gates_trainable
 from smaformer.runtime import autocast, enable_deterministic, resolve_device, resolve_precision
 from smaformer.train import distributed as dd
 from smaformer.train.crossval import final_validation
 from smaformer.train.data import TrainData, build_data, build_loader, training_fingerprint, validation_dice
+from smaformer.train.distill import build_objective
 from smaformer.train.folds import write_splits
 from smaformer.train.meter import DeviceLoss, memory_format
 from smaformer.train.rundir import check_out_folder, new_run_dir, open_run_dir
@@ -108,7 +108,7 @@ class Trainer:
         self.train_net = maybe_compile(self.net, bool(t["compile"]), self.log, t["compile_backend"])
         self.eval_net = maybe_compile(self.model, bool(t["compile"]), self.log, t["compile_backend"])
         seed_everything(seed + self.dist.rank)     # dropout/drop-path streams differ per rank
-        self.loss_fn = build_loss(cfg, len(self.classes)).to(self.device)
+        self.objective = build_objective(cfg, self.classes, self.data.preprocessing, self.device)
         self.optimizer = build_optimizer(cfg, self.model, self.device)
         self.batch, self.accum = int(t["batch_size"]), int(t["accum_steps"])
         self.sampler = ResumableSampler(len(self.data.train), seed=seed, rank=self.dist.rank,
@@ -208,7 +208,7 @@ class Trainer:
             y = batch["label"].to(self.device, non_blocking=True)
             sync = i == len(micro) - 1 or not self.dist.enabled
             with (contextlib.nullcontext() if sync else self.net.no_sync()), autocast(self.precision, self.device):
-                loss = self.loss_fn(self.train_net(x), y) / len(micro)
+                loss = self.objective(self.train_net, x, y, self.iteration) / len(micro)
             self.scaler.scale(loss).backward()
             total += loss.detach()
         self.device_loss.add(total, self.iteration)

@@ -65,14 +65,14 @@ def test_trainer_reproduces_the_official_swin_unet_steps(golden_dir, tmp_path):
     seen = []
     with trainer_session(cfg, run_dir=tmp_path, data=data, progress_bar=False, log=quiet) as trainer:
         load_official(trainer.model, _official(folder / "official_init.pt"))
-        loss_fn = trainer.loss_fn
+        loss_fn = trainer.objective.loss.forward
 
         def recorded(logits, labels):       # our SegLoss, observed: the loss and the lr of each step
             loss = loss_fn(logits, labels)
             seen.append((float(loss.detach()), trainer.optimizer.param_groups[0]["lr"]))
             return loss
 
-        trainer.loss_fn = recorded
+        trainer.objective.loss.forward = recorded
         trainer.fit(stop_after=steps)
         ours = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     golden = meta["trajectory"]
