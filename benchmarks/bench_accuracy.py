@@ -57,6 +57,11 @@ RUNS: dict[str, tuple[str, str, str, dict[str, list[str]]]] = {
         "full": ["model.name=unet", "name=acdc_unet"],
         "cpu-reduced": ["model.name=unet", "name=acdc_unet", "data.img_size=128", "train.batch_size=8",
                         "train.max_iterations=1800", *_CPU]}),
+    # a narrower U-Net (base 16: 1.94M params, a quarter of the FLOPs): the CPU-affordable control and teacher
+    "acdc_unet16": ("acdc_swin_unet", "acdc", "val", {
+        "full": ["model.name=unet", "name=acdc_unet16", "model.kwargs={base: 16}"],
+        "cpu-reduced": ["model.name=unet", "name=acdc_unet16", "model.kwargs={base: 16}", "data.img_size=128",
+                        "train.batch_size=8", "train.max_iterations=1800", *_CPU]}),
     "drive_medt": ("medt_drive", "drive", "test", {
         "full": [],
         "cpu-reduced": ["data.img_size=128", "train.max_iterations=100", "train.freeze_gates_epochs=2", *_CPU]}),

@@ -85,6 +85,12 @@ DEFAULTS: dict[str, Any] = {
         "balanced": False,           # average the KL within each teacher class, then over classes
         "teacher_sha256": [],        # filled by training: a resumed run must find the same teacher files
     },
+    # self-pretraining (smaformer pretrain; smaformer.train.pretrain): SimMIM on the encoder, no labels
+    "pretrain": {
+        "mask_ratio": 0.6,           # share of the mask squares hidden in each image (SimMIM: 0.6)
+        "mask_patch": 32,            # side of a mask square in pixels (SimMIM: 32)
+        "images": None,              # a folder of unlabelled scans instead of the training split's images
+    },
 }
 
 
@@ -204,7 +210,8 @@ def check_config(cfg: dict) -> None:
     if unknown:
         raise InputError(None, f"unknown config sections {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
     cfg.setdefault("distill", copy.deepcopy(DEFAULTS["distill"]))   # configs stored before the section existed
-    for section in ("data", "optim", "schedule", "loss", "train", "distill"):
+    cfg.setdefault("pretrain", copy.deepcopy(DEFAULTS["pretrain"]))
+    for section in ("data", "optim", "schedule", "loss", "train", "distill", "pretrain"):
         for key in sorted(set(cfg[section]) - set(DEFAULTS[section])):
             raise InputError(None, f"unknown key {section}.{key}{did_you_mean(key, DEFAULTS[section])}; valid: "
                                    f"{', '.join(sorted(DEFAULTS[section]))}")
@@ -237,6 +244,8 @@ def check_config(cfg: dict) -> None:
         (float(k["temperature"]) > 0, f"distill.temperature={k['temperature']}: expected > 0"),
         (min(terms) >= 0 and sum(terms) > 0, "distill.soft, hard and dice must be >= 0 with a positive sum"),
         (int(k["ramp_iters"]) >= 0, f"distill.ramp_iters={k['ramp_iters']}: expected >= 0"),
+        (0 < float(cfg["pretrain"]["mask_ratio"]) < 1, "pretrain.mask_ratio must be between 0 and 1"),
+        (int(cfg["pretrain"]["mask_patch"]) >= 1, "pretrain.mask_patch must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -15,6 +15,7 @@ from smaformer.errors import SmaformerError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("smaformer.cli.demo", "train a small model on synthetic phantoms and evaluate it"),
     "train": ("smaformer.cli.train", "train a model from a YAML preset"),
+    "pretrain": ("smaformer.cli.pretrain", "self-pretrain a Swin encoder on unlabelled images (SimMIM)"),
     "evaluate": ("smaformer.cli.evaluate", "evaluate a checkpoint on 3D volumes (Dice/HD95)"),
     "predict": ("smaformer.cli.predict", "segment NIfTI/DICOM/PNG inputs, keeping their geometry"),
     "export": ("smaformer.cli.export", "export a checkpoint to ONNX, TorchScript or safetensors"),

@@ -61,7 +61,8 @@ def test_soft_dice_equals_hand_computation():
 
 
 def test_objective_blends_terms_and_ramps(tmp_path):
-    teacher = Teacher([str(_teacher(tmp_path / "t.pt"))], CLASSES, default_preprocessing((16, 16), 3), torch.device("cpu"))
+    pre = default_preprocessing((16, 16), 3)
+    teacher = Teacher([str(_teacher(tmp_path / "t.pt"))], CLASSES, pre, torch.device("cpu"))
     loss = SegLoss(3, ce=0.4, dice=0.6)
     student = create_model("unet", base=4, depth=2, num_classes=3, in_chans=3, img_size=16)
     x, y = torch.rand(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16))
