@@ -9,6 +9,8 @@ selection touches the evaluated volumes). ``full`` is the preset's own recipe (f
     python benchmarks/bench_accuracy.py acdc_swin_unet                  # cpu-reduced budget
     python benchmarks/bench_accuracy.py acdc_smaformer --budget full --device cuda
     python benchmarks/bench_accuracy.py --list
+    python benchmarks/bench_accuracy.py acdc_swin_unet_scratch --teacher acdc_unet16 --set distill.hard=1 --suffix hard
+    python benchmarks/bench_accuracy.py acdc_swin_unet_scratch --pretrain-iterations 2000 --suffix simmim
     python benchmarks/bench_accuracy.py --compare-labels runs/x/eval_fp32 runs/x/eval_bf16   # --save-nifti folders
 
 ``--compare-labels`` is the bf16 check of docs/DEPLOY.md: it compares the predicted labels of two
@@ -134,11 +136,24 @@ def fov_metrics(checkpoint: Path, root: Path, split: str, inference: str | None 
 
 
 def run(name: str, budget: str, runs_dir: Path, docs_dir: Path, device: str, threads: int,
-        iterations: int | None = None) -> Path:
-    """Train + evaluate one run (``iterations`` overrides the budget's cap); returns its docs folder."""
+        iterations: int | None = None, *, teacher: str | None = None, pretrain_iterations: int | None = None,
+        extra: tuple[str, ...] = (), suffix: str = "") -> Path:
+    """Train + evaluate one run (``iterations`` overrides the budget's cap); returns its docs folder.
+
+    The chain of issue 29: ``teacher`` (a run name, trained first unless its weights are in ``runs_dir``, or
+    a checkpoint path) is distilled from; ``pretrain_iterations`` first runs ``smaformer pretrain`` (SimMIM)
+    with the run's own model and data settings and starts the student from its encoder; ``extra`` are more
+    ``--set`` overrides (e.g. distill.hard=1); ``suffix`` names the variant's folders."""
     preset, data, split, budgets = RUNS[name]
-    tag = f"{name}-{budget}" + (f"-{iterations}it" if iterations else "")
+    tag = f"{name}-{budget}" + (f"-{iterations}it" if iterations else "") + (f"-{suffix}" if suffix else "")
     out, docs = runs_dir / tag, docs_dir / tag
+    teacher_ckpt = None
+    if teacher in RUNS:
+        teacher_ckpt = runs_dir / f"{teacher}-{budget}" / "train" / "latest.pt"
+        if not teacher_ckpt.is_file():
+            run(teacher, budget, runs_dir, docs_dir, device, threads)
+    elif teacher:
+        teacher_ckpt = Path(teacher).resolve()
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -147,10 +162,20 @@ def run(name: str, budget: str, runs_dir: Path, docs_dir: Path, device: str, thr
     sets += [f"train.max_iterations={iterations}"] if iterations else []
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     exe = [sys.executable, "-m", "smaformer"]
-    train_cmd = exe + ["train", "--config", preset, "--out", str(out / "train"), "--no-progress"]
-    train_cmd += [a for s in sets for a in ("--set", s)]
     record = {"run": name, "budget": budget, "machine": machine(), "threads": threads, "device": device,
               "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "pretrained": None}
+    if pretrain_iterations:
+        pre_cmd = exe + ["pretrain", "--config", preset, "--out", str(out / "pretrain"), "--no-progress"]
+        pre_cmd += [a for s in [*sets, *extra, f"train.max_iterations={pretrain_iterations}"] for a in ("--set", s)]
+        record["pretrain"] = timed(pre_cmd, env, out / "pretrain.log")
+        record["pretrained"] = "SimMIM on the training split's images (this run's pretrain step)"
+        sets.append(f"model.pretrained={out / 'pretrain' / 'latest.pt'}")
+        shutil.copyfile(out / "pretrain" / "pretrain_log.csv", docs / "pretrain_log.csv")
+    train_cmd = exe + ["train", "--config", preset, "--out", str(out / "train"), "--no-progress"]
+    train_cmd += [a for s in [*sets, *extra] for a in ("--set", s)]
+    if teacher_ckpt is not None:
+        train_cmd += ["--teacher", str(teacher_ckpt)]
+        record["teacher"] = {"given": teacher, "checkpoint": str(teacher_ckpt)}
     record["train"] = timed(train_cmd, env, out / "train.log")
     eval_cmd = exe + ["evaluate", "-c", str(out / "train" / "latest.pt"), "-d", str(DATA / data), "-o",
                       str(out / "eval"), "--split", split, "--overlays", "0", "--no-progress", "--device", device,
@@ -203,6 +228,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is faster than 2 when other jobs share the cores)")
     ap.add_argument("--iterations", type=int, help="override the budget's iteration cap (run folder gets -<N>it)")
+    ap.add_argument("--teacher", metavar="RUN|CKPT", help="distil from this run (trained first unless its weights "
+                    "are in --runs-dir) or checkpoint")
+    ap.add_argument("--pretrain-iterations", type=int, metavar="N", help="SimMIM-pretrain the encoder for N steps "
+                    "first (smaformer pretrain on the training split), then train from it")
+    ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                    help="more overrides for pretrain and train, e.g. distill.hard=1")
+    ap.add_argument("--suffix", default="", help="names this variant's folders: <run>-<budget>[-<N>it]-<suffix>")
     ap.add_argument("--list", action="store_true", help="print the runs and their overrides")
     ap.add_argument("--compare-labels", nargs=2, type=Path, metavar=("EVAL_A", "EVAL_B"),
                     help="compare the labels and mean Dice of two 'evaluate --save-nifti' folders, then stop")
@@ -220,7 +252,9 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown run(s) {unknown}; choose from {list(RUNS)}")
     for name in args.runs:
-        docs = run(name, args.budget, args.runs_dir, args.docs_dir, args.device, args.threads, args.iterations)
+        docs = run(name, args.budget, args.runs_dir, args.docs_dir, args.device, args.threads, args.iterations,
+                   teacher=args.teacher, pretrain_iterations=args.pretrain_iterations, extra=tuple(args.extra),
+                   suffix=args.suffix)
         print(f"{name}: done -> {docs}", flush=True)
 
 

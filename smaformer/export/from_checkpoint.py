@@ -26,6 +26,7 @@ def export_checkpoint(ckpt_path: str | Path, out: str | Path, fmt: str,
     inputs = [src, src.with_suffix(".safetensors"), sidecar_path(src)] if src.suffix in (".safetensors", ".json") \
         else [src]
     siblings = {"safetensors": [sidecar_path(out)], "openvino": [Path(out).with_suffix(".bin")]}.get(fmt, [])
+    inputs += list(quantize.inputs) if quantize is not None else []      # e.g. the INT8 calibration folder
     for target in [out, *siblings]:
         check_output(target, inputs=inputs)
     model, info = load_checkpoint(ckpt_path)

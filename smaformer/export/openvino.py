@@ -11,8 +11,8 @@ lives in ``infer`` because it runs inference; export never imports ``infer``.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch.nn as nn
@@ -22,8 +22,17 @@ from smaformer.export.exporters import ExportResult, _diff, _example, _require, 
 from smaformer.export.metadata import META_KEY, ExportMetadata, read_onnx_metadata
 from smaformer.io_utils import atomic_files
 
-#: (fp32 IR model, metadata, output path) -> (quantized model, report lines); raises to refuse
-Quantizer = Callable[[object, ExportMetadata, Path], tuple[object, list[str]]]
+
+class Quantizer(Protocol):
+    """A quantization hook (``infer.quantize.Int8Quantizer``): ``inputs`` are the folders it reads (no output
+    may land there); ``prepare(model, info)`` loads and checks its data before any export work; the call takes
+    (fp32 IR model, metadata, output path) and returns (quantized model, report lines), raising to refuse."""
+
+    inputs: list[Path]
+
+    def prepare(self, model: nn.Module, info: dict) -> None: ...
+
+    def __call__(self, ov_model, meta: ExportMetadata, path: Path) -> tuple[object, list[str]]: ...
 
 #: exported files run in fp32: OpenVINO would otherwise pick bf16 on CPUs with AMX (labels change)
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -76,6 +85,8 @@ def export_openvino(model: nn.Module, info: dict, path: str | Path, quantize: Qu
     path = Path(path)
     if path.suffix != ".xml":
         raise InputError(path, "an OpenVINO IR is named *.xml (its weights go to the .bin beside it)")
+    if quantize is not None:
+        quantize.prepare(model, info)            # its data loaded and checked before any export work
     with tempfile.TemporaryDirectory(prefix="smaformer-ir-") as d:
         onnx_res = export_onnx(model, info, Path(d) / "model.onnx", onnx_exporters)
         meta = read_onnx_metadata(onnx_res.path)

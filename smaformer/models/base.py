@@ -30,6 +30,9 @@ class SegmentationModel(nn.Module):
     official_layout: ClassVar[str | None] = None   # e.g. "HuCaoFighting/Swin-Unet @ 7d80541"
     size_hint: ClassVar[str] = ""                  # appended to size errors, e.g. " or pass pad=True"
     gray_to_rgb: ClassVar[bool] = False  # built for 1 channel, repeat it to 3 (the official wrappers' 3-ch stem)
+    # how much of the model is convolutional: "all" (a CNN: channels-last everywhere, NNCF's CNN INT8 scheme),
+    # "part" (a CNN stem or decoder: channels-last on CUDA only), "none" (attention: NNCF's transformer scheme)
+    convolution: ClassVar[str] = "none"
 
     in_chans: int
     num_classes: int

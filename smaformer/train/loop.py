@@ -96,7 +96,7 @@ class Trainer:
         if cfg["model"].get("pretrained") and state is None:
             from smaformer.weights import load_pretrained
             self.log(str(load_pretrained(self.model, cfg["model"]["pretrained"])))
-        self.memory_format = memory_format(cfg, self.device)
+        self.memory_format = memory_format(self.model, cfg, self.device)
         self.model.to(self.device, memory_format=self.memory_format)
         self.net = self.model
         if self.dist.enabled:

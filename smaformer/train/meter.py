@@ -2,7 +2,8 @@
 
 ``DeviceLoss`` sums the step losses and records the first non-finite one with its iteration, all with
 device ops; ``read`` is the one host sync, done at the log cadence, at the epoch end and before a
-checkpoint. ``memory_format`` says where channels-last pays: the convolutional models.
+checkpoint. ``memory_format`` says where channels-last pays: the convolutional models (their class's
+``convolution``).
 """
 from __future__ import annotations
 
@@ -10,18 +11,15 @@ import torch
 
 from smaformer.errors import DivergedError
 
-# where train.channels_last null turns channels_last (NHWC) on (docs/bench/training.md): the all-convolution
-# U-Net everywhere (its CPU step takes 0.88x the time); the hybrids with a CNN part (TransUNet's R50, the
-# HBFormer decoders) on CUDA only, where NHWC is cuDNN's fast layout (unverified); their CPU step took 1.10x.
-CONV_MODELS = ("unet",)
-CUDA_CONV_MODELS = ("unet", "transunet", "hbformer")
 
-
-def memory_format(cfg: dict, device: torch.device) -> torch.memory_format:
-    """``train.channels_last`` (null: on for ``CONV_MODELS``, on CUDA also ``CUDA_CONV_MODELS``)."""
+def memory_format(model: torch.nn.Module, cfg: dict, device: torch.device) -> torch.memory_format:
+    """``train.channels_last``; null: on for an all-convolution model (``convolution == "all"``, the U-Net:
+    its CPU step takes 0.88x the time), and on CUDA also for one with a CNN part ("part": TransUNet's R50, the
+    HBFormer decoders), where NHWC is cuDNN's fast layout (unverified; their CPU step took 1.10x)."""
     on = cfg["train"]["channels_last"]
     if on is None:
-        on = cfg["model"]["name"] in (CUDA_CONV_MODELS if device.type == "cuda" else CONV_MODELS)
+        kind = getattr(model, "convolution", "none")
+        on = kind == "all" or (kind == "part" and device.type == "cuda")
     return torch.channels_last if on else torch.contiguous_format
 
 

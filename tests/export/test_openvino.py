@@ -1,10 +1,18 @@
 """OpenVINO IR export: metadata round-trip, fp32 parity, predict/ensembles on model.xml, and the INT8 guard."""
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from smaformer.checkpoint import build_checkpoint, default_preprocessing, load_checkpoint, save_checkpoint
+from smaformer.checkpoint import (
+    build_checkpoint,
+    default_preprocessing,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from smaformer.cli import main
 from smaformer.data.sample import Sample
 from smaformer.export import ExportError, export_checkpoint
@@ -93,57 +101,184 @@ def test_xml_needs_openvino(ir):
         load_predictor(ir, "onnxruntime")
 
 
-def test_int8_guard_refuses_and_writes_nothing(ckpt, tmp_path):
+class _LabelReader:
+    """A stand-in compiled IR that reads the label back from the input (volumes made by ``_coded``), mapping
+    the classes in ``drop`` to background: runs of exactly known Dice."""
+
+    def __init__(self, drop=(), stray=False):
+        self.drop, self.stray = set(drop), stray
+
+    def __call__(self, x):
+        lab = np.rint((x[:, 0] * 300 - 100) / 100).astype(int).clip(0, 2)      # window -100..200, image = 100*label
+        for c in self.drop:
+            lab[lab == c] = 0
+        if self.stray:
+            lab[:, 0, 0] = 2                                                 # one voxel of class 2 per slice
+        return np.eye(3, dtype=np.float32)[lab].transpose(0, 3, 1, 2) * 10
+
+
+def _coded(n: int, classes=(1, 2), first: int = 0) -> list[Sample]:
+    """Volumes at the model's 32x32 whose image is 100 x label (so _LabelReader is exact)."""
+    out = []
+    for i in range(n):
+        lab = np.zeros((3, 32, 32), np.int64)
+        for c in classes:
+            lab[:, 4 * c:4 * c + 6, 5:20] = c
+        out.append(Sample(lab.astype(np.float32) * 100, lab, {"case": f"patient{first + i:03d}_frame01",
+                                                             "is_volume": True}))
+    return out
+
+
+def _guard(monkeypatch, info, spec, fp32, int8):
+    """Run quantize_guarded with NNCF and the IR compiler replaced by runs of known Dice."""
+    import nncf
+
+    import smaformer.infer.quantize as qz
+    monkeypatch.setattr(nncf, "quantize", lambda model, *a, **k: "int8")
+    monkeypatch.setattr(qz, "compile_ir", lambda m: int8 if m == "int8" else fp32)
+    meta = ExportMetadata.of(info, {"batch": None, "height": None, "width": None})
+    plan = qz.plan_int8(spec, info)
+    return qz.quantize_guarded("fp32", meta, spec, plan, Path("q.xml"), cnn=True)
+
+
+def _info(ckpt, **data):
+    _, info = load_checkpoint(ckpt)
+    return {**info, "config": {"data": {"train_split": "train", "val_split": "val", **data}}}
+
+
+def test_guard_drop_has_the_known_value_and_sign(ckpt, monkeypatch):
+    """fp32 reads every label back (Dice 100); the 'INT8' run loses class 2 (Dice 100 and 0: 50). The guard
+    reads a drop of +50.00 and refuses; with the runs swapped it reads -50.00 and keeps the file."""
+    from smaformer.infer.quantize import Int8Spec
+    info = _info(ckpt)
+    spec = Int8Spec(_coded(3), cases=3, guard_data=_coded(2, first=10), guard_split="val")
+    with pytest.raises(ExportError, match=r"on 2 volumes of split val \(asked for\) \(never trained on\): "
+                                          r"fp32 100\.00, INT8 50\.00, drop 50\.00 points \(limit 0\.5 points"):
+        _guard(monkeypatch, info, spec, _LabelReader(), _LabelReader(drop={2}))
+    q, report = _guard(monkeypatch, info, spec, _LabelReader(drop={2}), _LabelReader())
+    assert q == "int8" and "fp32 50.00, INT8 100.00, drop -50.00 points" in report[1]
+
+
+def test_guard_counts_the_reference_classes_for_both_runs(ckpt, monkeypatch):
+    """Class 2 is absent from every guard label: one stray voxel of it in the INT8 run must not turn the
+    comparison into 100 vs 50 (the classes averaged come from the references, the same for both runs)."""
+    from smaformer.infer.quantize import Int8Spec
+    spec = Int8Spec(_coded(3), cases=3, guard_data=_coded(2, classes=(1,), first=10), guard_split="val")
+    _, report = _guard(monkeypatch, _info(ckpt), spec, _LabelReader(), _LabelReader(stray=True))
+    assert "fp32 100.00, INT8 100.00, drop 0.00 points" in report[1]
+
+
+def test_guard_refuses_patients_the_checkpoint_trained_on(ckpt):
+    from smaformer.errors import InputError
+    from smaformer.infer.quantize import Int8Spec, plan_int8
+    vols = _coded(4)
+    with pytest.raises(InputError, match=r"guard volumes of split train \(asked for\) share 4 patient\(s\) with the "
+                                         r"checkpoint's training cases \(patient000, patient001, patient002\)"):
+        plan_int8(Int8Spec(vols, cases=2, guard_split="train"), _info(ckpt))
+    # the checkpoint's own fold: its validation patients guard, calibration never takes one of them
+    info = {**_info(ckpt), "splits": {"fold": 0, "splits": [{"train": ["patient000_frame01", "patient001_frame01"],
+                                                               "val": ["patient002_frame01", "patient003_frame01"]}]}}
+    plan = plan_int8(Int8Spec(vols, cases=2), info)
+    assert [v.case for v in plan.guard] and {v.case for v in plan.guard} == {"patient002_frame01", "patient003_frame01"}
+    assert {v.case for v in plan.calibration} == {"patient000_frame01", "patient001_frame01"}
+    assert plan.guard_source == "the checkpoint's validation fold 0 of split train"
+    with pytest.raises(InputError, match="records no validation cases"):
+        plan_int8(Int8Spec(vols, cases=2), {**_info(ckpt), "config": {}})
+
+
+def test_guard_fp32_figure_equals_evaluate(ckpt, ir, tmp_path):
+    """The guard's fp32 score of the IR is evaluate's foreground mean Dice of the same file on the same volumes."""
+    from smaformer.export.openvino import compile_ir
+    from smaformer.infer.evaluate import evaluate
+    from smaformer.infer.quantize import mean_foreground_dice
+    vols = _volumes(3, seed=4)
+    meta = read_metadata(ir)
+    guard = mean_foreground_dice(compile_ir(ir), vols, meta, [1, 2])
+    result = evaluate(ir, vols, tmp_path / "ev", overlays=0, progress=False, postprocess="none")
+    assert guard == pytest.approx(100 * result["foreground_mean"]["standard"]["dice"], abs=1e-9)
+
+
+def test_int8_export_writes_its_guard_report(ckpt, tmp_path):
     from smaformer.export.openvino import export_openvino
     from smaformer.infer.quantize import Int8Spec, int8_quantizer
 
     model, info = load_checkpoint(ckpt)
+    info = {**info, "config": {"data": {"train_split": "train", "val_split": "val"}}}
     out = tmp_path / "q.xml"
-    spec = Int8Spec(_volumes(4), cases=2, guard_cases=2, max_dice_drop=-100.0)   # no INT8 can gain 100 points
-    with pytest.raises(ExportError, match=r"INT8 refused, nothing written: accuracy guard: .* fp32 .* INT8 .* "
-                                          r"\(limit -100 points of mean foreground Dice\)"):
-        export_openvino(model, info, out, int8_quantizer(spec), onnx_exporters=FAST)
-    assert not any(tmp_path.iterdir())
-    spec = Int8Spec(_volumes(4), cases=2, max_dice_drop=100.0)      # the default 20 guard volumes: 2 left
+    spec = Int8Spec(_volumes(4), cases=2, guard_split="val", guard_data=_volumes(2, seed=9)[:1], max_dice_drop=100)
+    for v in spec.guard_data:
+        v.meta["case"] = "patient077_frame01"
     res = export_openvino(model, info, out, int8_quantizer(spec), onnx_exporters=FAST)
-    assert res.fmt == "openvino INT8" and any("Dice on 2 held-back volumes" in n for n in res.notes)
-    assert any(n.startswith("only 2 of the 20 guard volumes") for n in res.notes)
+    assert res.fmt == "openvino INT8" and any("Dice on 1 volumes of split val (asked for)" in n for n in res.notes)
+    assert any(n.startswith("only 1 of the 20 guard volumes") for n in res.notes)
     assert read_metadata(out).classes == ["bg", "a", "b"]
 
 
-def test_int8_calibration_split_is_by_patient():
-    from smaformer.errors import InputError
-    from smaformer.infer.quantize import Int8Spec, split_volumes
+@pytest.fixture()
+def acdc_ckpt(tmp_path):
+    """A tiny 4-class U-Net whose config names ACDC's train/val splits and whose fingerprint is ACDC-like."""
+    from smaformer.data.fingerprint import dataset_fingerprint
+    from smaformer.data.sample import SampleList, case_key
+    torch.manual_seed(0)
+    model = create_model("unet", **tiny_kwargs("unet"), num_classes=4, img_size=32)
+    pre = default_preprocessing((32, 32), 3, "repeat")
+    rng = np.random.default_rng(0)
+    fp = dataset_fingerprint(SampleList([Sample(rng.random((4, 40, 40)).astype(np.float32), None,
+                                                {"case": f"p{i}", "is_volume": True}) for i in range(3)]),
+                             group=case_key)
+    ckpt = build_checkpoint(model, ["bg", "RV", "Myo", "LV"], pre, {"data": {"train_split": "train",
+                                                                              "val_split": "val"}}, fingerprint=fp)
+    return save_checkpoint(ckpt, tmp_path / "acdc.pt")
 
-    vols = _volumes(6)
-    for i, v in enumerate(vols):
-        v.meta["case"] = f"patient{i // 2:03d}_frame0{i % 2 + 1}"     # two volumes per patient
-    cal, held = split_volumes(Int8Spec(vols, cases=2, guard_cases=2))
-    patients = lambda vs: {v.case.split("_")[0] for v in vs}  # noqa: E731
-    assert len(cal) == 2 and len(held) == 2 and not patients(cal) & patients(held)
-    with pytest.raises(InputError, match="6 volumes .* needs 6 to calibrate [+] at least 1 held back"):
-        split_volumes(Int8Spec(vols, cases=6))
 
-
-def test_cli_int8_refuses_in_one_line_on_acdc(ckpt, tmp_path, shared_data_dir, capsys, monkeypatch):
-    import smaformer.export.openvino as ovx
-
-    onnx = ovx.export_onnx
-    monkeypatch.setattr(ovx, "export_onnx", lambda m, i, p, _: onnx(m, i, p, FAST))
-    out = tmp_path / "q.xml"
-    rc = main(["export", "--format", "openvino", "-c", str(ckpt), "-o", str(out), "--int8", "--calibration",
-               str(shared_data_dir / "acdc"), "--calibration-cases", "1", "--guard-cases", "1",
-               "--max-dice-drop", "-100"])
+@pytest.mark.parametrize("extra, message", [
+    (["--max-dice-drop", "nan"], "--max-dice-drop nan: give a finite number of points >= 0"),
+    (["--guard-cases", "0"], "--guard-cases 0: give a number of volumes >= 1"),
+    (["--calibration-cases", "-3"], "--calibration-cases -3: give a number of volumes >= 1"),
+])
+def test_cli_int8_refuses_bad_numbers_at_once(acdc_ckpt, tmp_path, shared_data_dir, capsys, extra, message):
+    import time
+    t0 = time.perf_counter()
+    rc = main(["export", "--format", "openvino", "-c", str(acdc_ckpt), "-o", str(tmp_path / "q.xml"), "--int8",
+               "--calibration", str(shared_data_dir / "acdc"), *extra])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "INT8 refused, nothing written" in err[0]
-    assert not out.exists() and not out.with_suffix(".bin").exists()
+    assert rc == 2 and err == [f"error: {message}"] and time.perf_counter() - t0 < 5
+
+
+def test_cli_int8_refusals_before_any_work_on_acdc(ckpt, acdc_ckpt, tmp_path, shared_data_dir, capsys):
+    acdc = shared_data_dir / "acdc"
+
+    def refused(ck, *extra, out=tmp_path / "q.xml"):
+        rc = main(["export", "--format", "openvino", "-c", str(ck), "-o", str(out), "--int8", "--calibration",
+                   str(acdc), "--calibration-cases", "1", "--guard-cases", "1", *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1, err
+        assert not out.exists() and not out.with_suffix(".bin").exists()
+        return err[0]
+
+    three = tmp_path / "three.pt"                                     # the 3-class model on 4-class ACDC
+    ck = read_checkpoint(ckpt)
+    save_checkpoint({**ck, "config": {"data": {"train_split": "train", "val_split": "val"}}}, three)
+    assert "label value 3 outside the model's classes 0..2 (bg, a, b)" in refused(three)
+    assert "inside the input" in refused(acdc_ckpt, out=acdc / "m.xml")
+    assert "share" in refused(acdc_ckpt, "--guard-split", "train") and "patient" in refused(acdc_ckpt, "--guard-split",
+                                                                                             "train")
+    ct = tmp_path / "ct.pt"                                         # a CT-window model calibrated on MRI in [0, 1]
+    from smaformer.data.fingerprint import dataset_fingerprint
+    from smaformer.data.sample import SampleList, case_key
+    rng = np.random.default_rng(0)
+    hu = dataset_fingerprint(SampleList([Sample((rng.random((4, 40, 40)) * 1400 - 1000).astype(np.float32), None,
+                                                {"case": f"p{i}", "is_volume": True}) for i in range(3)]),
+                             group=case_key)
+    a = read_checkpoint(acdc_ckpt)
+    save_checkpoint({**a, "fingerprint": hu, "preprocessing": {**a["preprocessing"], "intensity": {
+        "mode": "window", "lo": -125, "hi": 275}}}, ct)
+    assert "calibration case" in (line := refused(ct)) and "the input looks rescaled" in line
 
 
 def test_unknown_int8_scheme_is_refused(ckpt):
     from smaformer.errors import InputError
-    from smaformer.infer.quantize import Int8Spec, quantize_guarded
+    from smaformer.infer.quantize import Int8Spec, int8_quantizer
 
-    _, info = load_checkpoint(ckpt)
-    meta = ExportMetadata.of(info, {"batch": None, "height": None, "width": None})
     with pytest.raises(InputError, match="unknown INT8 scheme 'fast'"):
-        quantize_guarded(None, meta, Int8Spec(_volumes(2), scheme="fast"), ckpt.with_name("q.xml"))
+        int8_quantizer(Int8Spec(_volumes(2), scheme="fast"))

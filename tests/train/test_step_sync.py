@@ -155,14 +155,18 @@ def test_background_writer_reports_a_failed_write_on_wait(tmp_path):
 
 
 def test_channels_last_by_default_for_the_conv_models_only():
+    from smaformer.models.hbformer import HBFormer
+    from smaformer.models.swin_unet import SwinUnet
+    from smaformer.models.unet import UNet
     from smaformer.train.meter import memory_format
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert memory_format(tiny_cfg(16), cpu) == torch.channels_last                                # unet
-    assert memory_format(tiny_cfg(16, "train.channels_last=false"), cpu) == torch.contiguous_format
-    assert memory_format(tiny_cfg(32, "model.name=swin_unet", "model.kwargs={}"), cuda) == torch.contiguous_format
-    hybrid = tiny_cfg(32, "model.name=hbformer", "model.kwargs={}")       # measured slower with it on CPU
-    assert memory_format(hybrid, cpu) == torch.contiguous_format and memory_format(hybrid, cuda) == torch.channels_last
+    unet, swin, hybrid = UNet.__new__(UNet), SwinUnet.__new__(SwinUnet), HBFormer.__new__(HBFormer)   # the class's
+    assert memory_format(unet, tiny_cfg(16), cpu) == torch.channels_last
+    assert memory_format(unet, tiny_cfg(16, "train.channels_last=false"), cpu) == torch.contiguous_format
+    assert memory_format(swin, tiny_cfg(16), cuda) == torch.contiguous_format
+    assert memory_format(hybrid, tiny_cfg(16), cpu) == torch.contiguous_format       # measured slower on CPU
+    assert memory_format(hybrid, tiny_cfg(16), cuda) == torch.channels_last
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
