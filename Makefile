@@ -21,9 +21,10 @@ demo: install
 	$(BIN)/smaformer demo
 	@echo "smaformer is $(BIN)/smaformer (or run 'source $(VENV)/bin/activate')"
 
-# pytest's exit code 5 ("no tests collected") counts as a failure.
+# pytest's exit code 5 ("no tests collected") counts as a failure. A UTF-8 locale: torch.compile reads its
+# templates with the locale's encoding, so the compile tests need one.
 test: install
-	@$(BIN)/python -m pytest -q tests; rc=$$?; \
+	@LC_ALL=C.UTF-8 LANG=C.UTF-8 PYTHONUTF8=1 $(BIN)/python -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
 
 lint: install

@@ -28,3 +28,26 @@ def test_missing_shared_skips_by_default_and_fails_when_required(tmp_path):
     assert "SMAFORMER_REQUIRE_SHARED" in ci.stdout and str(tmp_path / "no_shared") in ci.stdout
     assert "2 skipped" in _pytest(tmp_path, "0").stdout
     assert "SMAFORMER_REQUIRE_SHARED=1" in (REPO / ".ci" / "run").read_text()
+
+
+def test_required_run_fails_any_skip_outside_the_allow_list(tmp_path):
+    """Under SMAFORMER_REQUIRE_SHARED, a skip for any other reason (e.g. the compile tests under a non-UTF-8
+    locale) fails; an allow-listed one passes and is listed with its reason at the end."""
+    import shutil
+    shutil.copy(REPO / "tests" / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_skips.py").write_text(
+        "import pytest\n\n"
+        "def test_locale():\n    pytest.skip('needs a UTF-8 locale')\n\n"
+        "def test_browser():\n    pytest.skip('chromium not installed; checked without rendering')\n", encoding="utf-8")
+    env = {**os.environ, "SMAFORMER_REQUIRE_SHARED": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "1 failed" in run.stdout and "1 skipped" in run.stdout, run.stdout
+    assert "may not skip" in run.stdout and "needs a UTF-8 locale" in run.stdout
+    assert "allowed skips (SMAFORMER_REQUIRE_SHARED)" in run.stdout
+    assert "test_browser: chromium not installed" in run.stdout
+
+
+def test_ci_and_make_set_a_utf8_locale():
+    assert "LC_ALL=C.UTF-8" in (REPO / ".ci" / "run").read_text()
+    assert "LC_ALL=C.UTF-8" in (REPO / "Makefile").read_text()
