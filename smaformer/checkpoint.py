@@ -161,6 +161,21 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def _check_fingerprint(fingerprint, path) -> None:
+    """A stored training fingerprint the intensity guard can read, else a CheckpointError naming the file
+    (before any case is read, instead of a raw TypeError per case)."""
+    import numpy as np
+
+    from smaformer.data.fingerprint import intensity_warnings
+    try:
+        if fingerprint is not None and not isinstance(fingerprint, dict):
+            raise TypeError(f"a {type(fingerprint).__name__}, not a mapping")
+        intensity_warnings(fingerprint, np.zeros((1, 2, 2), np.float32), (1.0, 1.0, 1.0))   # every field it reads
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
+        raise CheckpointError(path, f"stored training fingerprint is corrupt ({type(e).__name__}: {e}); "
+                                    "retrain, or remove the checkpoint's 'fingerprint' entry") from None
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Build the model a checkpoint describes, load its weights, return ``(model.eval(), info)``.
 
@@ -183,6 +198,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     except RuntimeError as e:
         raise CheckpointError(path, f"weights do not fit model {spec['name']!r}: {str(e).splitlines()[0]}") from None
     info = {k: ckpt[k] for k in ("classes", "preprocessing", "config", "metrics", "model")}
+    _check_fingerprint(ckpt.get("fingerprint"), path)
     info["path"] = str(path)
     info.update({k: ckpt.get(k) or None for k in ("splits", "fingerprint", "postprocessing")})
     return model.to(device).eval(), info

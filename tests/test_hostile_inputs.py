@@ -182,3 +182,15 @@ def test_guard_ignores_a_few_non_finite_voxels():
     image = np.random.default_rng(1).random((3, 16, 16)).astype(np.float32)
     image[0, 0, :3] = (np.nan, np.inf, -np.inf)
     assert intensity_warnings(_fingerprint(), image, (2.0, 1.0, 1.0), "ok") == []
+
+
+@pytest.mark.parametrize("fingerprint", [{"summary": {"intensity": {"p0.5": [1, 2]}}}, ["x"],
+                                         {"summary": {"intensity": {"p0.5": {"min": "a"}, "p99.5": {"max": 1}}}}])
+def test_a_corrupt_stored_fingerprint_is_one_line_before_any_case(models, scans, tmp_path, capsys, fingerprint):
+    ck = read_checkpoint(models["a"])
+    ck["fingerprint"] = fingerprint
+    bad = save_checkpoint(ck, tmp_path / "bad.pt")
+    out = tmp_path / "out"
+    _one_line(["predict", "-i", str(scans), "-o", str(out), "-c", str(bad)], capsys,
+              "bad.pt: stored training fingerprint is corrupt")
+    assert not out.exists()

@@ -198,6 +198,8 @@ def _read_2d(path: Path, dtype) -> tuple[np.ndarray, dict]:
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
                     if np.ptp(np.asarray(im)[..., :3], axis=-1).max() == 0:
                         im = im.convert("L")
+                if im.mode in ("LA", "La"):     # grey + alpha is one grey image, not a 2-slice stack
+                    im = im.getchannel(0)
                 data = np.asarray(im)
     except Exception as e:
         raise InputError(path, f"not a readable image ({first_line(e)})") from None

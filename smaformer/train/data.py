@@ -169,9 +169,29 @@ def _hold_out(reader: Reader, held: list[str], keep: list[str] | None = None) ->
 
 def training_fingerprint(data: TrainData) -> dict | None:
     """The training set's ``data.fingerprint`` (checkpoints store it), slices grouped into cases by
-    ``case_key``; None when the training set is not read through a reader."""
+    ``case_key``; None when the training set is not read through a reader. Its label values are checked
+    against the classes (``check_label_values``) before any training step."""
     reader = getattr(data.train, "reader", None)
-    return None if reader is None else dataset_fingerprint(reader, group=case_key)
+    if reader is None:
+        return None
+    fingerprint = dataset_fingerprint(reader, group=case_key)
+    check_label_values(fingerprint, list(data.classes), reader)
+    return fingerprint
+
+
+def check_label_values(fingerprint: dict | None, classes: list[str], reader) -> None:
+    """Refuse, before training, a training case whose labels hold a value outside ``0..len(classes)-1`` (the
+    loss would fail with an IndexError mid-run), naming its label file where the reader knows it."""
+    k = len(classes)
+    for case in (fingerprint or {}).get("cases", []):
+        bad = sorted(v for v in map(int, case.get("label_voxels") or {}) if not 0 <= v < k)
+        if bad:
+            pairs = reader.pairs() if hasattr(reader, "pairs") else {}
+            label = next((lab for name, (_, lab) in pairs.items() if case_key(name) == case["case"] and lab), None)
+            raise InputError(label or getattr(reader, "root", None),
+                             f"{'' if label else 'training case ' + case['case'] + ': '}label value {bad[-1]} "
+                             f"outside the model's classes 0..{k - 1} ({', '.join(classes)}); fix the labels or "
+                             "set data.classes")
 
 
 def val_samples(source, rank: int = 0, world_size: int = 1):

@@ -162,3 +162,16 @@ def test_png_tiff_images_and_label_writing(tmp_path):
     (tmp_path / "zero.png").write_bytes(b"")
     with pytest.raises(InputError, match="zero.png: empty file"):
         read_image(tmp_path / "zero.png")
+
+
+def test_grey_alpha_png_is_one_grey_image(tmp_path):
+    """A grey+alpha PNG (mode LA) was read as a 40-slice volume; it is one 2D image, alpha dropped."""
+    from PIL import Image
+
+    from smaformer.data.io import read_image
+    grey = np.arange(40 * 30, dtype=np.uint8).reshape(40, 30)
+    la = np.stack([grey, np.full_like(grey, 128)], -1)
+    Image.fromarray(la, mode="LA").save(tmp_path / "la.png")
+    arr, props = read_image(tmp_path / "la.png")
+    assert arr.shape == (1, 40, 30) and props["is_volume"] is False
+    np.testing.assert_array_equal(arr[0], grey)

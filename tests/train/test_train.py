@@ -262,3 +262,37 @@ def test_tensorboard_asked_for_but_missing_warns(tmp_path, monkeypatch):
     tb = TensorBoard(tmp_path, True, lines.append)
     assert tb.writer is None and len(lines) == 1 and "tensorboard is not installed" in lines[0]
     assert TensorBoard(tmp_path, False, lines.append).writer is None and len(lines) == 1
+
+
+def test_label_out_of_range_is_refused_before_training(tmp_path, capsys):
+    """A PNG mask holding 200 for a 2-class model: one line naming the mask file and the value, before any
+    step (it was an IndexError traceback from the loss)."""
+    from PIL import Image
+
+    from smaformer.cli import main
+    for split in ("train", "val"):
+        for d in ("images", "masks"):
+            (tmp_path / "data" / split / d).mkdir(parents=True)
+        for i in range(3):
+            img = (np.random.default_rng(i).random((32, 32)) * 255).astype(np.uint8)
+            mask = np.zeros((32, 32), np.uint8)
+            mask[8:20, 8:20] = 200 if (split, i) == ("train", 1) else 1
+            Image.fromarray(img).save(tmp_path / "data" / split / "images" / f"c{i}.png")
+            Image.fromarray(mask).save(tmp_path / "data" / split / "masks" / f"c{i}.png")
+    rc = main(["train", "--config", "acdc_swin_unet", "--set", f"data.root={tmp_path / 'data'}", "--set",
+               "data.layout=image_folder", "--set", "data.classes=[bg, fg]", "--set", "model.name=unet", "--set",
+               "model.kwargs={base: 4, depth: 2}", "--set", "data.img_size=32", "--set", "data.num_workers=0",
+               "--set", "data.in_chans=1", "--set", "train.batch_size=2", "--out", str(tmp_path / "run"),
+               "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert f"{tmp_path / 'data' / 'train' / 'masks' / 'c1.png'}: label value 200 outside the model's classes 0..1" \
+        in err[0]
+    assert not (tmp_path / "run" / "latest.pt").exists()
+
+
+def test_stop_after_below_one_is_refused(capsys):
+    from smaformer.cli import main
+    rc = main(["train", "--config", "acdc_swin_unet", "--stop-after", "-1", "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == "error: --stop-after -1: give a number of optimizer steps >= 1"
