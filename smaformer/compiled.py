@@ -24,10 +24,14 @@ def is_compile_error(e: BaseException) -> bool:
 class CompiledModule(nn.Module):
     """``torch.compile(module)`` that falls back to ``module`` for good after a compilation failure."""
 
-    def __init__(self, module: nn.Module, log: Callable[[str], object] = print, **compile_kwargs):
+    def __init__(self, module: nn.Module, log: Callable[[str], object] = print, record: dict | None = None,
+                 **compile_kwargs):
         super().__init__()
         self.eager = module
-        self.failed = False
+        self.failed, self.reason = False, ""
+        self._record = record        # gets "compile_ran": what runs (e.g. a run's train config, for its checkpoints)
+        if record is not None:
+            record["compile_ran"] = "compiled"
         self._log = log
         try:
             self.compiled = torch.compile(module, **compile_kwargs)
@@ -39,8 +43,16 @@ class CompiledModule(nn.Module):
             raise e
         line = (str(e).strip().splitlines() or [""])[0][:200]
         hint = "; PYTHONUTF8=1 lets torch read its templates" if "UnicodeDecodeError" in str(e) else ""
+        self.reason = f"torch.compile failed: {type(e).__name__}: {line}"
         self._log(f"torch.compile failed ({type(e).__name__}: {line}){hint}; running eagerly")
         self.failed = True
+        if self._record is not None:
+            self._record["compile_ran"] = self.status
+
+    @property
+    def status(self) -> str:
+        """What runs: ``compiled``, or ``eager (torch.compile failed: ...)`` after a fallback."""
+        return f"eager ({self.reason})" if self.failed else "compiled"
 
     def forward(self, *args, **kwargs):
         if self.failed:
@@ -59,6 +71,9 @@ class CompiledModule(nn.Module):
 
 
 def maybe_compile(module: nn.Module, enabled: bool, log: Callable[[str], object] = print,
-                  backend: str = "inductor") -> nn.Module:
-    """``CompiledModule(module)`` when ``enabled``, else ``module`` itself."""
-    return CompiledModule(module, log, backend=backend) if enabled else module
+                  backend: str = "inductor", record: dict | None = None) -> nn.Module:
+    """``CompiledModule(module)`` when ``enabled``, else ``module`` itself; ``record`` (see CompiledModule) gets
+    ``compile_ran``: ``eager`` when not enabled."""
+    if not enabled and record is not None:
+        record["compile_ran"] = "eager"
+    return CompiledModule(module, log, record, backend=backend) if enabled else module

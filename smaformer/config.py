@@ -58,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
         "channels_last": None,       # null: on for unet (and on CUDA for transunet, hbformer)
         "compile": False,            # torch.compile the model for training and validation (falls back to eager)
         "compile_backend": "inductor",  # torch.compile backend (aot_eager: tracing only, no C++/Triton code)
+        "compile_ran": None,         # filled by training: "eager", "compiled", or "eager (torch.compile failed: ...)"
         "log_every": 50,             # steps between reads of the loss (the step loop's only host sync)
         "val_every": 1,              # epochs; 0 disables validation
         "val_batch_size": 16,

@@ -16,8 +16,10 @@ from smaformer.export.openvino import compile_ir, read_ir_metadata
 class FixedBatch:
     """Run a callable that only accepts batch ``n``: split, zero-pad the last chunk, trim the result."""
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], n: int | None):
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], n: int | None, engine: str = "",
+                 device: torch.device | None = None):
         self.run, self.n = run, n
+        self.engine, self.device = engine, device or torch.device("cpu")    # where the runtime computes
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         arr = x.detach().float().cpu().numpy()
@@ -61,7 +63,7 @@ def onnxruntime_runner(path: Path, device: str | torch.device = "cpu") -> tuple[
                                f"has {', '.join(sess.get_providers())}); check the CUDA/cuDNN libraries "
                                "onnxruntime-gpu needs, or use --device cpu")
     name = sess.get_inputs()[0].name
-    return FixedBatch(lambda a: sess.run(None, {name: a})[0], meta.static_batch), meta.info
+    return FixedBatch(lambda a: sess.run(None, {name: a})[0], meta.static_batch, "onnxruntime", device), meta.info
 
 
 def openvino_runner(path: Path, device: str | torch.device = "cpu") -> tuple[Callable, dict]:
@@ -74,7 +76,7 @@ def openvino_runner(path: Path, device: str | torch.device = "cpu") -> tuple[Cal
                                "Intel GPU, not a CUDA device; use --device cpu, or --engine onnxruntime/torch "
                                "for CUDA")
     meta = read_metadata(path)
-    return FixedBatch(compile_ir(Path(path)), meta.static_batch), meta.info   # fp32 hint, as every IR here
+    return FixedBatch(compile_ir(Path(path)), meta.static_batch, "openvino"), meta.info   # fp32, as every IR
 
 
 RUNTIMES = {"onnxruntime": onnxruntime_runner, "openvino": openvino_runner}

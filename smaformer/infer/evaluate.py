@@ -118,7 +118,13 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
     ``metrics_part{K}_of_{N}.json`` for ``merge_part_files`` and returns its own result.
     """
     from smaformer.data import open_dataset
-    from smaformer.infer.members import domain_warnings, load_members, member_precision
+    from smaformer.infer.members import (
+        describe_members,
+        domain_warnings,
+        load_members,
+        member_precision,
+        members_as_run,
+    )
     from smaformer.infer.parts import gather, resolve_part
     from smaformer.infer.report import overlay_png, select_slices
 
@@ -132,6 +138,7 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
     device = part.device(resolve_device(device))
     members = load_members(paths, engine, device, compile_model=compile_model, auto_device=auto)
     precision = member_precision(members, precision, device, paths[0])
+    log.info("%d model(s): %s", len(members), describe_members(members_as_run(members, paths, device, precision)))
     info = members[0][1]
     decision = _postprocessing(postprocess, min_size, choose_postprocessing, members, paths)
     if isinstance(data, (list, tuple)):
@@ -223,6 +230,7 @@ def evaluate(checkpoint: str | Path | list, data: Any, out_dir: str | Path, *, s
         "data": {"path": str(getattr(reader, "root", None) or reader), "layout": getattr(reader, "layout", layout),
                  "split": getattr(reader, "split", split), "n_cases": len(per_case), "n_failed": len(failed)},
         "config": config,
+        "members": members_as_run(members, paths, device, precision),    # as they ran (compile fallbacks too)
         "classes": {str(k): v for k, v in class_map.items()},
         "conventions": {"standard": STANDARD_RULE, "legacy": LEGACY_RULE, "slice": M.SLICE_DICE_RULE,
                         "hd95_unit": "/".join(sorted(units)) or "mm", "legacy_hd95_unit": "voxel"},

@@ -102,6 +102,19 @@ def _classes(info: dict) -> list[str]:
     return classes or [str(i) for i in range(int(k or 0))]
 
 
+def members_as_run(members: Sequence[Member], paths: Sequence, device: torch.device, precision: str) -> list[dict]:
+    """Per member: path, engine, device, precision and compile state as it runs (``infer.volume.placement``,
+    the decision ``infer_volume`` follows); after a run, a torch.compile that fell back to eager says so."""
+    from smaformer.infer.volume import placement
+
+    return [{"path": str(p), **placement(m, device, precision)} for p, (m, _) in zip(paths, members, strict=True)]
+
+
+def describe_members(records: list[dict]) -> str:
+    """``a.pt (torch, cuda, bf16), b.xml (openvino, cpu, fp32)`` for the first output line."""
+    return ", ".join(f"{Path(r['path']).name} ({r['engine']}, {r['device']}, {r['precision']})" for r in records)
+
+
 def member_precision(members: Sequence[Member], precision: str, device: torch.device, where=None) -> str:
     """The autocast dtype for the torch members (exported files always run fp32)."""
     if any(isinstance(m, torch.nn.Module) for m, _ in members):

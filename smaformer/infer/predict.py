@@ -24,7 +24,15 @@ from smaformer.data.arrays import H5_SUFFIXES
 from smaformer.data.io import IMAGE_SUFFIXES, is_nifti, read_image, write_labels
 from smaformer.errors import InputError
 from smaformer.infer.dicom_seg import read_source_series, write_dicom_seg
-from smaformer.infer.members import Member, domain_warnings, load_members, member_precision, resolve_postprocessing
+from smaformer.infer.members import (
+    Member,
+    describe_members,
+    domain_warnings,
+    load_members,
+    member_precision,
+    members_as_run,
+    resolve_postprocessing,
+)
 from smaformer.infer.parts import resolve_part
 from smaformer.infer.postprocess import apply_postprocessing, describe_postprocessing
 from smaformer.infer.volume import infer_ensemble
@@ -244,8 +252,9 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
                         precision=member_precision(members, precision, device, paths[0]),
                         postprocessing=resolve_postprocessing(postprocess, members, paths, min_size),
                         save_probabilities=save_probabilities, progress=progress, output_type=output_type)
-    log(f"{len(members)} model(s), precision {settings.precision}, tta {'on' if tta else 'off'}, inference "
-        f"{inference or 'per checkpoint'}, post-processing {describe_postprocessing(settings.postprocessing)}")
+    log(f"{len(members)} model(s): {describe_members(members_as_run(members, paths, device, settings.precision))}; "
+        f"tta {'on' if tta else 'off'}, inference {inference or 'per checkpoint'}, post-processing "
+        f"{describe_postprocessing(settings.postprocessing)}")
     if part.split:
         log(f"{part.describe()}: {len(part.take(cases))} of {len(cases)} cases")
         cases = part.take(cases)
@@ -269,18 +278,20 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
         if res.error is None:
             log(f"{case} -> {res.output} ({res.slices} slices, {res.seconds:.1f} s)")
         results.append(res)
-    _write_summary(output, single, paths, settings, results, part.suffix())
+    _write_summary(output, single, members_as_run(members, paths, device, settings.precision), settings, results,
+                   part.suffix())
     return results
 
 
-def _write_summary(output: Path, single: bool, paths: list, settings: Settings, results: list[CaseResult],
+def _write_summary(output: Path, single: bool, runs: list[dict], settings: Settings, results: list[CaseResult],
                    suffix: str = "") -> Path:
     """``predict.json`` beside the outputs (``<name>.json`` for a single output file; ``suffix`` names a part's
-    own): the models and settings, and per case its output, time, guard warnings or error."""
+    own): the models as they ran (``members``), the settings asked for, and per case its output, time, guard
+    warnings or error."""
     path = (output.with_name(case_stem(output) + suffix + ".json") if output_is_file(output, single)
             else output / f"predict{suffix}.json")
-    doc = {"format": "smaformer-predictions", "version": 1, "checkpoints": [str(p) for p in paths],
-           "precision": settings.precision, "device": str(settings.device), "tta": settings.tta,
+    doc = {"format": "smaformer-predictions", "version": 1, "checkpoints": [r["path"] for r in runs],
+           "members": runs, "precision": settings.precision, "device": str(settings.device), "tta": settings.tta,
            "inference": settings.inference or "per checkpoint",
            "postprocessing": describe_postprocessing(settings.postprocessing),
            "cases": [{**asdict(r), "source": str(r.source), "output": r.output and str(r.output)} for r in results]}

@@ -91,18 +91,30 @@ def _eval_mode(models: Sequence[Callable]):
             m.train()
 
 
+def placement(model: Callable, device: torch.device, precision: str) -> dict:
+    """Where and how one member runs, as it runs (``_Member`` follows it; predict/evaluate record it): a torch
+    module on ``device`` at ``precision``; an exported runner on its runtime's own device, in fp32 (its batches
+    stay on the host: the runtime takes numpy arrays)."""
+    if isinstance(model, nn.Module):
+        compiled = getattr(model, "status", "eager")
+        return {"engine": "torch", "device": str(device), "precision": precision, "compile": compiled}
+    return {"engine": getattr(model, "engine", "callable"), "device": str(getattr(model, "device", "cpu")),
+            "precision": "fp32", "compile": "n/a"}
+
+
 class _Member:
     """One model of an ensemble with what it needs to score a batch of slices at the case's grid."""
 
     def __init__(self, model: Callable, preprocessing: dict, vol: np.ndarray, *, inference: str | None,
                  device: torch.device, precision: str, batch_size: int):
-        self.model, self.device, self.batch_size = model, device, batch_size
+        self.model, self.batch_size = model, batch_size
+        run = placement(model, device, precision)
+        self.device = device if run["engine"] == "torch" else torch.device("cpu")    # host arrays for runtimes
+        self.precision = run["precision"]
         self.size = tuple(int(s) for s in preprocessing["img_size"])
         self.mode = inference_mode_of(preprocessing, inference)
         self.channel_mode = preprocessing.get("channel_mode", "repeat")
         self.in_chans = int(preprocessing.get("in_chans", 1))
-        # exported runners compute in fp32 whatever is asked; autocast only means something for torch
-        self.precision = precision if isinstance(model, nn.Module) else "fp32"
         self.spec = fix_volume_statistics(vol, preprocessing.get("intensity", {"mode": "none"}))
         if isinstance(model, nn.Module):
             model.to(device)
@@ -213,12 +225,12 @@ def infer_ensemble(members: Sequence[tuple[Callable, dict]], volume: np.ndarray,
             if legacy_resize:
                 run = runs[0]
                 x = torch.from_numpy(np.ascontiguousarray(_legacy_zoom_in(normalize_intensity(raw, run.spec),
-                                                                          run.size))).to(device)
+                                                                          run.size))).to(run.device)
                 lab = run.run(x).argmax(1).to(torch.uint8).cpu().numpy()
                 labels[s:s + len(raw)] = _legacy_zoom_out(lab, hw)
                 continue
             if averaged:
-                parts = [r.probabilities(r.inputs(raw), tta) for r in runs]
+                parts = [r.probabilities(r.inputs(raw), tta).to(device) for r in runs]
                 if len({p.shape[1] for p in parts}) > 1:
                     raise ValueError(f"ensemble members give {[p.shape[1] for p in parts]} classes; they must agree")
                 scores = sum(parts) / len(parts)

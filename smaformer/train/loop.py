@@ -105,7 +105,7 @@ class Trainer:
             self.net = DistributedDataParallel(self.model, device_ids=ids,
                                                find_unused_parameters=bool(t["freeze_gates_epochs"]))
         # compiled forward passes for training (through DDP) and validation; checkpoints use self.model
-        self.train_net = maybe_compile(self.net, bool(t["compile"]), self.log, t["compile_backend"])
+        self.train_net = maybe_compile(self.net, bool(t["compile"]), self.log, t["compile_backend"], record=t)
         self.eval_net = maybe_compile(self.model, bool(t["compile"]), self.log, t["compile_backend"])
         seed_everything(seed + self.dist.rank)     # dropout/drop-path streams differ per rank
         self.objective = build_objective(cfg, self.classes, self.data.preprocessing, self.device)

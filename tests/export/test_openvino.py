@@ -282,3 +282,37 @@ def test_unknown_int8_scheme_is_refused(ckpt):
 
     with pytest.raises(InputError, match="unknown INT8 scheme 'fast'"):
         int8_quantizer(Int8Spec(_volumes(2), scheme="fast"))
+
+
+def test_records_say_how_each_member_ran(ckpt, ir, tmp_path, monkeypatch):
+    """A mixed ensemble asked for bf16: the torch member runs bf16, the IR fp32 on the CPU, and predict.json,
+    metrics.json and the first output line say so per member; a torch.compile that fell back to eager too."""
+    import json
+
+    from smaformer.infer.evaluate import evaluate
+    from smaformer.infer.volume import _Member
+    vol = (np.random.default_rng(2).random((30, 28, 4)) * 300 - 100).astype(np.float32)
+    src = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(src))
+    lines = []
+    predict(src, tmp_path / "mixed.nii.gz", [ckpt, ir], precision="bf16", device="cpu", progress=False,
+            log=lines.append)
+    doc = json.loads((tmp_path / "mixed.json").read_text())
+    assert [(m["engine"], m["device"], m["precision"]) for m in doc["members"]] == [
+        ("torch", "cpu", "bf16"), ("openvino", "cpu", "fp32")]
+    assert doc["members"][1]["path"] == str(ir)
+    assert lines[0].startswith("2 model(s): u.pt (torch, cpu, bf16), u.xml (openvino, cpu, fp32);")
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler")
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **k: real(m, backend=broken_backend))
+    res = evaluate(ckpt, _volumes(1), tmp_path / "ev", overlays=0, progress=False, compile_model=True)
+    (member,) = res["members"]
+    assert member["engine"] == "torch" and member["compile"].startswith("eager (torch.compile failed: ")
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["members"] == res["members"]
+    # an exported member's batches stay on the host whatever device the ensemble runs on (no GPU round trip)
+    runner, info = __import__("smaformer.infer.members", fromlist=["x"]).load_predictor(ir)
+    m = _Member(runner, info["preprocessing"], vol, inference=None, device=torch.device("cuda"), precision="bf16",
+                batch_size=4)
+    assert m.device == torch.device("cpu") and m.precision == "fp32"

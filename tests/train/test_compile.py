@@ -118,3 +118,15 @@ def test_compiled_bf16_autocast_trains_like_eager(tmp_path):
                   data=_data(ds, [], 32), progress_bar=False, log=quiet)
             for i, extra in enumerate(([], ["train.compile=true", "train.compile_backend=aot_eager"]))]
     assert _losses(runs[1]) == pytest.approx(_losses(runs[0]), rel=2e-2)
+
+
+def test_a_compile_fallback_is_recorded_in_the_checkpoint_config(tmp_path):
+    """Not only logged: the checkpoint's train config says what ran (the eager fallback, and why)."""
+    ds = Blobs(4, 32)
+    lines = []
+    train(_cfg("train.compile=true", "train.compile_backend=no_such_backend_xyz", "train.epochs=1"),
+          run_dir=tmp_path / "r", data=_data(ds, [], 32), progress_bar=False, log=lines.append)
+    ran = read_checkpoint(tmp_path / "r" / "latest.pt")["config"]["train"]["compile_ran"]
+    assert ran.startswith("eager (torch.compile failed: ") and any("torch.compile failed" in ln for ln in lines)
+    train(_cfg("train.epochs=1"), run_dir=tmp_path / "e", data=_data(ds, [], 32), progress_bar=False, log=quiet)
+    assert read_checkpoint(tmp_path / "e" / "latest.pt")["config"]["train"]["compile_ran"] == "eager"
