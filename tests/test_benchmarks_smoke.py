@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -168,3 +169,34 @@ def test_dicom_seg_demo_writes_a_series_and_draws_its_seg(tmp_path):
     assert res[0].error is None
     names = demo.render(files, tmp_path / "seg.dcm", tmp_path / "seg.png", slices=2)
     assert names and set(names) <= {"RV", "Myo", "LV"} and (tmp_path / "seg.png").stat().st_size > 1000
+
+
+def test_accuracy_chain_pretrains_then_distils_in_one_command(tmp_path, monkeypatch):
+    """bench_accuracy's chain (issue 29): the teacher run is trained first when its weights are missing, the
+    SimMIM step runs with the student's own settings, and the student starts from its encoder with the teacher."""
+    accuracy = _load("bench_accuracy")
+    calls = []
+
+    def fake_timed(cmd, env, log):
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1]) if "--out" in cmd else Path(cmd[cmd.index("-o") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("pretrain_log.csv", "latest.pt", "config.yaml", "train_log.csv", "metrics.json"):
+            (out / name).write_text("x")
+        return {"command": " ".join(cmd), "wall_s": 1.0}
+
+    monkeypatch.setattr(accuracy, "timed", fake_timed)
+    monkeypatch.setattr(accuracy, "machine", lambda: "test CPU")
+    docs = accuracy.run("acdc_swin_unet_scratch", "cpu-reduced", tmp_path / "runs", tmp_path / "docs", "cpu", 1,
+                        teacher="acdc_unet16", pretrain_iterations=7, extra=("distill.hard=1",), suffix="all")
+    verbs = [c[3] for c in calls]
+    assert verbs == ["train", "evaluate", "pretrain", "train", "evaluate"]       # teacher, then the chain
+    pre, student = calls[2], calls[3]
+    assert "train.max_iterations=7" in pre and "distill.hard=1" in pre
+    teacher = str(tmp_path / "runs" / "acdc_unet16-cpu-reduced" / "train" / "latest.pt")
+    assert student[student.index("--teacher") + 1] == teacher
+    encoder = tmp_path / "runs" / "acdc_swin_unet_scratch-cpu-reduced-all" / "pretrain" / "latest.pt"
+    assert f"model.pretrained={encoder}" in student
+    record = json.loads((docs / "run.json").read_text())
+    assert docs.name == "acdc_swin_unet_scratch-cpu-reduced-all" and record["teacher"]["checkpoint"] == teacher
+    assert record["pretrain"]["wall_s"] == 1.0 and (docs / "pretrain_log.csv").exists()
