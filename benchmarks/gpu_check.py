@@ -32,6 +32,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -261,6 +262,44 @@ def speed(rep: Report, opts: argparse.Namespace, device) -> None:
 GOALS = {"smaformer bf16 inference slices/s": 3000, "smaformer AMP training slices/s": 600}   # docs/BENCHMARKS.md
 
 
+def step_syncs(rep: Report, opts: argparse.Namespace, device) -> None:
+    """A few training steps (tiny Swin-Unet, synthetic data, the loop's own step) with every step under
+    ``torch.cuda.set_sync_debug_mode("error")``: a host sync inside the step raises and is recorded as an error.
+    On the CPU (dry run) there is nothing to check: the steps run and the record says so."""
+    import torch
+
+    from smaformer.config import load_config
+    from smaformer.train.loop import Trainer, train
+
+    cuda = device.type == "cuda"
+    step, steps = Trainer._step, []
+
+    def strict(self, micro):
+        if cuda:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            return step(self, micro)
+        finally:
+            if cuda:
+                torch.cuda.set_sync_debug_mode("default")
+            steps.append(1)
+
+    cfg = load_config(None, ["model.name=swin_unet", "model.kwargs={embed_dim: 16, depths: [2, 2, 2, 1], "
+                             "num_heads: [1, 2, 4, 8], window_size: 4}", "data.img_size=64", "data.num_workers=0",
+                             "train.batch_size=4", "train.val_every=0", "train.log_every=1000",
+                             f"train.device={device}", f"train.precision={opts.train_precision}",
+                             "train.tensorboard=false", "train.epochs=1"])
+    Trainer._step = strict
+    try:
+        with rep.guard("syncs"), tempfile.TemporaryDirectory() as tmp:
+            train(cfg, run_dir=Path(tmp) / "run", stop_after=5, progress_bar=False, log=lambda *a: None)
+            rep.data["syncs"] = {"steps": len(steps), "checked": "set_sync_debug_mode('error') around each step"
+                                 if cuda else "not checked on the CPU (no device syncs exist there)", "ok": True}
+            rep.log(f"syncs: {len(steps)} steps, {rep.data['syncs']['checked']}")
+    finally:
+        Trainer._step = step
+
+
 def summary(data: dict) -> dict:
     """The figures at a glance: slices/s and peak MiB per model, the goals, the ACDC Dice."""
     out: dict = {}
@@ -301,7 +340,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="output folder (default $OUT, else runs/gpu_check)")
     ap.add_argument("--deadline", type=float, default=540.0, help="seconds for the whole script (default 540)")
     ap.add_argument("--device", help="cuda (default) or cpu (the default with --dry-run)")
-    ap.add_argument("--sections", nargs="+", choices=("speed", "acdc"), default=["speed", "acdc"])
+    ap.add_argument("--sections", nargs="+", choices=("speed", "acdc", "syncs"), default=["syncs", "speed", "acdc"])
     ap.add_argument("--models", nargs="+", choices=list(SPECS), default=list(SPECS))
     ap.add_argument("--runs", nargs="+", choices=list(RUNS), help="ACDC presets to train (default: all)")
     ap.add_argument("--workers", type=int,
@@ -360,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
         for section in opts.sections:
             rep.skip(section, "no usable device (see errors)")
     else:
+        if "syncs" in opts.sections:    # seconds: a host sync in the training step fails here, on the GPU
+            step_syncs(rep, opts, device)
+            rep.save()
         if "acdc" in opts.sections:     # the answer first: the pair probe, then both runs side by side
             from gpu_acdc import RUNS, acdc, child_env
             from gpu_pair import measure_pair

@@ -68,6 +68,7 @@ def test_gpu_check_dry_run_trains_both_runs_side_by_side(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rec = json.loads((out / "gpu_check.json").read_text())
     assert rec["dry_run"] and rec["errors"] == [] and rec["skipped"] == [] and rec["environment"]["torch"]
+    assert rec["syncs"]["steps"] == 5 and rec["syncs"]["ok"]
     pair = rec["pair"]["runs"]
     assert sorted(pair) == ["acdc_smaformer", "acdc_swin_unet"] and rec["pair"]["concurrency"] > 0
     assert all(r["alone_slices_s"] > 0 and r["together_slices_s"] > 0 for r in pair.values())

@@ -17,31 +17,52 @@ from smaformer.train import saver
 from smaformer.train.loop import train
 
 PACKAGE = str(Path(smaformer.__file__).parent)
-SYNCS = ("item", "__float__", "__bool__", "__int__", "tolist", "numpy")
+SYNCS = ("item", "__float__", "__bool__", "__int__", "tolist", "numpy", "cpu", "__repr__", "__format__")
+#: host-side reads that are no device sync: the optimizers' step counters live on the CPU (non-fused), and the
+#: sampler draws each epoch's order from a CPU generator
+HOST_SIDE = (str(Path(torch.optim.__file__).parent), str(Path(smaformer.__file__).parent / "train" / "sampling.py"))
 
 
 @pytest.fixture
 def host_syncs(monkeypatch):
-    """Calls of the Tensor methods that copy a value to the host, made from smaformer's own code. The sampler
-    is left out: it draws each epoch's order from a CPU generator, in the host, never from a device tensor."""
-    calls = []
+    """Every call of a Tensor method that copies a value to the host made while ``Trainer._step`` runs, whoever
+    makes it (smaformer, torch, a user's print), and smaformer's own calls elsewhere in the loop."""
+    from smaformer.train.loop import Trainer
+    calls, depth = [], {"step": 0, "sync": 0}
 
     def counting(name, original):
         def method(self, *args, **kwargs):
             caller = sys._getframe(1).f_code
-            if caller.co_filename.startswith(PACKAGE) and not caller.co_filename.endswith("sampling.py"):
-                calls.append(f"{name} in {caller.co_name} ({Path(caller.co_filename).name})")
-            return original(self, *args, **kwargs)
+            outer = depth["sync"] == 0 and not caller.co_filename.startswith(HOST_SIDE)   # not a sync's own reads
+            in_step = outer and depth["step"] > 0
+            if in_step or (outer and caller.co_filename.startswith(PACKAGE)):
+                calls.append(f"{name} in {caller.co_name} ({Path(caller.co_filename).name})"
+                             + (" during the step" if in_step else ""))
+            depth["sync"] += 1
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                depth["sync"] -= 1
         return method
+
+    step = Trainer._step
+
+    def counted_step(self, micro):
+        depth["step"] += 1
+        try:
+            return step(self, micro)
+        finally:
+            depth["step"] -= 1
 
     for name in SYNCS:
         monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+    monkeypatch.setattr(Trainer, "_step", counted_step)
     return calls
 
 
 def test_sixty_steps_make_one_sync_per_log_interval(tmp_path, host_syncs):
-    """60 steps, 3 epochs, log_every 10: at most 6 reads. The loop before issue 23 read the loss after every
-    step (float(loss) + isfinite), 60 here."""
+    """60 steps, 3 epochs, log_every 10: at most 6 reads, none inside a step. The loop before issue 23 read
+    the loss after every step (float(loss) + isfinite), 60 here."""
     ds = Blobs(40, 16)
     cfg = tiny_cfg(16, "train.batch_size=2", "train.epochs=3", "train.val_every=0", "train.log_every=10",
                    "optim.lr=1e-3")
@@ -49,6 +70,25 @@ def test_sixty_steps_make_one_sync_per_log_interval(tmp_path, host_syncs):
     assert res.iterations == 60
     assert 1 <= len(host_syncs) <= 60 // 10, host_syncs
     assert all(c == "tolist in read (meter.py)" for c in host_syncs), host_syncs
+
+
+@pytest.mark.parametrize("leak", ["print", "cpu", "item"])
+def test_a_sync_inside_the_step_is_counted_whoever_makes_it(tmp_path, host_syncs, monkeypatch, leak):
+    """A print of the loss (torch formats it), loss.cpu() or loss.item() in the objective is counted: the
+    check sees every read during the step, not only smaformer's direct calls."""
+    from smaformer.train.distill import Objective
+    forward = Objective.forward
+
+    def leaky(self, net, x, y, iteration):
+        loss = forward(self, net, x, y, iteration)
+        {"print": lambda: print(loss), "cpu": loss.cpu, "item": loss.item}[leak]()
+        return loss
+
+    monkeypatch.setattr(Objective, "forward", leaky)
+    ds = Blobs(8, 16)
+    cfg = tiny_cfg(16, "train.batch_size=2", "train.epochs=1", "train.val_every=0", "train.log_every=10")
+    train(cfg, run_dir=tmp_path, data=_data(ds, [], 16), progress_bar=False, log=quiet)
+    assert sum("during the step" in c for c in host_syncs) == 4, host_syncs      # once in each of the 4 steps
 
 
 class NanAt(Blobs):
