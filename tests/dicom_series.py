@@ -1,4 +1,5 @@
-"""A DICOM series writer for tests: real position/orientation tags, files named out of order."""
+"""A DICOM series writer for tests: real position/orientation tags; file names and instance numbers shuffled
+against the slice positions (a seeded permutation each), so only the positions give the order."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,11 +7,14 @@ import numpy as np
 
 def write_dicom_series(folder, volume: np.ndarray, spacing=(0.7, 0.8), thickness=2.5,
                        origin=(-100.0, -120.0, 30.0), orientation=(1, 0, 0, 0, 1, 0)) -> list:
-    """Write (D,H,W) int16 as one DICOM file per slice with real position/orientation tags."""
+    """Write (D,H,W) int16 as one DICOM file per slice with real position/orientation tags; returns the files
+    in slice (position) order."""
     import SimpleITK as sitk
 
     folder.mkdir(parents=True, exist_ok=True)
     files = []
+    rng = np.random.default_rng(len(volume))
+    names, numbers = rng.permutation(len(volume)), rng.permutation(len(volume)) + 1
     for z, plane in enumerate(volume):
         img = sitk.GetImageFromArray(plane.astype(np.int16))
         img.SetSpacing((spacing[0], spacing[1]))  # (x, y)
@@ -20,13 +24,13 @@ def write_dicom_series(folder, volume: np.ndarray, spacing=(0.7, 0.8), thickness
                 "0010|0010": "Test^Patient", "0010|0020": "TEST001", "0008|0020": "20261204",
                 "0020|0032": "\\".join(f"{p:.6f}" for p in pos), "0020|0037": "\\".join(str(v) for v in orientation),
                 "0028|0030": f"{spacing[1]}\\{spacing[0]}", "0018|0050": str(thickness),
-                "0020|0013": str(z + 1), "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+                "0020|0013": str(numbers[z]), "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
                 "0008|0018": f"1.2.3.4.5.{z + 1}"}
         for k, v in tags.items():
             img.SetMetaData(k, v)
         w = sitk.ImageFileWriter()
         w.KeepOriginalImageUIDOn()
-        w.SetFileName(str(folder / f"slice{(z * 7) % len(volume):03d}.dcm"))  # names out of order
+        w.SetFileName(str(folder / f"IM{names[z]:04d}.dcm"))
         w.Execute(img)
-        files.append(folder / f"slice{(z * 7) % len(volume):03d}.dcm")
+        files.append(folder / f"IM{names[z]:04d}.dcm")
     return files

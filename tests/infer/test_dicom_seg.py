@@ -48,14 +48,18 @@ def test_seg_matches_the_nifti_prediction_frame_by_frame(data_dir, ckpt, tmp_pat
     assert raw.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and raw.SegmentationType == "BINARY"
     assert raw.Manufacturer == "smaformer" and raw.SoftwareVersions
     seg = hd.seg.segread(out / "seg.dcm")
-    sources = sorted((pydicom.dcmread(f) for f in files), key=lambda d: int(d.InstanceNumber))
+    sources = [pydicom.dcmread(f) for f in files]                 # in position order; names and numbers shuffled
+    assert [f.name for f in files] != sorted(f.name for f in files)
+    assert [int(d.InstanceNumber) for d in sources] != sorted(int(d.InstanceNumber) for d in sources)
     assert seg.get_source_image_uids()[0][1] == sources[0].SeriesInstanceUID == "1.2.3.4.5"
     occurring = [CLASSES[k] for k in np.unique(expected) if k > 0]
     numbers = seg.get_segment_numbers()
     assert occurring and [seg.get_segment_description(n).segment_label for n in numbers] == occurring
     assert len(raw.PerFrameFunctionalGroupsSequence) < len(numbers) * len(sources) or expected.all()  # empty omitted
+    normal = np.cross(*np.reshape(np.asarray(sources[0].ImageOrientationPatient, float), (2, 3)))
+    first = np.asarray(sources[0].ImagePositionPatient, float)
     for ds in sources:
-        z = int(ds.InstanceNumber) - 1            # the writer numbered the slices along the normal
+        z = int(round(float(np.dot(np.asarray(ds.ImagePositionPatient, float) - first, normal)) / 2.5))  # by position
         frame = seg.get_pixels_by_source_instance(
             source_sop_instance_uids=[ds.SOPInstanceUID], segment_numbers=numbers, combine_segments=True,
             relabel=True, skip_overlap_checks=True, assert_missing_frames_are_empty=True)[0]
