@@ -118,7 +118,7 @@ def _read_dicom_series(folder: Path, dtype=np.float32) -> tuple[np.ndarray, dict
     if len(series) > 1:
         log.warning("%s holds %d DICOM series; reading the largest (%s, %d slices)", folder, len(series), sid,
                     len(files))
-    _check_series_slices(folder, files)
+    uneven = _check_series_slices(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
@@ -142,14 +142,20 @@ def _read_dicom_series(folder: Path, dtype=np.float32) -> tuple[np.ndarray, dict
              "spacing": tuple(float(s) for s in spacing[::-1]), "origin": tuple(origin),
              "direction": tuple(direction.ravel()), "series_uid": sid, "files": len(files),
              "dicom_files": files, "n_series": len(series)}   # files in slice order (a DICOM SEG references them)
+    if uneven:
+        props["warnings"] = [uneven]
     return data, props
 
 
-def _check_series_slices(folder: Path, files: list[str]) -> None:
-    """Name a broken slice before the series reader hides which one it was: a file of the series that
-    cannot be read, or a gap in slice positions (GDCM leaves unreadable files out of the series)."""
+def _check_series_slices(folder: Path, files: list[str]) -> str | None:
+    """Name a faulty slice before the series reader hides which one it was, in one line: a file that cannot
+    be read, a slice without a position, one of another orientation (a localizer), a duplicated position, or
+    a gap (a missing slice; GDCM leaves unreadable files out of the series). Returns a warning when the
+    slice steps are uneven: the volume gets their mean step, and the worst slice lies this far off its place
+    (a DICOM SEG references the real slices and is exact)."""
     sitk = _sitk()
-    pos = []
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)      # our own lines name the file; not GDCM's raw stderr
+    pos, orient = [], []
     for f in files:
         _check_file(Path(f))
         probe = sitk.ImageFileReader()
@@ -158,10 +164,27 @@ def _check_series_slices(folder: Path, files: list[str]) -> None:
             probe.ReadImageInformation()
         except RuntimeError as e:
             raise InputError(f, f"broken DICOM slice in series {folder.name} ({first_line(e)})") from None
+        frames = probe.GetMetaData("0028|0008").strip() if probe.HasMetaDataKey("0028|0008") else "1"
+        if frames.isdigit() and int(frames) > 1:
+            raise InputError(f, f"an enhanced multi-frame DICOM ({frames} frames in one file) is not read here; "
+                                "convert it to NIfTI (e.g. dcm2niix) or to one file per slice")
+        if len(files) > 1 and not probe.HasMetaDataKey("0020|0032"):
+            raise InputError(f, "no ImagePositionPatient (0020,0032): the slice cannot be placed in the series")
         pos.append(np.array(probe.GetOrigin()))
-    if len(pos) < 3:
-        return
+        orient.append(np.round(np.array(probe.GetDirection(), float)[:6], 4))
+    if len(pos) < 2:
+        return None
+    common = max(({tuple(o) for o in orient}), key=lambda o: sum(tuple(x) == o for x in orient))
+    for f, o in zip(files, orient, strict=True):
+        if tuple(o) != common:
+            raise InputError(f, f"another orientation ({', '.join(f'{v:g}' for v in o)}) than the series' "
+                                f"({', '.join(f'{v:g}' for v in common)}): a localizer or another stack; move it out")
     steps = np.linalg.norm(np.diff(np.stack(pos), axis=0), axis=1)
+    for i in np.flatnonzero(steps < 1e-3):
+        raise InputError(files[i + 1], f"same position as {Path(files[i]).name}: a duplicated slice in series "
+                                       f"{folder.name}")
+    if len(pos) < 3:
+        return None
     med = float(np.median(steps))
     if med > 0 and steps.max() > 1.5 * med:
         members = {Path(f).name for f in files}
@@ -177,6 +200,14 @@ def _check_series_slices(folder: Path, files: list[str]) -> None:
         i = int(steps.argmax())
         raise InputError(files[i + 1], f"gap of {steps[i]:.2f} mm before this slice (usual step {med:.2f} mm): "
                                        "a slice of the series is missing")
+    along = np.concatenate([[0.0], np.cumsum(steps)])
+    off = np.abs(along - np.arange(len(along)) * along[-1] / (len(along) - 1))
+    if off.max() > max(0.01, 0.01 * med):
+        i = int(off.argmax())
+        return (f"{folder.name}: uneven slice steps ({steps.min():.2f} to {steps.max():.2f} mm); the volume uses "
+                f"their mean {along[-1] / (len(along) - 1):.3f} mm, so {Path(files[i]).name} lies {off[i]:.2f} mm "
+                "off its place in NIfTI output (a DICOM SEG references the real slices)")
+    return None
 
 
 def _read_2d(path: Path, dtype) -> tuple[np.ndarray, dict]:

@@ -199,7 +199,7 @@ def predict_case(members: list[Member], case: Path, output: Path, settings: Sett
     image, props = read_image(case, dtype=None)  # stored type (int16 CT stays int16: half the memory)
     if image.dtype == np.float64:
         image = image.astype(np.float32)
-    warnings = domain_warnings(members, image, props.get("spacing"), case_stem(case))
+    warnings = props.get("warnings", []) + domain_warnings(members, image, props.get("spacing"), case_stem(case))
     out = output_path(case, Path(output), single, props, settings.output_type)
     sources = read_source_series(case, props) if settings.output_type == "dicom-seg" else None
     vol = _as_volume(image, props)

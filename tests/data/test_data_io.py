@@ -175,3 +175,69 @@ def test_grey_alpha_png_is_one_grey_image(tmp_path):
     arr, props = read_image(tmp_path / "la.png")
     assert arr.shape == (1, 40, 30) and props["is_volume"] is False
     np.testing.assert_array_equal(arr[0], grey)
+
+
+def _edit(path, **tags):
+    import pydicom
+    ds = pydicom.dcmread(path)
+    for k, v in tags.items():
+        if v is None:
+            delattr(ds, k)
+        else:
+            setattr(ds, k, v)
+    ds.save_as(path)
+
+
+def test_dicom_series_faults_name_the_file_and_the_fault(tmp_path):
+    """Each a line of our own naming the right file (issue 27 section 4)."""
+    vol = np.zeros((6, 8, 8), np.int16)
+    files = write_dicom_series(tmp_path / "nopos", vol)
+    _edit(files[3], ImagePositionPatient=None)
+    with pytest.raises(InputError, match="no ImagePositionPatient") as e:
+        read_image(tmp_path / "nopos")
+    assert str(e.value).startswith(str(files[3]))
+    files = write_dicom_series(tmp_path / "dup", vol)
+    import pydicom
+    _edit(files[3], ImagePositionPatient=pydicom.dcmread(files[2]).ImagePositionPatient)
+    with pytest.raises(InputError, match=r"same position as IM\d{4}\.dcm: a duplicated slice") as e:
+        read_image(tmp_path / "dup")
+    import re
+    named = {str(e.value).split(":")[0].rsplit("/", 1)[-1], re.search(r"same position as (\S+):", str(e.value))[1]}
+    assert named == {files[2].name, files[3].name}
+    files = write_dicom_series(tmp_path / "loc", vol)
+    _edit(files[4], ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
+    with pytest.raises(InputError, match="another orientation .* a localizer") as e:
+        read_image(tmp_path / "loc")
+    assert str(e.value).startswith(str(files[4]))
+    import SimpleITK as sitk
+    (tmp_path / "multi").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 8, 8), np.uint16)), str(tmp_path / "multi" / "mf.dcm"))
+    with pytest.raises(InputError, match=r"mf\.dcm: an enhanced multi-frame DICOM \(5 frames in one file\)"):
+        read_image(tmp_path / "multi")
+
+
+def test_uneven_slice_steps_warn_with_the_worst_offset(tmp_path, capfd):
+    """One 3.5 mm step among 2.5 mm ones: read as today (mean step), with our own warning giving the worst
+    slice's offset in mm, and nothing from SimpleITK on stderr."""
+    import pydicom
+    vol = np.zeros((6, 8, 8), np.int16)
+    files = write_dicom_series(tmp_path / "s", vol)
+    for f in files[3:]:
+        p = [float(v) for v in pydicom.dcmread(f).ImagePositionPatient]
+        _edit(f, ImagePositionPatient=[p[0], p[1], p[2] + 1.0])
+    arr, props = read_image(tmp_path / "s")
+    assert arr.shape == (6, 8, 8)
+    (w,) = props["warnings"]
+    assert "uneven slice steps (2.50 to 3.50 mm); the volume uses their mean 2.700 mm" in w
+    assert "lies 0.40 mm off its place" in w           # slice 2 sits at 5.0 mm, the mean grid puts it at 5.4
+    assert "WARNING" not in capfd.readouterr().err
+    # predict writes the NIfTI as asked and records the warning (with the offset) in predict.json
+    import json
+
+    from smaformer.infer.predict import predict
+    from tests.tiny_models import tiny_unet_checkpoint
+    ckpt = tiny_unet_checkpoint(tmp_path / "m.pt", ["bg", "fg"])
+    lines = []
+    (res,) = predict(tmp_path / "s", tmp_path / "seg.nii.gz", ckpt, device="cpu", progress=False, log=lines.append)
+    assert res.error is None and any("lies 0.40 mm off" in ln for ln in lines if ln.startswith("WARNING"))
+    assert "lies 0.40 mm off" in json.loads((tmp_path / "seg.json").read_text())["cases"][0]["warnings"][0]
