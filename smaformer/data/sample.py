@@ -206,3 +206,22 @@ def case_key(name: str) -> str:
     base = volume_key(name)
     m = re.match(r"(patient\d+)_frame\d+$", base)
     return m.group(1) if m else base
+
+
+def stack_volume(reader: Reader, names: list[str], case: str | None = None) -> Sample:
+    """One volume from its stored cases: a volume case as it is; 2D slice cases (``..._slice_3``) stacked in
+    slice order, all channels kept ((D,H,W) for one channel, else (D,C,H,W)), with their labels. Slices of
+    different sizes are a one-line InputError. The one regrouping of slices into volumes (validation of
+    slice-wise splits, INT8 calibration)."""
+    parts = [reader.load_case(n).as_volume() for n in sorted(names, key=slice_order)]
+    name = case or volume_key(names[0])
+    if len(parts) == 1:
+        return parts[0]
+    if len({p.image.shape[1:] for p in parts}) > 1:
+        raise InputError(getattr(reader, "root", None), f"the slices of {name} differ in size")
+    image = np.concatenate([p.image for p in parts])
+    if image.ndim == 4 and image.shape[1] == 1:
+        image = image[:, 0]
+    label = None if any(p.label is None for p in parts) else np.concatenate([p.label for p in parts])
+    return Sample(image, label, {**parts[0].meta, "case": name, "is_volume": True})
+

@@ -26,7 +26,7 @@ import torch
 
 from smaformer import metrics as M
 from smaformer.data.fingerprint import intensity_warnings
-from smaformer.data.sample import Sample, SampleList, case_key, iter_cases, slice_order, volume_key
+from smaformer.data.sample import Sample, SampleList, case_key, slice_order, stack_volume, volume_key
 from smaformer.errors import InputError
 from smaformer.export.exporters import ExportError
 from smaformer.export.metadata import ExportMetadata
@@ -86,20 +86,14 @@ def _reader(data, split: str | None, layout: str | None):
 
 
 def _load_volume(reader, names: list[str]) -> Sample:
-    """One volume from its cases: a volume case as it is, slice cases stacked in slice order."""
-    parts = []
-    for case, sample, fault in iter_cases(reader, names):
-        if fault is not None:
-            raise InputError(getattr(reader, "root", None), f"calibration case {case}: {fault}")
-        if sample.label is None:
-            raise InputError(getattr(reader, "root", None), f"calibration case {case} has no label for the guard")
-        parts.append(sample.as_volume())
-    if len({p.image.shape[1:] for p in parts}) > 1:
-        raise InputError(getattr(reader, "root", None), f"the slices of {names[0]} differ in size")
-    if len(parts) == 1:
-        return parts[0]
-    return Sample(np.concatenate([p.image for p in parts]), np.concatenate([p.label for p in parts]),
-                  {"case": slice_order(names[0])[0], "is_volume": True})
+    """One labelled volume from its cases (``data.sample.stack_volume``); a fault names the case."""
+    try:
+        volume = stack_volume(reader, names)
+    except InputError as e:
+        raise InputError(getattr(reader, "root", None), f"calibration case {volume_key(names[0])}: {e}") from None
+    if volume.label is None:
+        raise InputError(getattr(reader, "root", None), f"calibration case {volume.case} has no label for the guard")
+    return volume
 
 
 def _volumes(reader, cases: list[str] | None = None) -> dict[str, list[str]]:

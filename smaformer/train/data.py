@@ -19,7 +19,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from smaformer.checkpoint import default_preprocessing
 from smaformer.data.fingerprint import dataset_fingerprint
-from smaformer.data.sample import SLICE_NAME, Reader, Sample, case_key, iter_cases, slice_order, volume_key
+from smaformer.data.sample import (
+    SLICE_NAME,
+    Reader,
+    Sample,
+    case_key,
+    iter_cases,
+    slice_order,
+    stack_volume,
+    volume_key,
+)
 from smaformer.errors import InputError
 from smaformer.infer.evaluate import volume_dice
 from smaformer.train.distributed import Dist, all_reduce_sum
@@ -75,10 +84,7 @@ class StackedCases(Reader):
         return list(self.groups)
 
     def load_case(self, case: str) -> Sample:
-        parts = [self.reader.load_case(n) for n in self.groups[case]]
-        image = np.stack([p.image[0] if p.image.ndim == 3 else p.image for p in parts])
-        label = np.stack([p.label for p in parts])
-        return Sample(image, label, {**parts[0].meta, "case": case, "is_volume": True})
+        return stack_volume(self.reader, self.groups[case], case)
 
 
 def preprocessing_of(cfg: dict) -> dict:
