@@ -1,0 +1,196 @@
+"""Predict from a hospital archive (PACS) and store the DICOM SEG back there, over DICOMweb (dicomweb-client).
+
+- ``predict -i <base>/studies/<StudyUID>/series/<SeriesUID>`` reads one series over WADO-RS;
+  ``-i <base>/studies/<StudyUID>`` reads each image series of the study (found with QIDO-RS).
+- ``--store <base>`` sends each DICOM SEG over STOW-RS after it is written locally, then looks it up with
+  QIDO-RS (an archive may answer success and drop it). A SEG is one instance with a new SeriesInstanceUID
+  every run, so a store is whole or nothing and never replaces anything there.
+- Credentials never come from the command line: ``SMAFORMER_PACS_USER`` + ``SMAFORMER_PACS_PASSWORD`` (HTTP
+  basic) or ``SMAFORMER_PACS_TOKEN`` (bearer), or ``SMAFORMER_PACS_AUTH_FILE`` naming a JSON file with
+  ``{"user", "password"}`` or ``{"token"}``. TLS is verified; ``SMAFORMER_PACS_CA_BUNDLE`` names a private CA.
+
+A series that cannot be fetched (server down, wrong password, a SEG/SR/localizer instead of images) or whose
+SEG is refused is one line naming the series and the reason; the batch goes on with the others.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from smaformer.errors import InputError
+
+URL = re.compile(r"^(?P<base>https?://.+?)/studies/(?P<study>[0-9.]+)(?:/series/(?P<series>[0-9.]+))?/?$")
+#: modalities of series that hold no image to segment
+NOT_IMAGES = {"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "KO", "DOC", "REG", "FID", "OT"}
+_TAG_SERIES, _TAG_MODALITY = "0020000E", "00080060"
+
+
+def is_dicomweb(text: str | Path) -> bool:
+    return str(text).startswith(("http://", "https://"))
+
+
+def parse_url(url: str) -> tuple[str, str, str | None]:
+    """``(base, StudyInstanceUID, SeriesInstanceUID or None)`` of a DICOMweb study or series URL."""
+    m = URL.match(url)
+    if not m:
+        raise InputError(url, "not a DICOMweb study or series URL (<base>/studies/<StudyUID>[/series/<SeriesUID>])")
+    return m["base"], m["study"], m["series"]
+
+
+def _credentials() -> tuple[tuple[str, str] | None, str | None]:
+    """(basic auth, bearer token) from the environment or the auth file named there."""
+    env = os.environ
+    if env.get("SMAFORMER_PACS_AUTH_FILE"):
+        path = Path(env["SMAFORMER_PACS_AUTH_FILE"])
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise InputError(path, f"PACS auth file unreadable ({type(e).__name__}); expected JSON with user and "
+                                   "password, or token") from None
+        user, password, token = doc.get("user"), doc.get("password"), doc.get("token")
+    else:
+        user, password, token = (env.get(k) for k in ("SMAFORMER_PACS_USER", "SMAFORMER_PACS_PASSWORD",
+                                                       "SMAFORMER_PACS_TOKEN"))
+    return ((str(user), str(password)) if user else None), token
+
+
+def web_client(base: str):
+    """A ``DICOMwebClient`` for ``base`` with the credentials and TLS settings of the environment."""
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    session = requests.Session()
+    basic, token = _credentials()
+    if basic:
+        session.auth = basic
+    if token:
+        session.headers["Authorization"] = f"Bearer {token}"
+    session.verify = os.environ.get("SMAFORMER_PACS_CA_BUNDLE") or True
+    client = DICOMwebClient(url=base, session=session)
+    client.set_http_retry_params(retry=False)     # a failure is reported at once, in one line (no traceback logs)
+    return client
+
+
+def reason(e: Exception) -> str:
+    """One line for a failed archive request: down, refused (with the HTTP status), or what else it was."""
+    import requests
+
+    if isinstance(e, requests.exceptions.SSLError):
+        return "TLS certificate not trusted (set SMAFORMER_PACS_CA_BUNDLE to your CA)"
+    if isinstance(e, requests.exceptions.ConnectionError):
+        return "server not reachable (down, or a wrong address)"
+    if isinstance(e, requests.exceptions.Timeout):
+        return "server did not answer in time"
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status in (401, 403):
+        return f"refused: HTTP {status} (wrong or missing credentials: SMAFORMER_PACS_USER/PASSWORD or TOKEN)"
+    if status is not None:
+        return f"refused: HTTP {status}"
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def image_series(client, study: str) -> list[str]:
+    """The study's series that hold images (QIDO-RS), in the archive's order."""
+    try:
+        found = client.search_for_series(study_instance_uid=study)
+    except Exception as e:  # noqa: BLE001 - any failure of the request is one line for the user
+        raise InputError(f"study {study}", reason(e)) from None
+    return [s[_TAG_SERIES]["Value"][0] for s in found
+            if (s.get(_TAG_MODALITY, {}).get("Value") or [""])[0] not in NOT_IMAGES]
+
+
+def download_series(client, study: str, series: str, folder: Path) -> Path:
+    """The series' instances (WADO-RS) as files in ``folder``; a non-image series or a localizer is refused."""
+    try:
+        instances = client.retrieve_series(study_instance_uid=study, series_instance_uid=series)
+    except Exception as e:  # noqa: BLE001 - any failure of the request is one line for the user
+        raise InputError(f"series {series}", reason(e)) from None
+    if not instances:
+        raise InputError(f"series {series}", "the archive returned no instances")
+    first = instances[0]
+    modality = str(getattr(first, "Modality", ""))
+    if modality in NOT_IMAGES or "PixelData" not in first:
+        raise InputError(f"series {series}", f"not an image series (modality {modality or '?'}): nothing to segment")
+    if any("LOCALIZER" in str(getattr(ds, "ImageType", "")) for ds in instances):
+        raise InputError(f"series {series}", "a localizer series: nothing to segment")
+    folder.mkdir(parents=True)
+    for i, ds in enumerate(instances):
+        ds.save_as(folder / f"{i:05d}.dcm", enforce_file_format=True)
+    return folder
+
+
+def store_seg(client, path: Path, series: str) -> None:
+    """STOW-RS of one written SEG; a refusal is one line naming the series (the archive keeps nothing of it)."""
+    import pydicom
+
+    seg = pydicom.dcmread(path)
+    try:
+        answer = client.store_instances([seg])
+        failed = getattr(answer, "FailedSOPSequence", None)   # STOW-RS answers 200/202 and lists what it refused
+        # an archive may answer success and still drop it (Orthanc's instance filter does): look it up
+        held = not failed and client.search_for_instances(
+            study_instance_uid=seg.StudyInstanceUID, search_filters={"SOPInstanceUID": seg.SOPInstanceUID})
+    except Exception as e:  # noqa: BLE001 - any failure of the request is one line for the user
+        raise InputError(f"series {series}", f"SEG not stored: {reason(e)}") from None
+    if failed:
+        why = getattr(failed[0], "FailureReason", "?")
+        raise InputError(f"series {series}", f"SEG not stored: refused by the archive (STOW-RS failure reason "
+                                             f"{why})")
+    if not held:
+        raise InputError(f"series {series}", "SEG not stored: refused by the archive (it answered success, but a "
+                                             "query finds no such instance there)")
+
+
+def predict_from_pacs(url: str, output: str | Path, checkpoint, *, store: str | None = None,
+                      log: Callable[[str], None] = print, predict_fn=None, **kwargs) -> list:
+    """Fetch the series of ``url`` into a temporary folder, segment them with ``infer.predict.predict`` (its
+    outputs named by SeriesInstanceUID), and with ``store`` send each SEG to that DICOMweb base. Returns the
+    CaseResults, failed series included."""
+    from smaformer.infer.predict import CaseResult, predict
+    from smaformer.io_utils import check_output
+
+    predict_fn = predict_fn or predict
+    base, study, series = parse_url(url)
+    if store and kwargs.get("output_type") != "dicom-seg":
+        raise InputError(store, "--store sends DICOM SEGs: add --output-type dicom-seg")
+    single = series is not None
+    check_output(output, folder=not single and not str(output).endswith(".dcm"))
+    source = web_client(base)
+    target = web_client(store) if store and store != base else source
+    wanted = [series] if single else image_series(source, study)
+    if not wanted:
+        raise InputError(url, "the study holds no image series")
+    results, fetched = [], {}
+    with tempfile.TemporaryDirectory(prefix="smaformer-pacs-") as tmp:
+        for uid in wanted:
+            try:
+                fetched[uid] = download_series(source, study, uid, Path(tmp) / uid)
+            except InputError as e:
+                log(f"FAILED {e}")
+                results.append(CaseResult(Path(uid), error=str(e)))
+        if fetched:
+            inp = next(iter(fetched.values())) if single else Path(tmp)
+            done = predict_fn(inp, output, checkpoint, log=log, **kwargs)
+            for r in done:
+                r.source = Path(f"{base}/studies/{study}/series/{r.source.name}")
+            if store:
+                store_all(done, target, store, log)
+            results += done
+    return results
+
+
+def store_all(results: list, client, store: str, log: Callable[[str], None] = print) -> None:
+    """STOW-RS of each written SEG of ``results`` (CaseResults); a refusal becomes that case's error."""
+    for r in results:
+        if r.error is None:
+            series = Path(str(r.source)).name
+            try:
+                store_seg(client, r.output, series)
+                log(f"stored {r.output.name} at {store}")
+            except InputError as e:
+                log(f"FAILED {e}")
+                r.error = str(e)

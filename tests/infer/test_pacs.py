@@ -1,0 +1,172 @@
+"""Into the PACS and back (issue 28): a real Orthanc (tests/orthanc.py), a series made from the real CT,
+predicted from its DICOMweb URL, the SEG stored back and compared voxel for voxel; every failure one line."""
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from smaformer.cli import main
+from tests import orthanc
+from tests.dicom_series import write_dicom_series
+from tests.tiny_models import CT_WINDOW, tiny_unet_checkpoint
+
+if orthanc.why_not():
+    pytest.skip(orthanc.why_not(), allow_module_level=True)
+hd = pytest.importorskip("highdicom")
+pydicom = pytest.importorskip("pydicom")
+pytest.importorskip("dicomweb_client")
+
+CLASSES = ["background", "liver", "spleen", "mystery organ"]
+CT = "totalseg_sample/example_ct_sm.nii.gz"
+REFUSE = "function ReceivedInstanceFilter(dicom, origin, info)\n" \
+         "  return not (dicom.Modality == 'SEG' and dicom.PatientID == 'REFUSE-SEG')\nend\n"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = orthanc.start(tmp_path_factory.mktemp("orthanc"), lua=REFUSE)
+    yield s
+    orthanc.stop(s)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_unet_checkpoint(tmp_path_factory.mktemp("ck") / "m.pt", CLASSES, intensity=CT_WINDOW)
+
+
+@pytest.fixture
+def creds(monkeypatch):
+    monkeypatch.setenv("SMAFORMER_PACS_USER", orthanc.USER)
+    monkeypatch.setenv("SMAFORMER_PACS_PASSWORD", orthanc.PASSWORD)
+
+
+def _series(data_dir, folder, z, patient="TEST001", study="1.2.826.0.1.3680043.10.1", series="1"):
+    """A tilted CT series cut from the real TotalSegmentator CT, with its own study/series UIDs."""
+    ct = np.asarray(nib.load(str(data_dir / CT)).dataobj)
+    a = math.radians(20)
+    files = write_dicom_series(folder, ct[:, :, z].transpose(2, 1, 0)[:, :40, :44],
+                               orientation=(1, 0, 0, 0, math.cos(a), math.sin(a)))
+    uid = f"{study}.{series}"
+    for i, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.PatientID = study, uid, patient
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{uid}.{i + 1}"
+        ds.save_as(f)
+    return files, study, uid
+
+
+def _client(server):
+    from smaformer.infer.pacs import web_client
+    return web_client(server.dicomweb)
+
+
+def test_round_trip_over_dicomweb(server, ckpt, data_dir, tmp_path, creds, capsys):
+    files, study, series = _series(data_dir, tmp_path / "src", slice(0, 6))
+    orthanc.upload(server, files)
+    url = f"{server.dicomweb}/studies/{study}/series/{series}"
+    with orthanc.inside(server):
+        rc = main(["predict", "-i", url, "-o", str(tmp_path / "seg.dcm"), "-c", str(ckpt), "--output-type",
+                   "dicom-seg", "--store", server.dicomweb, "--quiet"])
+        out = capsys.readouterr().out
+        assert rc == 0, out
+        assert "1/1 cases segmented" in out and "stored seg.dcm" in out
+        found = _client(server).search_for_series(study_instance_uid=study)
+        segs = [s for s in found if s["00080060"]["Value"][0] == "SEG"]
+        assert len(segs) == 1                                 # the SEG sits in the source's study
+        seg_uid = segs[0]["0020000E"]["Value"][0]
+        stored = _client(server).retrieve_series(study_instance_uid=study, series_instance_uid=seg_uid)
+    local = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert len(stored) == 1 and stored[0].SOPInstanceUID == local.SOPInstanceUID
+    assert np.array_equal(stored[0].pixel_array, local.pixel_array)          # voxel for voxel, as written
+    # and the local SEG equals the NIfTI prediction of the same series, frame by frame
+    assert main(["predict", "-i", str(tmp_path / "src"), "-o", str(tmp_path / "seg.nii.gz"), "-c", str(ckpt),
+                 "--quiet"]) == 0
+    import SimpleITK as sitk
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "seg.nii.gz")))
+    seg = hd.seg.Segmentation.from_dataset(stored[0])
+    numbers = seg.get_segment_numbers()
+    names = [seg.get_segment_description(n).segment_label for n in numbers]
+    for z, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        frame = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[ds.SOPInstanceUID], segment_numbers=numbers, combine_segments=True,
+            relabel=True, skip_overlap_checks=True, assert_missing_frames_are_empty=True)[0]
+        truth = np.zeros_like(expected[z])
+        for j, name in enumerate(names, start=1):
+            truth[expected[z] == CLASSES.index(name)] = j
+        assert np.array_equal(frame, truth), z
+    # a second run stores a new series: nothing on the archive is replaced
+    with orthanc.inside(server):
+        assert main(["predict", "-i", url, "-o", str(tmp_path / "seg2.dcm"), "-c", str(ckpt), "--output-type",
+                     "dicom-seg", "--store", server.dicomweb, "--quiet"]) == 0
+        found = _client(server).search_for_series(study_instance_uid=study)
+    assert sum(s["00080060"]["Value"][0] == "SEG" for s in found) == 2
+
+
+def test_a_study_url_segments_each_image_series_and_skips_the_others(server, ckpt, data_dir, tmp_path, creds,
+                                                                      capsys):
+    study = "1.2.826.0.1.3680043.10.2"
+    for k, z in enumerate((slice(0, 4), slice(10, 13))):
+        files, _, _ = _series(data_dir, tmp_path / f"s{k}", z, study=study, series=str(k + 1))
+        orthanc.upload(server, files)
+    with orthanc.inside(server):
+        rc = main(["predict", "-i", f"{server.dicomweb}/studies/{study}", "-o", str(tmp_path / "segs"), "-c",
+                   str(ckpt), "--output-type", "dicom-seg", "--store", server.dicomweb, "--quiet"])
+        assert rc == 0 and "2/2 cases segmented" in capsys.readouterr().out
+        # now the study holds 2 SEGs too: a second run segments the 2 image series only
+        rc = main(["predict", "-i", f"{server.dicomweb}/studies/{study}", "-o", str(tmp_path / "segs2"), "-c",
+                   str(ckpt), "--output-type", "dicom-seg", "--quiet"])
+    assert rc == 0 and "2/2 cases segmented" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "segs2").glob("*.dcm")) == [f"{study}.1.dcm", f"{study}.2.dcm"]
+
+
+def _one_failure(capsys, argv, expect):
+    rc = main(argv)
+    out = capsys.readouterr().out
+    failed = [ln for ln in out.splitlines() if ln.startswith("FAILED")]
+    assert rc == 1 and len(failed) == 1 and expect in failed[0], out
+    return failed[0]
+
+
+def test_failures_are_one_line_and_lose_nothing(server, ckpt, data_dir, tmp_path, creds, capsys, monkeypatch):
+    files, study, series = _series(data_dir, tmp_path / "src", slice(0, 3), patient="REFUSE-SEG",
+                                   study="1.2.826.0.1.3680043.10.3")
+    orthanc.upload(server, files)
+    url = f"{server.dicomweb}/studies/{study}/series/{series}"
+    common = ["-c", str(ckpt), "--output-type", "dicom-seg", "--quiet"]
+    with orthanc.inside(server):
+        # a server that is down
+        line = _one_failure(capsys, ["predict", "-i", f"http://127.0.0.1:9/dicom-web/studies/{study}/series/{series}",
+                                     "-o", str(tmp_path / "a.dcm"), *common], "server not reachable")
+        assert series in line
+        # a wrong password
+        monkeypatch.setenv("SMAFORMER_PACS_PASSWORD", "wrong")
+        _one_failure(capsys, ["predict", "-i", url, "-o", str(tmp_path / "b.dcm"), *common], "refused: HTTP 401")
+        monkeypatch.setenv("SMAFORMER_PACS_PASSWORD", orthanc.PASSWORD)
+        # a STOW-RS refusal (the archive's filter refuses this patient's SEGs): the local SEG stays, nothing stored
+        _one_failure(capsys, ["predict", "-i", url, "-o", str(tmp_path / "c.dcm"), *common, "--store",
+                              server.dicomweb], "SEG not stored: refused")
+        assert (tmp_path / "c.dcm").is_file()
+        found = _client(server).search_for_series(study_instance_uid=study)
+        assert [s["00080060"]["Value"][0] for s in found] == ["CT"]
+    # a non-image series: a SEG asked for by its URL
+    other, study2, series2 = _series(data_dir, tmp_path / "src2", slice(0, 3), study="1.2.826.0.1.3680043.10.4")
+    orthanc.upload(server, other)
+    with orthanc.inside(server):
+        assert main(["predict", "-i", f"{server.dicomweb}/studies/{study2}/series/{series2}", "-o",
+                     str(tmp_path / "d.dcm"), *common, "--store", server.dicomweb]) == 0
+        seg = next(s for s in _client(server).search_for_series(study_instance_uid=study2)
+                   if s["00080060"]["Value"][0] == "SEG")["0020000E"]["Value"][0]
+        capsys.readouterr()
+        _one_failure(capsys, ["predict", "-i", f"{server.dicomweb}/studies/{study2}/series/{seg}", "-o",
+                              str(tmp_path / "e.dcm"), *common], "not an image series (modality SEG)")
+
+
+def test_store_needs_a_seg_and_credentials_stay_off_the_command_line(tmp_path, capsys):
+    rc = main(["predict", "-i", "http://127.0.0.1:9/dicom-web/studies/1.2/series/1.2.3", "-o", str(tmp_path / "x"),
+               "-c", "m.pt", "--store", "http://127.0.0.1:9/dicom-web"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--store sends DICOM SEGs: add --output-type dicom-seg" in err[0]
+    rc = main(["predict", "-i", "http://127.0.0.1:9/dicom-web/series/1.2.3", "-o", str(tmp_path / "x"), "-c", "m.pt"])
+    assert rc == 2 and "not a DICOMweb study or series URL" in capsys.readouterr().err
