@@ -37,6 +37,10 @@ class Orthanc:
     def dicomweb(self) -> str:
         return f"{self.url}/dicom-web"
 
+    @property
+    def dimse(self) -> str:
+        return f"dimse://ORTHANC@127.0.0.1:{DICOM_PORT}"
+
 
 def why_not() -> str | None:
     """Why Orthanc cannot run here (None when it can)."""
@@ -54,6 +58,8 @@ def start(folder: Path, lua: str = "") -> Orthanc:
            "Plugins": [str(PLUGIN)], "HttpPort": HTTP_PORT, "DicomPort": DICOM_PORT, "DicomAet": "ORTHANC",
            "RemoteAccessAllowed": False, "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "HttpCompressionEnabled": False,
+           "DicomModalities": {"smaformer": {"AET": "SMAFORMER", "Host": "127.0.0.1", "Port": 11112,
+                                             "AllowFind": True, "AllowGet": True, "AllowStore": True}},
            "LuaScripts": []}
     if lua:
         (folder / "filter.lua").write_text(lua, encoding="utf-8")

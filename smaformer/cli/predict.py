@@ -6,7 +6,7 @@ import argparse
 
 from smaformer.cli._common import add_model_args, add_parts_args, add_runtime_args, parse_postprocess
 from smaformer.errors import InputError
-from smaformer.infer.pacs import is_dicomweb, predict_from_pacs, store_all, web_client
+from smaformer.infer.pacs import archive, is_archive, predict_from_pacs, store_all
 from smaformer.infer.predict import OUTPUT_TYPES, predict
 
 EPILOG = """examples:
@@ -24,6 +24,8 @@ EPILOG = """examples:
   torchrun --nproc_per_node=4 -m smaformer predict -i cohort/ -o segs/ -c best.pt    # 4 GPUs, one part each
   smaformer predict -i https://pacs/dicom-web/studies/1.2.3/series/1.2.3.4 -o seg.dcm -c best.pt \
       --output-type dicom-seg --store https://pacs/dicom-web   # from the archive and back (docs/INFERENCE.md)
+  smaformer predict -i dimse://ORTHANC@pacs:4242/1.2.3 -o segs/ -c best.pt --output-type dicom-seg \
+      --store dimse://ORTHANC@pacs:4242                          # DIMSE: C-FIND + C-GET, C-STORE
 
 INPUT is a NIfTI file, a folder of NIfTI files, a DICOM series folder (or a folder of them), a PNG/JPG/
 TIFF image or a folder of them, or a DICOMweb study/series URL (credentials from SMAFORMER_PACS_USER and
@@ -45,8 +47,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-type", choices=OUTPUT_TYPES, default="nifti",
                    help="nifti (default): a label NIfTI per volume (PNG/TIFF for 2D images); dicom-seg: a DICOM "
                         "SEG per DICOM series, referencing its instances, for a PACS or viewer")
-    p.add_argument("--store", metavar="DICOMWEB_BASE", help="also send each DICOM SEG to this archive (STOW-RS) "
-                   "after writing it locally")
+    p.add_argument("--store", metavar="ARCHIVE", help="also send each DICOM SEG to this archive after writing it "
+                   "locally: a DICOMweb base URL (STOW-RS) or dimse://AET@host:port (C-STORE)")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <case>_probabilities.npz: float16 softmax (K, D, H, W)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -60,14 +62,14 @@ def run(args: argparse.Namespace) -> int:
                   tta=args.tta, inference=args.inference, postprocess=mode, min_size=min_size,
                   output_type=args.output_type, save_probabilities=args.save_probabilities, progress=not args.quiet,
                   num_parts=args.num_parts, part_id=args.part_id, torchrun=True, compile_model=args.compile)
-    if is_dicomweb(args.input):
+    if is_archive(args.input):
         results = predict_from_pacs(args.input, args.output, args.checkpoint, store=args.store, **kwargs)
     else:
         if args.store and args.output_type != "dicom-seg":
             raise InputError(args.store, "--store sends DICOM SEGs: add --output-type dicom-seg")
         results = predict(args.input, args.output, args.checkpoint, **kwargs)
         if args.store:
-            store_all(results, web_client(args.store), args.store)
+            store_all(results, archive(args.store, base_only=True), args.store)
     failed = [r for r in results if r.error]
     slices = sum(r.slices for r in results)
     seconds = sum(r.seconds for r in results)

@@ -1,4 +1,5 @@
-"""Predict from a hospital archive (PACS) and store the DICOM SEG back there, over DICOMweb (dicomweb-client).
+"""Predict from a hospital archive (PACS) and store the DICOM SEG back there, over DICOMweb (dicomweb-client)
+or DIMSE (``infer.dimse``).
 
 - ``predict -i <base>/studies/<StudyUID>/series/<SeriesUID>`` reads one series over WADO-RS;
   ``-i <base>/studies/<StudyUID>`` reads each image series of the study (found with QIDO-RS).
@@ -93,103 +94,123 @@ def reason(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
-def image_series(client, study: str) -> list[str]:
-    """The study's series that hold images (QIDO-RS), in the archive's order."""
-    try:
-        found = client.search_for_series(study_instance_uid=study)
-    except Exception as e:  # noqa: BLE001 - any failure of the request is one line for the user
-        raise InputError(f"study {study}", reason(e)) from None
-    return [s[_TAG_SERIES]["Value"][0] for s in found
-            if (s.get(_TAG_MODALITY, {}).get("Value") or [""])[0] not in NOT_IMAGES]
+class WebArchive:
+    """A DICOMweb peer with the interface of ``infer.dimse.Archive``: ``find_series``, ``get_series``, ``store``."""
+
+    def __init__(self, url: str, base_only: bool = False):
+        if base_only:
+            self.base, self.study, self.series = url.rstrip("/"), None, None
+        else:
+            self.base, self.study, self.series = parse_url(url)
+        self.client = web_client(self.base)
+
+    def find_series(self, study: str) -> list[str]:
+        """The study's series that hold images (QIDO-RS), in the archive's order."""
+        try:
+            found = self.client.search_for_series(study_instance_uid=study)
+        except Exception as e:  # noqa: BLE001 - any failure of the request is one line for the user
+            raise InputError(f"study {study}", reason(e)) from None
+        return [s[_TAG_SERIES]["Value"][0] for s in found
+                if (s.get(_TAG_MODALITY, {}).get("Value") or [""])[0] not in NOT_IMAGES]
+
+    def get_series(self, study: str, series: str, folder: Path) -> Path:
+        """The series' instances (WADO-RS) as files in ``folder``; a non-image series or a localizer is refused."""
+        try:
+            instances = self.client.retrieve_series(study_instance_uid=study, series_instance_uid=series)
+        except Exception as e:  # noqa: BLE001 - any failure of the request is one line for the user
+            raise InputError(f"series {series}", reason(e)) from None
+        if not instances:
+            raise InputError(f"series {series}", "the archive returned no instances")
+        modality = str(getattr(instances[0], "Modality", ""))
+        if modality in NOT_IMAGES or "PixelData" not in instances[0]:
+            raise InputError(f"series {series}", f"not an image series (modality {modality or '?'}): nothing to "
+                                                 "segment")
+        if any("LOCALIZER" in str(getattr(ds, "ImageType", "")) for ds in instances):
+            raise InputError(f"series {series}", "a localizer series: nothing to segment")
+        folder.mkdir(parents=True)
+        for i, ds in enumerate(instances):
+            ds.save_as(folder / f"{i:05d}.dcm", enforce_file_format=True)
+        return folder
+
+    def store(self, path: Path, series: str) -> None:
+        """STOW-RS of one written SEG, then a QIDO-RS look-up (an archive may answer success and still drop it,
+        as Orthanc's instance filter does); a refusal is one line naming the series."""
+        import pydicom
+
+        seg = pydicom.dcmread(path)
+        try:
+            answer = self.client.store_instances([seg])
+            failed = getattr(answer, "FailedSOPSequence", None)
+            held = not failed and self.client.search_for_instances(
+                study_instance_uid=seg.StudyInstanceUID, search_filters={"SOPInstanceUID": seg.SOPInstanceUID})
+        except Exception as e:  # noqa: BLE001 - any failure of the request is one line for the user
+            raise InputError(f"series {series}", f"SEG not stored: {reason(e)}") from None
+        if failed:
+            why = getattr(failed[0], "FailureReason", "?")
+            raise InputError(f"series {series}", f"SEG not stored: refused by the archive (STOW-RS failure "
+                                                 f"reason {why})")
+        if not held:
+            raise InputError(f"series {series}", "SEG not stored: refused by the archive (it answered success, but "
+                                                 "a query finds no such instance there)")
 
 
-def download_series(client, study: str, series: str, folder: Path) -> Path:
-    """The series' instances (WADO-RS) as files in ``folder``; a non-image series or a localizer is refused."""
-    try:
-        instances = client.retrieve_series(study_instance_uid=study, series_instance_uid=series)
-    except Exception as e:  # noqa: BLE001 - any failure of the request is one line for the user
-        raise InputError(f"series {series}", reason(e)) from None
-    if not instances:
-        raise InputError(f"series {series}", "the archive returned no instances")
-    first = instances[0]
-    modality = str(getattr(first, "Modality", ""))
-    if modality in NOT_IMAGES or "PixelData" not in first:
-        raise InputError(f"series {series}", f"not an image series (modality {modality or '?'}): nothing to segment")
-    if any("LOCALIZER" in str(getattr(ds, "ImageType", "")) for ds in instances):
-        raise InputError(f"series {series}", "a localizer series: nothing to segment")
-    folder.mkdir(parents=True)
-    for i, ds in enumerate(instances):
-        ds.save_as(folder / f"{i:05d}.dcm", enforce_file_format=True)
-    return folder
+def archive(url: str, base_only: bool = False):
+    """The peer of a ``http(s)://`` DICOMweb URL or a ``dimse://`` address."""
+    from smaformer.infer.dimse import Archive, is_dimse
+
+    return Archive(url) if is_dimse(url) else WebArchive(url, base_only)
 
 
-def store_seg(client, path: Path, series: str) -> None:
-    """STOW-RS of one written SEG; a refusal is one line naming the series (the archive keeps nothing of it)."""
-    import pydicom
+def is_archive(text: str | Path) -> bool:
+    from smaformer.infer.dimse import is_dimse
 
-    seg = pydicom.dcmread(path)
-    try:
-        answer = client.store_instances([seg])
-        failed = getattr(answer, "FailedSOPSequence", None)   # STOW-RS answers 200/202 and lists what it refused
-        # an archive may answer success and still drop it (Orthanc's instance filter does): look it up
-        held = not failed and client.search_for_instances(
-            study_instance_uid=seg.StudyInstanceUID, search_filters={"SOPInstanceUID": seg.SOPInstanceUID})
-    except Exception as e:  # noqa: BLE001 - any failure of the request is one line for the user
-        raise InputError(f"series {series}", f"SEG not stored: {reason(e)}") from None
-    if failed:
-        why = getattr(failed[0], "FailureReason", "?")
-        raise InputError(f"series {series}", f"SEG not stored: refused by the archive (STOW-RS failure reason "
-                                             f"{why})")
-    if not held:
-        raise InputError(f"series {series}", "SEG not stored: refused by the archive (it answered success, but a "
-                                             "query finds no such instance there)")
+    return is_dicomweb(text) or is_dimse(text)
 
 
 def predict_from_pacs(url: str, output: str | Path, checkpoint, *, store: str | None = None,
                       log: Callable[[str], None] = print, predict_fn=None, **kwargs) -> list:
-    """Fetch the series of ``url`` into a temporary folder, segment them with ``infer.predict.predict`` (its
-    outputs named by SeriesInstanceUID), and with ``store`` send each SEG to that DICOMweb base. Returns the
-    CaseResults, failed series included."""
+    """Fetch the series of ``url`` (DICOMweb or DIMSE) into a temporary folder, segment them with
+    ``infer.predict.predict`` (outputs named by SeriesInstanceUID), and with ``store`` send each SEG to that
+    archive. Returns the CaseResults, failed series included."""
     from smaformer.infer.predict import CaseResult, predict
     from smaformer.io_utils import check_output
 
     predict_fn = predict_fn or predict
-    base, study, series = parse_url(url)
+    source = archive(url)
+    if source.study is None:
+        raise InputError(url, "give a study (and optionally a series) to segment")
     if store and kwargs.get("output_type") != "dicom-seg":
         raise InputError(store, "--store sends DICOM SEGs: add --output-type dicom-seg")
-    single = series is not None
+    single = source.series is not None
     check_output(output, folder=not single and not str(output).endswith(".dcm"))
-    source = web_client(base)
-    target = web_client(store) if store and store != base else source
-    wanted = [series] if single else image_series(source, study)
+    target = archive(store, base_only=True) if store else None
+    wanted = [source.series] if single else source.find_series(source.study)
     if not wanted:
         raise InputError(url, "the study holds no image series")
     results, fetched = [], {}
     with tempfile.TemporaryDirectory(prefix="smaformer-pacs-") as tmp:
         for uid in wanted:
             try:
-                fetched[uid] = download_series(source, study, uid, Path(tmp) / uid)
+                fetched[uid] = source.get_series(source.study, uid, Path(tmp) / uid)
             except InputError as e:
                 log(f"FAILED {e}")
                 results.append(CaseResult(Path(uid), error=str(e)))
         if fetched:
             inp = next(iter(fetched.values())) if single else Path(tmp)
             done = predict_fn(inp, output, checkpoint, log=log, **kwargs)
-            for r in done:
-                r.source = Path(f"{base}/studies/{study}/series/{r.source.name}")
-            if store:
+            if target is not None:
                 store_all(done, target, store, log)
             results += done
     return results
 
 
-def store_all(results: list, client, store: str, log: Callable[[str], None] = print) -> None:
-    """STOW-RS of each written SEG of ``results`` (CaseResults); a refusal becomes that case's error."""
+def store_all(results: list, target, store: str, log: Callable[[str], None] = print) -> None:
+    """Send each written SEG of ``results`` (CaseResults) to ``target`` (``archive(store)``); a refusal becomes
+    that case's error, in one line."""
     for r in results:
         if r.error is None:
-            series = Path(str(r.source)).name
             try:
-                store_seg(client, r.output, series)
+                target.store(r.output, Path(str(r.source)).name)
                 log(f"stored {r.output.name} at {store}")
             except InputError as e:
                 log(f"FAILED {e}")

@@ -163,6 +163,39 @@ def test_failures_are_one_line_and_lose_nothing(server, ckpt, data_dir, tmp_path
                               str(tmp_path / "e.dcm"), *common], "not an image series (modality SEG)")
 
 
+def test_round_trip_over_dimse(server, ckpt, data_dir, tmp_path, creds, capsys):
+    """C-FIND + C-GET of the study's image series, C-STORE of each SEG, the SEG read back over DICOMweb equal
+    to the local file; a rejected C-STORE (the archive's filter) and an unknown AE title are one line each."""
+    study = "1.2.826.0.1.3680043.10.5"
+    files, _, series = _series(data_dir, tmp_path / "src", slice(2, 6), study=study)
+    orthanc.upload(server, files)
+    with orthanc.inside(server):
+        rc = main(["predict", "-i", f"{server.dimse}/{study}", "-o", str(tmp_path / "segs"), "-c", str(ckpt),
+                   "--output-type", "dicom-seg", "--store", server.dimse, "--quiet"])
+        out = capsys.readouterr().out
+        assert rc == 0 and "1/1 cases segmented" in out and f"stored {series}.dcm at {server.dimse}" in out, out
+        found = _client(server).search_for_series(study_instance_uid=study)
+        seg_uid = next(s["0020000E"]["Value"][0] for s in found if s["00080060"]["Value"][0] == "SEG")
+        (stored,) = _client(server).retrieve_series(study_instance_uid=study, series_instance_uid=seg_uid)
+        local = pydicom.dcmread(tmp_path / "segs" / f"{series}.dcm")
+        assert stored.SOPInstanceUID == local.SOPInstanceUID and np.array_equal(stored.pixel_array, local.pixel_array)
+        # the same series asked for by its series UID gives the same labels as over DICOMweb
+        assert main(["predict", "-i", f"{server.dicomweb}/studies/{study}/series/{series}", "-o",
+                     str(tmp_path / "web.dcm"), "-c", str(ckpt), "--output-type", "dicom-seg", "--quiet"]) == 0
+        assert np.array_equal(pydicom.dcmread(tmp_path / "web.dcm").pixel_array, local.pixel_array)
+        refused, rstudy, rseries = _series(data_dir, tmp_path / "r", slice(0, 3), patient="REFUSE-SEG",
+                                           study="1.2.826.0.1.3680043.10.6")
+        orthanc.upload(server, refused)
+        capsys.readouterr()
+        _one_failure(capsys, ["predict", "-i", f"{server.dimse}/{rstudy}/{rseries}", "-o", str(tmp_path / "r.dcm"),
+                              "-c", str(ckpt), "--output-type", "dicom-seg", "--store", server.dimse, "--quiet"],
+                     "SEG not stored: rejected by the archive")
+        assert (tmp_path / "r.dcm").is_file()
+        _one_failure(capsys, ["predict", "-i", f"dimse://ORTHANC@127.0.0.1:9/{rstudy}/{rseries}", "-o",
+                              str(tmp_path / "x.dcm"), "-c", str(ckpt), "--output-type", "dicom-seg", "--quiet"],
+                     "no association with ORTHANC@127.0.0.1:9 (server down")
+
+
 def test_store_needs_a_seg_and_credentials_stay_off_the_command_line(tmp_path, capsys):
     rc = main(["predict", "-i", "http://127.0.0.1:9/dicom-web/studies/1.2/series/1.2.3", "-o", str(tmp_path / "x"),
                "-c", "m.pt", "--store", "http://127.0.0.1:9/dicom-web"])

@@ -1,0 +1,134 @@
+"""Predict from an archive without DICOMweb and store back, over DIMSE (pynetdicom): C-FIND, C-GET, C-STORE.
+
+- ``predict -i dimse://AET@host:port/<StudyUID>[/<SeriesUID>]`` finds the study's image series (C-FIND) and
+  retrieves each with C-GET (the archive sends the instances back over the same association);
+- ``--store dimse://AET@host:port`` sends each DICOM SEG with C-STORE, then looks it up with C-FIND.
+Our AE title is ``SMAFORMER`` (``SMAFORMER_AE_TITLE`` changes it); the archive must know it (Orthanc:
+``DicomModalities``). A failure is one line naming the series, as over DICOMweb (``infer.pacs``).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from smaformer.errors import InputError
+
+URL = re.compile(r"^dimse://(?P<aet>[^@/]{1,16})@(?P<host>[^:/]+):(?P<port>\d+)(?:/(?P<study>[0-9.]+)"
+                 r"(?:/(?P<series>[0-9.]+))?)?/?$")
+
+
+def is_dimse(text) -> bool:
+    return str(text).startswith("dimse://")
+
+
+def parse_url(url: str) -> tuple[str, str, int, str | None, str | None]:
+    """``(called AE title, host, port, StudyUID or None, SeriesUID or None)``."""
+    m = URL.match(str(url))
+    if not m:
+        raise InputError(url, "not a DIMSE address (dimse://AET@host:port[/<StudyUID>[/<SeriesUID>]])")
+    return m["aet"], m["host"], int(m["port"]), m["study"], m["series"]
+
+
+class Archive:
+    """One DIMSE peer: ``find_series``, ``get_series``, ``store``; each opens its own association."""
+
+    def __init__(self, url: str):
+        self.aet, self.host, self.port, self.study, self.series = parse_url(url)
+        self.ours = os.environ.get("SMAFORMER_AE_TITLE", "SMAFORMER")
+
+    def _associate(self, what: str, contexts, roles=(), handlers=()):
+        from pynetdicom import AE
+
+        ae = AE(ae_title=self.ours)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        for cx in contexts:
+            ae.add_requested_context(cx)
+        assoc = ae.associate(self.host, self.port, ae_title=self.aet, ext_neg=list(roles), evt_handlers=list(handlers))
+        if not assoc.is_established:
+            raise InputError(what, f"no association with {self.aet}@{self.host}:{self.port} (server down, or it does "
+                                   f"not accept AE title {self.ours})")
+        return assoc
+
+    def find_series(self, study: str) -> list[str]:
+        """The study's image series (C-FIND at SERIES level)."""
+        from pydicom.dataset import Dataset
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+        from smaformer.infer.pacs import NOT_IMAGES
+        q = Dataset()
+        q.QueryRetrieveLevel, q.StudyInstanceUID, q.SeriesInstanceUID, q.Modality = "SERIES", study, "", ""
+        assoc = self._associate(f"study {study}", [StudyRootQueryRetrieveInformationModelFind])
+        found = []
+        try:
+            for status, ident in assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind):
+                if status and status.Status in (0xFF00, 0xFF01) and ident is not None:
+                    if str(ident.get("Modality", "")) not in NOT_IMAGES:
+                        found.append(str(ident.SeriesInstanceUID))
+                elif status and status.Status not in (0x0000,):
+                    raise InputError(f"study {study}", f"C-FIND refused (status 0x{status.Status:04X})")
+        finally:
+            assoc.release()
+        return found
+
+    def get_series(self, study: str, series: str, folder: Path) -> Path:
+        """The series' instances (C-GET) as files in ``folder``; a non-image series is refused."""
+        from pydicom.dataset import Dataset
+        from pynetdicom import StoragePresentationContexts, build_role, evt
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+        from smaformer.infer.pacs import NOT_IMAGES
+        folder.mkdir(parents=True)
+        got = []
+
+        def keep(event):
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            ds.save_as(folder / f"{len(got):05d}.dcm", enforce_file_format=True)
+            got.append(str(getattr(ds, "Modality", "")))
+            return 0x0000
+
+        storage = [cx.abstract_syntax for cx in StoragePresentationContexts][:120]
+        roles = [build_role(uid, scp_role=True) for uid in storage]
+        assoc = self._associate(f"series {series}", [StudyRootQueryRetrieveInformationModelGet, *storage], roles,
+                                [(evt.EVT_C_STORE, keep)])
+        q = Dataset()
+        q.QueryRetrieveLevel, q.StudyInstanceUID, q.SeriesInstanceUID = "SERIES", study, series
+        try:
+            final = None
+            for status, _ in assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet):
+                final = status.Status if status else None
+        finally:
+            assoc.release()
+        if final not in (0x0000, 0xFF00) and not got:
+            raise InputError(f"series {series}", f"C-GET refused (status {'none' if final is None else hex(final)})")
+        if not got:
+            raise InputError(f"series {series}", "the archive returned no instances")
+        if got[0] in NOT_IMAGES:
+            raise InputError(f"series {series}", f"not an image series (modality {got[0]}): nothing to segment")
+        return folder
+
+    def store(self, path: Path, series: str) -> None:
+        """C-STORE of one SEG, then a C-FIND for it: a rejection is one line naming the series."""
+        import pydicom
+        from pydicom.dataset import Dataset
+        from pynetdicom.sop_class import SegmentationStorage, StudyRootQueryRetrieveInformationModelFind
+
+        seg = pydicom.dcmread(path)
+        assoc = self._associate(f"series {series}", [SegmentationStorage, StudyRootQueryRetrieveInformationModelFind])
+        try:
+            status = assoc.send_c_store(seg)
+            q = Dataset()
+            q.QueryRetrieveLevel, q.StudyInstanceUID = "IMAGE", seg.StudyInstanceUID
+            q.SeriesInstanceUID, q.SOPInstanceUID = seg.SeriesInstanceUID, seg.SOPInstanceUID
+            held = any(s and s.Status in (0xFF00, 0xFF01) for s, _ in
+                       assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind))
+        finally:
+            assoc.release()
+        code = getattr(status, "Status", None)
+        if code != 0x0000:
+            raise InputError(f"series {series}", f"SEG not stored: C-STORE rejected (status "
+                                                 f"{'none' if code is None else hex(code)})")
+        if not held:
+            raise InputError(f"series {series}", "SEG not stored: rejected by the archive (C-STORE answered "
+                                                 "success, but C-FIND finds no such instance there)")
