@@ -46,8 +46,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--output-type", choices=OUTPUT_TYPES, default="nifti",
                    help="nifti (default): a label NIfTI per volume (PNG/TIFF for 2D images); dicom-seg: a DICOM "
-                        "SEG per DICOM series, referencing its instances, for a PACS or viewer")
-    p.add_argument("--store", metavar="ARCHIVE", help="also send each DICOM SEG to this archive after writing it "
+                        "SEG per DICOM series, referencing its instances, for a PACS or viewer; dicom-rtstruct: an "
+                        "RT Structure Set (contours, one ROI per class) for radiotherapy")
+    p.add_argument("--store", metavar="ARCHIVE", help="also send each SEG/RTSTRUCT to this archive after writing it "
                    "locally: a DICOMweb base URL (STOW-RS) or dimse://AET@host:port (C-STORE)")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <case>_probabilities.npz: float16 softmax (K, D, H, W)")
@@ -65,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if is_archive(args.input):
         results = predict_from_pacs(args.input, args.output, args.checkpoint, store=args.store, **kwargs)
     else:
-        if args.store and args.output_type != "dicom-seg":
-            raise InputError(args.store, "--store sends DICOM SEGs: add --output-type dicom-seg")
+        if args.store and args.output_type not in ("dicom-seg", "dicom-rtstruct"):
+            raise InputError(args.store, "--store sends DICOM objects: add --output-type dicom-seg (or dicom-rtstruct)")
         results = predict(args.input, args.output, args.checkpoint, **kwargs)
         if args.store:
             store_all(results, archive(args.store, base_only=True), args.store)

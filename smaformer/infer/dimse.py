@@ -109,13 +109,13 @@ class Archive:
         return folder
 
     def store(self, path: Path, series: str) -> None:
-        """C-STORE of one SEG, then a C-FIND for it: a rejection is one line naming the series."""
+        """C-STORE of one SEG (or RTSTRUCT), then a C-FIND for it: a rejection is one line naming the series."""
         import pydicom
         from pydicom.dataset import Dataset
-        from pynetdicom.sop_class import SegmentationStorage, StudyRootQueryRetrieveInformationModelFind
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
         seg = pydicom.dcmread(path)
-        assoc = self._associate(f"series {series}", [SegmentationStorage, StudyRootQueryRetrieveInformationModelFind])
+        assoc = self._associate(f"series {series}", [seg.SOPClassUID, StudyRootQueryRetrieveInformationModelFind])
         try:
             status = assoc.send_c_store(seg)
             q = Dataset()
@@ -127,8 +127,8 @@ class Archive:
             assoc.release()
         code = getattr(status, "Status", None)
         if code != 0x0000:
-            raise InputError(f"series {series}", f"SEG not stored: C-STORE rejected (status "
+            raise InputError(f"series {series}", f"not stored: C-STORE rejected (status "
                                                  f"{'none' if code is None else hex(code)})")
         if not held:
-            raise InputError(f"series {series}", "SEG not stored: rejected by the archive (C-STORE answered "
+            raise InputError(f"series {series}", "not stored: rejected by the archive (C-STORE answered "
                                                  "success, but C-FIND finds no such instance there)")

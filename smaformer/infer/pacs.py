@@ -144,13 +144,13 @@ class WebArchive:
             held = not failed and self.client.search_for_instances(
                 study_instance_uid=seg.StudyInstanceUID, search_filters={"SOPInstanceUID": seg.SOPInstanceUID})
         except Exception as e:  # noqa: BLE001 - any failure of the request is one line for the user
-            raise InputError(f"series {series}", f"SEG not stored: {reason(e)}") from None
+            raise InputError(f"series {series}", f"not stored: {reason(e)}") from None
         if failed:
             why = getattr(failed[0], "FailureReason", "?")
-            raise InputError(f"series {series}", f"SEG not stored: refused by the archive (STOW-RS failure "
+            raise InputError(f"series {series}", f"not stored: refused by the archive (STOW-RS failure "
                                                  f"reason {why})")
         if not held:
-            raise InputError(f"series {series}", "SEG not stored: refused by the archive (it answered success, but "
+            raise InputError(f"series {series}", "not stored: refused by the archive (it answered success, but "
                                                  "a query finds no such instance there)")
 
 
@@ -179,8 +179,8 @@ def predict_from_pacs(url: str, output: str | Path, checkpoint, *, store: str | 
     source = archive(url)
     if source.study is None:
         raise InputError(url, "give a study (and optionally a series) to segment")
-    if store and kwargs.get("output_type") != "dicom-seg":
-        raise InputError(store, "--store sends DICOM SEGs: add --output-type dicom-seg")
+    if store and kwargs.get("output_type") not in ("dicom-seg", "dicom-rtstruct"):
+        raise InputError(store, "--store sends DICOM objects: add --output-type dicom-seg (or dicom-rtstruct)")
     single = source.series is not None
     check_output(output, folder=not single and not str(output).endswith(".dcm"))
     target = archive(store, base_only=True) if store else None

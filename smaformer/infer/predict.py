@@ -35,12 +35,15 @@ from smaformer.infer.members import (
 )
 from smaformer.infer.parts import resolve_part
 from smaformer.infer.postprocess import apply_postprocessing, describe_postprocessing
+from smaformer.infer.rtstruct import write_rtstruct
 from smaformer.infer.volume import infer_ensemble
 from smaformer.io_utils import atomic_path, check_output, clean_stale_temps, write_text
 from smaformer.runtime import resolve_device
 
 OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".png", ".tif", ".tiff", ".dcm")
-OUTPUT_TYPES = ("nifti", "dicom-seg")   # nifti: NIfTI volumes (PNG/TIFF for 2D images and TIFF stacks)
+# nifti: NIfTI volumes (PNG/TIFF for 2D images and TIFF stacks); the DICOM outputs reference their source instances
+OUTPUT_TYPES = ("nifti", "dicom-seg", "dicom-rtstruct")
+DICOM_OUTPUTS = ("dicom-seg", "dicom-rtstruct")
 
 
 @dataclass
@@ -94,7 +97,7 @@ def output_path(case: Path, output: Path, single: bool, props: dict, output_type
     SEG), nnU-Net style."""
     if output_is_file(output, single):
         return output
-    if output_type == "dicom-seg":
+    if output_type in DICOM_OUTPUTS:
         suffix = ".dcm"
     elif not props.get("is_volume", True):
         suffix = ".png"
@@ -116,13 +119,14 @@ def check_outputs(inp: Path, cases: list[Path], output: Path, single: bool, outp
     never share an output name; a DICOM SEG is asked for DICOM series (folders) only, and named ``.dcm``."""
     if output_type not in OUTPUT_TYPES:
         raise InputError(None, f"unknown output type {output_type!r}; use one of {', '.join(OUTPUT_TYPES)}")
-    for case in cases if output_type == "dicom-seg" else []:
+    for case in cases if output_type in DICOM_OUTPUTS else []:
         if not case.is_dir():
-            raise InputError(case, "--output-type dicom-seg needs DICOM series folders as input: a SEG references "
+            raise InputError(case, f"--output-type {output_type} needs DICOM series folders as input: it references "
                                    "its source instances")
     is_file = output_is_file(output, single)
-    if is_file and (output.suffix.lower() == ".dcm") != (output_type == "dicom-seg"):
-        raise InputError(output, "a DICOM SEG is named *.dcm, and only --output-type dicom-seg writes one")
+    if is_file and (output.suffix.lower() == ".dcm") != (output_type in DICOM_OUTPUTS):
+        raise InputError(output, "a DICOM SEG or RTSTRUCT is named *.dcm, and only --output-type dicom-seg or "
+                                 "dicom-rtstruct writes one")
     beside = {".safetensors": ".json", ".json": ".safetensors", ".xml": ".bin"}   # the files a checkpoint pairs with
     models = [q for c in checkpoints for q in [c, *([c.with_suffix(beside[c.suffix])] if c.suffix in beside else [])]]
     inputs = [inp, *cases, *models]
@@ -201,7 +205,7 @@ def predict_case(members: list[Member], case: Path, output: Path, settings: Sett
         image = image.astype(np.float32)
     warnings = props.get("warnings", []) + domain_warnings(members, image, props.get("spacing"), case_stem(case))
     out = output_path(case, Path(output), single, props, settings.output_type)
-    sources = read_source_series(case, props) if settings.output_type == "dicom-seg" else None
+    sources = read_source_series(case, props) if settings.output_type in DICOM_OUTPUTS else None
     vol = _as_volume(image, props)
     try:
         result = infer_ensemble([(m, i["preprocessing"]) for m, i in members], vol, batch_size=settings.batch_size,
@@ -212,7 +216,9 @@ def predict_case(members: list[Member], case: Path, output: Path, settings: Sett
         raise InputError(case, str(e)) from None
     labels, probs = result if settings.save_probabilities else (result, None)
     labels = apply_postprocessing(labels, settings.postprocessing)
-    if sources is not None:
+    if settings.output_type == "dicom-rtstruct":
+        write_rtstruct(out, labels, sources, case, list(info.get("classes") or []))
+    elif sources is not None:
         write_dicom_seg(out, labels, sources, list(info.get("classes") or []),
                         model_name=str((info.get("model") or {}).get("name", "model")), version=__version__)
     else:

@@ -234,8 +234,9 @@ def test_uneven_slice_steps_warn_with_the_worst_offset(tmp_path, capfd):
     # predict writes the NIfTI as asked and records the warning (with the offset) in predict.json
     import json
 
+    from tiny_models import tiny_unet_checkpoint
+
     from smaformer.infer.predict import predict
-    from tests.tiny_models import tiny_unet_checkpoint
     ckpt = tiny_unet_checkpoint(tmp_path / "m.pt", ["bg", "fg"])
     lines = []
     (res,) = predict(tmp_path / "s", tmp_path / "seg.nii.gz", ckpt, device="cpu", progress=False, log=lines.append)

@@ -4,12 +4,12 @@ import math
 
 import nibabel as nib
 import numpy as np
+import orthanc
 import pytest
+from dicom_series import write_dicom_series
+from tiny_models import CT_WINDOW, tiny_unet_checkpoint
 
 from smaformer.cli import main
-from tests import orthanc
-from tests.dicom_series import write_dicom_series
-from tests.tiny_models import CT_WINDOW, tiny_unet_checkpoint
 
 if orthanc.why_not():
     pytest.skip(orthanc.why_not(), allow_module_level=True)
@@ -121,6 +121,18 @@ def test_a_study_url_segments_each_image_series_and_skips_the_others(server, ckp
     assert sorted(p.name for p in (tmp_path / "segs2").glob("*.dcm")) == [f"{study}.1.dcm", f"{study}.2.dcm"]
 
 
+def test_rtstruct_is_stored_beside_its_series(server, ckpt, data_dir, tmp_path, creds, capsys):
+    files, study, series = _series(data_dir, tmp_path / "src", slice(0, 4), study="1.2.826.0.1.3680043.10.7")
+    orthanc.upload(server, files)
+    with orthanc.inside(server):
+        rc = main(["predict", "-i", f"{server.dicomweb}/studies/{study}/series/{series}", "-o",
+                   str(tmp_path / "rt.dcm"), "-c", str(ckpt), "--output-type", "dicom-rtstruct", "--store",
+                   server.dimse, "--quiet"])
+        assert rc == 0, capsys.readouterr().out
+        found = _client(server).search_for_series(study_instance_uid=study)
+    assert sorted(s["00080060"]["Value"][0] for s in found) == ["CT", "RTSTRUCT"]
+
+
 def _one_failure(capsys, argv, expect):
     rc = main(argv)
     out = capsys.readouterr().out
@@ -146,7 +158,7 @@ def test_failures_are_one_line_and_lose_nothing(server, ckpt, data_dir, tmp_path
         monkeypatch.setenv("SMAFORMER_PACS_PASSWORD", orthanc.PASSWORD)
         # a STOW-RS refusal (the archive's filter refuses this patient's SEGs): the local SEG stays, nothing stored
         _one_failure(capsys, ["predict", "-i", url, "-o", str(tmp_path / "c.dcm"), *common, "--store",
-                              server.dicomweb], "SEG not stored: refused")
+                              server.dicomweb], "not stored: refused")
         assert (tmp_path / "c.dcm").is_file()
         found = _client(server).search_for_series(study_instance_uid=study)
         assert [s["00080060"]["Value"][0] for s in found] == ["CT"]
@@ -189,7 +201,7 @@ def test_round_trip_over_dimse(server, ckpt, data_dir, tmp_path, creds, capsys):
         capsys.readouterr()
         _one_failure(capsys, ["predict", "-i", f"{server.dimse}/{rstudy}/{rseries}", "-o", str(tmp_path / "r.dcm"),
                               "-c", str(ckpt), "--output-type", "dicom-seg", "--store", server.dimse, "--quiet"],
-                     "SEG not stored: rejected by the archive")
+                     "not stored: rejected by the archive")
         assert (tmp_path / "r.dcm").is_file()
         _one_failure(capsys, ["predict", "-i", f"dimse://ORTHANC@127.0.0.1:9/{rstudy}/{rseries}", "-o",
                               str(tmp_path / "x.dcm"), "-c", str(ckpt), "--output-type", "dicom-seg", "--quiet"],
@@ -200,6 +212,6 @@ def test_store_needs_a_seg_and_credentials_stay_off_the_command_line(tmp_path, c
     rc = main(["predict", "-i", "http://127.0.0.1:9/dicom-web/studies/1.2/series/1.2.3", "-o", str(tmp_path / "x"),
                "-c", "m.pt", "--store", "http://127.0.0.1:9/dicom-web"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "--store sends DICOM SEGs: add --output-type dicom-seg" in err[0]
+    assert rc == 2 and len(err) == 1 and "--store sends DICOM objects: add --output-type dicom-seg" in err[0]
     rc = main(["predict", "-i", "http://127.0.0.1:9/dicom-web/series/1.2.3", "-o", str(tmp_path / "x"), "-c", "m.pt"])
     assert rc == 2 and "not a DICOMweb study or series URL" in capsys.readouterr().err

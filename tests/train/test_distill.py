@@ -3,6 +3,7 @@ untouched, ensembles, refusals, and bit-exact resume with a teacher."""
 import numpy as np
 import pytest
 import torch
+from test_train import Blobs, _data, quiet, tiny_cfg
 
 from smaformer.checkpoint import build_checkpoint, default_preprocessing, read_checkpoint, save_checkpoint
 from smaformer.cli import main as cli_main
@@ -11,7 +12,6 @@ from smaformer.losses import SegLoss
 from smaformer.models import create_model
 from smaformer.train.distill import DistillObjective, Teacher, soft_dice, soft_kl
 from smaformer.train.loop import train
-from tests.train.test_train import Blobs, _data, quiet, tiny_cfg
 
 CLASSES = ["background", "disc", "bar"]
 

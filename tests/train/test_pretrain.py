@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train import quiet
+from tiny_models import nifti_cases
 
 from smaformer.cli import main as cli_main
 from smaformer.config import load_config
@@ -14,8 +16,6 @@ from smaformer.models.registry import tiny_kwargs
 from smaformer.train.pretrain import pretrain
 from smaformer.train.simmim import SimMIM, random_masks
 from smaformer.weights import load_pretrained
-from tests.tiny_models import nifti_cases
-from tests.train.test_train import quiet
 
 SMALL = "{embed_dim: 8, depths: [2, 2, 2, 2], num_heads: [1, 2, 4, 8], window_size: 4}"
 
