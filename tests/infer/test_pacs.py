@@ -133,6 +133,37 @@ def test_rtstruct_is_stored_beside_its_series(server, ckpt, data_dir, tmp_path, 
     assert sorted(s["00080060"]["Value"][0] for s in found) == ["CT", "RTSTRUCT"]
 
 
+@pytest.mark.parametrize("columns", [44, 48])
+def test_orthanc_decodes_one_bit_frames_only_when_columns_are_a_multiple_of_8(server, ckpt, data_dir, tmp_path,
+                                                                              creds, columns):
+    """Orthanc 1.10's frame decoder refuses 1-bit SEG frames whose column count is not a multiple of 8 (per-frame
+    WADO-RS 400, preview 415); whole-instance retrieval works, and that is what a viewer or our reader uses.
+    We do not pad: a SEG keeps its source's matrix so that its frames lie pixel on pixel on the images."""
+    import requests
+    study = f"1.2.826.0.1.3680043.10.8{columns}"
+    ct = np.asarray(nib.load(str(data_dir / CT)).dataobj)
+    files = write_dicom_series(tmp_path / "s", ct[:, :, 0:3].transpose(2, 1, 0)[:, :40, :columns])
+    for i, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, f"{study}.1"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{study}.1.{i + 1}"
+        ds.save_as(f)
+    orthanc.upload(server, files)
+    auth = (orthanc.USER, orthanc.PASSWORD)
+    with orthanc.inside(server):
+        assert main(["predict", "-i", f"{server.dicomweb}/studies/{study}/series/{study}.1", "-o",
+                     str(tmp_path / "seg.dcm"), "-c", str(ckpt), "--output-type", "dicom-seg", "--store",
+                     server.dicomweb, "--quiet"]) == 0
+        seg = pydicom.dcmread(tmp_path / "seg.dcm")
+        assert seg.Columns == columns                                      # not padded
+        where = f"{server.dicomweb}/studies/{study}/series/{seg.SeriesInstanceUID}/instances/{seg.SOPInstanceUID}"
+        frame = requests.get(f"{where}/frames/1", auth=auth,
+                             headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+        whole = _client(server).retrieve_instance(study, seg.SeriesInstanceUID, seg.SOPInstanceUID)
+    assert frame.status_code == (200 if columns % 8 == 0 else 400)
+    assert np.array_equal(whole.pixel_array, seg.pixel_array)
+
+
 def _one_failure(capsys, argv, expect):
     rc = main(argv)
     out = capsys.readouterr().out
