@@ -51,8 +51,9 @@ def why_not() -> str | None:
     return None
 
 
-def start(folder: Path, lua: str = "") -> Orthanc:
-    """Orthanc with its storage in ``folder``, in a new network namespace; ``lua``: a script it runs."""
+def start(folder: Path, lua: str = "", env: dict | None = None, **config) -> Orthanc:
+    """Orthanc with its storage in ``folder``, in a new network namespace; ``lua``: a script it runs; ``env``:
+    its environment (default: this process's); ``config``: more orthanc.json entries."""
     folder.mkdir(parents=True, exist_ok=True)
     cfg = {"Name": "smaformer-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
            "Plugins": [str(PLUGIN)], "HttpPort": HTTP_PORT, "DicomPort": DICOM_PORT, "DicomAet": "ORTHANC",
@@ -64,10 +65,11 @@ def start(folder: Path, lua: str = "") -> Orthanc:
     if lua:
         (folder / "filter.lua").write_text(lua, encoding="utf-8")
         cfg["LuaScripts"] = [str(folder / "filter.lua")]
+    cfg.update(config)
     (folder / "orthanc.json").write_text(json.dumps(cfg), encoding="utf-8")
     log = open(folder / "orthanc.log", "w")   # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(["unshare", "-n", "sh", "-c", f"ip link set lo up; exec Orthanc {folder / 'orthanc.json'}"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     server = Orthanc(proc, folder)
     deadline = time.time() + 30
     while time.time() < deadline:

@@ -164,6 +164,35 @@ def test_orthanc_decodes_one_bit_frames_only_when_columns_are_a_multiple_of_8(se
     assert np.array_equal(whole.pixel_array, seg.pixel_array)
 
 
+def test_orthanc_segments_a_new_series_by_itself(ckpt, data_dir, tmp_path, creds):
+    """docs/pacs/orthanc_autoseg.lua: when a series becomes stable, Orthanc runs smaformer predict on it and the
+    SEG appears in the study, with no one calling anything."""
+    import os
+    import sys
+    import time
+    from pathlib import Path
+    lua = (Path(__file__).resolve().parents[2] / "docs" / "pacs" / "orthanc_autoseg.lua").read_text()
+    out = tmp_path / "segs"
+    out.mkdir()
+    env = {**os.environ, "SMAFORMER_BIN": str(Path(sys.executable).with_name("smaformer")), "SMAFORMER_CKPT": str(ckpt),
+           "SMAFORMER_OUT": str(out), "SMAFORMER_DICOMWEB": f"http://127.0.0.1:{orthanc.HTTP_PORT}/dicom-web",
+           "SMAFORMER_PACS_USER": orthanc.USER, "SMAFORMER_PACS_PASSWORD": orthanc.PASSWORD}
+    server = orthanc.start(tmp_path / "o", lua=lua, env=env, StableAge=1)
+    try:
+        files, study, series = _series(data_dir, tmp_path / "src", slice(0, 3), study="1.2.826.0.1.3680043.10.9")
+        orthanc.upload(server, files)
+        modalities, deadline = [], time.time() + 120
+        with orthanc.inside(server):
+            while "SEG" not in modalities and time.time() < deadline:
+                time.sleep(1)
+                modalities = [s["00080060"]["Value"][0] for s in _client(server).search_for_series(study)]
+    finally:
+        orthanc.stop(server)
+    log = out / "smaformer.log"
+    assert sorted(modalities) == ["CT", "SEG"], log.read_text() if log.exists() else "smaformer never ran"
+    assert (out / f"{series}.dcm").is_file()
+
+
 def _one_failure(capsys, argv, expect):
     rc = main(argv)
     out = capsys.readouterr().out
