@@ -50,7 +50,7 @@ def render(series: list[Path], seg_path: Path, png: Path, slices: int = 3) -> li
     seg = hd.seg.segread(seg_path)
     numbers = seg.get_segment_numbers()
     names = [seg.get_segment_description(n).segment_label for n in numbers]
-    sources = sorted((pydicom.dcmread(f) for f in series), key=lambda d: int(d.InstanceNumber))
+    sources = [pydicom.dcmread(f) for f in series]          # the writer returns them in position order
     frames = [seg.get_pixels_by_source_instance([ds.SOPInstanceUID], numbers, combine_segments=True, relabel=True,
                                                 assert_missing_frames_are_empty=True)[0] for ds in sources]
     order = sorted(range(len(sources)), key=lambda z: -int((frames[z] > 0).sum()))[:slices]
