@@ -67,8 +67,9 @@ def write_rtstruct(out: Path, labels: np.ndarray, sources: list, series_folder: 
 
 def read_rtstruct_masks(path: Path, sources: list) -> dict[str, np.ndarray]:
     """ROI name -> (D,H,W) bool mask in the order of ``sources`` (the series' datasets), rasterised from the
-    contours' patient coordinates through each slice's own position, orientation and spacing (PIL polygons;
-    independent of the writer)."""
+    contours' patient coordinates through each slice's own position, orientation and spacing (PIL; independent
+    of the writer). Contours of one ROI on one slice combine even-odd (XOR), so an inner contour is a hole (the
+    myocardium around the LV)."""
     import pydicom
     from PIL import Image, ImageDraw
 
@@ -78,15 +79,21 @@ def read_rtstruct_masks(path: Path, sources: list) -> dict[str, np.ndarray]:
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
     out = {}
     for roi in ds.ROIContourSequence:
-        planes = [Image.new("1", (cols, rows)) for _ in sources]
+        mask = np.zeros((len(sources), rows, cols), bool)
         for c in getattr(roi, "ContourSequence", []):
             z = index[str(c.ContourImageSequence[0].ReferencedSOPInstanceUID)]
             img = sources[z]
             pts = np.asarray(c.ContourData, float).reshape(-1, 3) - np.asarray(img.ImagePositionPatient, float)
             o = np.asarray(img.ImageOrientationPatient, float)
-            col = pts @ o[:3] / float(img.PixelSpacing[1])
-            row = pts @ o[3:] / float(img.PixelSpacing[0])
-            points = list(zip(np.round(col).tolist(), np.round(row).tolist(), strict=True))   # pixel centres
-            ImageDraw.Draw(planes[z]).polygon(points, fill=1, outline=1)
-        out[names[roi.ReferencedROINumber]] = np.stack([np.asarray(p, bool) for p in planes])
+            col = np.round(pts @ o[:3] / float(img.PixelSpacing[1]))             # pixel centres
+            row = np.round(pts @ o[3:] / float(img.PixelSpacing[0]))
+            plane = Image.new("1", (cols, rows))
+            points = list(zip(col.tolist(), row.tolist(), strict=True))
+            draw = ImageDraw.Draw(plane)
+            if len(points) >= 3:
+                draw.polygon(points, fill=1, outline=1)
+            else:                                                        # a one- or two-pixel region
+                draw.line(points * 2, fill=1)
+            mask[z] ^= np.asarray(plane, bool)
+        out[names[roi.ReferencedROINumber]] = mask
     return out
