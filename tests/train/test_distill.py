@@ -181,3 +181,22 @@ def test_dry_run_prints_the_teachers_cost(tmp_path, capsys):
     line = next(ln for ln in out.splitlines() if ln.startswith("teacher"))
     assert f"1 checkpoint(s) {path.resolve()}: " in line and " ms per step of 24 (student forward+backward " in line
     assert "distill    weight 0.5 (ramp 0 steps): soft 1.0 (T 2.0, balanced False), hard 1, dice 0.0" in out
+
+
+def test_ddp_with_a_teacher(tmp_path):
+    """Two ranks, each with its own frozen teacher, through torchrun: the run finishes and records the teacher."""
+    import yaml
+    from torchrun import torchrun
+    cfg = {"name": "tiny", "model": {"name": "unet", "kwargs": {"base": 4, "depth": 2}},
+           "data": {"layout": "synthetic", "img_size": 32, "classes": ["background", "organ1", "organ2"],
+                    "num_workers": 0, "synthetic": {"train_volumes": 2, "val_volumes": 1, "shape": [4, 32, 32]}},
+           "train": {"epochs": 2, "batch_size": 2, "val_every": 1, "deterministic": True, "tensorboard": False,
+                     "device": "cpu"},
+           "distill": {"soft": 1.0, "hard": 1.0, "balanced": True}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    teacher = _teacher(tmp_path / "t.pt", size=32, classes=["background", "organ1", "organ2"])
+    torchrun("train", "--no-progress", "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run"),
+             "--teacher", str(teacher))
+    ckpt = read_checkpoint(tmp_path / "run" / "latest.pt")
+    assert ckpt["train_state"]["world_size"] == 2 and ckpt["train_state"]["iteration"] == 4
+    assert ckpt["config"]["distill"]["teachers"] == [str(teacher.resolve())]
