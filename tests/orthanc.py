@@ -28,6 +28,7 @@ HTTP_PORT, DICOM_PORT = 8042, 4242
 class Orthanc:
     proc: subprocess.Popen
     folder: Path
+    log: object = None          # the open log file, closed by stop()
 
     @property
     def url(self) -> str:
@@ -70,7 +71,7 @@ def start(folder: Path, lua: str = "", env: dict | None = None, **config) -> Ort
     log = open(folder / "orthanc.log", "w")   # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(["unshare", "-n", "sh", "-c", f"ip link set lo up; exec Orthanc {folder / 'orthanc.json'}"],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    server = Orthanc(proc, folder)
+    server = Orthanc(proc, folder, log)
     deadline = time.time() + 30
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -95,6 +96,8 @@ def stop(server: Orthanc) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(server.proc.pid, signal.SIGKILL)
         server.proc.wait()
+    if server.log is not None:
+        server.log.close()
 
 
 @contextlib.contextmanager

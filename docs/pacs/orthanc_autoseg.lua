@@ -7,7 +7,9 @@
 --   SMAFORMER_PACS_USER / SMAFORMER_PACS_PASSWORD   a user of this Orthanc (RegisteredUsers)
 -- and "StableAge" in orthanc.json: seconds without a new instance before a series counts as complete.
 
-local skip = { SEG = true, RTSTRUCT = true, SR = true, PR = true, KO = true, DOC = true }
+-- the modalities smaformer.infer.pacs.NOT_IMAGES skips: series with no image to segment
+local skip = { SEG = true, SR = true, RTSTRUCT = true, RTPLAN = true, RTDOSE = true, RTRECORD = true, PR = true,
+               KO = true, DOC = true, REG = true, FID = true, OT = true }
 
 function OnStableSeries(seriesId, tags, metadata)
   if skip[tags['Modality'] or ''] then

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from smaformer.cli._common import add_model_args, add_parts_args, add_runtime_args, parse_postprocess
-from smaformer.errors import InputError
-from smaformer.infer.pacs import archive, is_archive, predict_from_pacs, store_all
+from smaformer.infer.pacs import archive, check_store, is_archive, predict_from_pacs, store_all
 from smaformer.infer.predict import OUTPUT_TYPES, predict
 
 EPILOG = """examples:
@@ -28,7 +27,8 @@ EPILOG = """examples:
       --store dimse://ORTHANC@pacs:4242                          # DIMSE: C-FIND + C-GET, C-STORE
 
 INPUT is a NIfTI file, a folder of NIfTI files, a DICOM series folder (or a folder of them), a PNG/JPG/
-TIFF image or a folder of them, or a DICOMweb study/series URL (credentials from SMAFORMER_PACS_USER and
+TIFF image or a folder of them, or an archive's study/series: a DICOMweb URL or dimse://AET@host:port/STUDY
+[/SERIES] (DICOMweb credentials from SMAFORMER_PACS_USER and
 SMAFORMER_PACS_PASSWORD, SMAFORMER_PACS_TOKEN or SMAFORMER_PACS_AUTH_FILE, never from the command line).
 Volumes give a uint8 label NIfTI with the input's shape, affine and header
 (checked before writing) and the class names in the header; 2D images give PNG masks of class ids.
@@ -66,11 +66,11 @@ def run(args: argparse.Namespace) -> int:
     if is_archive(args.input):
         results = predict_from_pacs(args.input, args.output, args.checkpoint, store=args.store, **kwargs)
     else:
-        if args.store and args.output_type not in ("dicom-seg", "dicom-rtstruct"):
-            raise InputError(args.store, "--store sends DICOM objects: add --output-type dicom-seg (or dicom-rtstruct)")
+        check_store(args.store, args.output_type)
+        target = archive(args.store, base_only=True) if args.store else None     # a bad address: before the work
         results = predict(args.input, args.output, args.checkpoint, **kwargs)
-        if args.store:
-            store_all(results, archive(args.store, base_only=True), args.store)
+        if target is not None:
+            store_all(results, target, args.store)
     failed = [r for r in results if r.error]
     slices = sum(r.slices for r in results)
     seconds = sum(r.seconds for r in results)

@@ -180,7 +180,8 @@ def _check_series_slices(folder: Path, files: list[str]) -> str | None:
             raise InputError(f, f"another orientation ({', '.join(f'{v:g}' for v in o)}) than the series' "
                                 f"({', '.join(f'{v:g}' for v in common)}): a localizer or another stack; move it out")
     steps = np.linalg.norm(np.diff(np.stack(pos), axis=0), axis=1)
-    for i in np.flatnonzero(steps < 1e-3):
+    if (steps < 1e-3).any():
+        i = int(np.argmax(steps < 1e-3))
         raise InputError(files[i + 1], f"same position as {Path(files[i]).name}: a duplicated slice in series "
                                        f"{folder.name}")
     if len(pos) < 3:

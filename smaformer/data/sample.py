@@ -208,6 +208,14 @@ def case_key(name: str) -> str:
     return m.group(1) if m else base
 
 
+def group_volumes(names: list[str]) -> dict[str, list[str]]:
+    """Stored volume name -> its cases in slice order (``volume_key``; a volume case is its own group)."""
+    groups: dict[str, list[str]] = {}
+    for n in sorted(names, key=slice_order):
+        groups.setdefault(volume_key(n), []).append(n)
+    return groups
+
+
 def stack_volume(reader: Reader, names: list[str], case: str | None = None) -> Sample:
     """One volume from its stored cases: a volume case as it is; 2D slice cases (``..._slice_3``) stacked in
     slice order, all channels kept ((D,H,W) for one channel, else (D,C,H,W)), with their labels. Slices of
@@ -215,8 +223,6 @@ def stack_volume(reader: Reader, names: list[str], case: str | None = None) -> S
     slice-wise splits, INT8 calibration)."""
     parts = [reader.load_case(n).as_volume() for n in sorted(names, key=slice_order)]
     name = case or volume_key(names[0])
-    if len(parts) == 1:
-        return parts[0]
     if len({p.image.shape[1:] for p in parts}) > 1:
         raise InputError(getattr(reader, "root", None), f"the slices of {name} differ in size")
     image = np.concatenate([p.image for p in parts])

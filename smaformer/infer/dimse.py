@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 from smaformer.errors import InputError
@@ -77,7 +78,7 @@ class Archive:
         from pynetdicom import StoragePresentationContexts, build_role, evt
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
-        from smaformer.infer.pacs import NOT_IMAGES
+        from smaformer.infer.pacs import check_image_series
         folder.mkdir(parents=True)
         got = []
 
@@ -85,7 +86,7 @@ class Archive:
             ds = event.dataset
             ds.file_meta = event.file_meta
             ds.save_as(folder / f"{len(got):05d}.dcm", enforce_file_format=True)
-            got.append(str(getattr(ds, "Modality", "")))
+            got.append(ds)
             return 0x0000
 
         storage = [cx.abstract_syntax for cx in StoragePresentationContexts][:120]
@@ -94,18 +95,18 @@ class Archive:
                                 [(evt.EVT_C_STORE, keep)])
         q = Dataset()
         q.QueryRetrieveLevel, q.StudyInstanceUID, q.SeriesInstanceUID = "SERIES", study, series
+        final = None
         try:
-            final = None
             for status, _ in assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet):
                 final = status.Status if status else None
-        finally:
             assoc.release()
-        if final not in (0x0000, 0xFF00) and not got:
-            raise InputError(f"series {series}", f"C-GET refused (status {'none' if final is None else hex(final)})")
-        if not got:
-            raise InputError(f"series {series}", "the archive returned no instances")
-        if got[0] in NOT_IMAGES:
-            raise InputError(f"series {series}", f"not an image series (modality {got[0]}): nothing to segment")
+            if final != 0x0000:      # a warning (0xB000) means some instances did not arrive: no partial series
+                raise InputError(f"series {series}", f"C-GET incomplete or refused (status "
+                                                     f"{'none' if final is None else hex(final)}, {len(got)} received)")
+            check_image_series(got, series)
+        except InputError:
+            shutil.rmtree(folder, ignore_errors=True)    # nothing of a failed series is left to be segmented
+            raise
         return folder
 
     def store(self, path: Path, series: str) -> None:
@@ -117,7 +118,11 @@ class Archive:
         seg = pydicom.dcmread(path)
         assoc = self._associate(f"series {series}", [seg.SOPClassUID, StudyRootQueryRetrieveInformationModelFind])
         try:
-            status = assoc.send_c_store(seg)
+            try:
+                status = assoc.send_c_store(seg)
+            except ValueError:       # no accepted presentation context for this SOP class
+                raise InputError(f"series {series}", f"not stored: {self.aet} accepts no {seg.SOPClassUID.name} "
+                                                     "(C-STORE)") from None
             q = Dataset()
             q.QueryRetrieveLevel, q.StudyInstanceUID = "IMAGE", seg.StudyInstanceUID
             q.SeriesInstanceUID, q.SOPInstanceUID = seg.SeriesInstanceUID, seg.SOPInstanceUID

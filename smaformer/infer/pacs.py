@@ -42,6 +42,26 @@ def parse_url(url: str) -> tuple[str, str, str | None]:
     return m["base"], m["study"], m["series"]
 
 
+def check_image_series(instances: list, series: str) -> None:
+    """Refuse, in one line, a fetched series with nothing to segment: no instance, a non-image modality (SEG,
+    SR, RTSTRUCT...), no pixel data, or a localizer."""
+    if not instances:
+        raise InputError(f"series {series}", "the archive returned no instances")
+    modality = str(getattr(instances[0], "Modality", ""))
+    if modality in NOT_IMAGES or "PixelData" not in instances[0]:
+        raise InputError(f"series {series}", f"not an image series (modality {modality or '?'}): nothing to segment")
+    if any("LOCALIZER" in str(getattr(ds, "ImageType", "")) for ds in instances):
+        raise InputError(f"series {series}", "a localizer series: nothing to segment")
+
+
+def check_store(store: str | None, output_type: str) -> None:
+    """``--store`` sends DICOM objects: refuse it, before any work, for another output type."""
+    from smaformer.infer.predict import DICOM_OUTPUTS
+
+    if store and output_type not in DICOM_OUTPUTS:
+        raise InputError(store, "--store sends DICOM objects: add --output-type dicom-seg (or dicom-rtstruct)")
+
+
 def _credentials() -> tuple[tuple[str, str] | None, str | None]:
     """(basic auth, bearer token) from the environment or the auth file named there."""
     env = os.environ
@@ -52,10 +72,15 @@ def _credentials() -> tuple[tuple[str, str] | None, str | None]:
         except (OSError, ValueError) as e:
             raise InputError(path, f"PACS auth file unreadable ({type(e).__name__}); expected JSON with user and "
                                    "password, or token") from None
+        if not isinstance(doc, dict):
+            raise InputError(path, "PACS auth file: expected a JSON object with user and password, or token")
         user, password, token = doc.get("user"), doc.get("password"), doc.get("token")
     else:
         user, password, token = (env.get(k) for k in ("SMAFORMER_PACS_USER", "SMAFORMER_PACS_PASSWORD",
                                                        "SMAFORMER_PACS_TOKEN"))
+    if user and password is None:
+        raise InputError(None, "a PACS user without a password: set SMAFORMER_PACS_PASSWORD (or password in the "
+                               "auth file)")
     return ((str(user), str(password)) if user else None), token
 
 
@@ -119,14 +144,7 @@ class WebArchive:
             instances = self.client.retrieve_series(study_instance_uid=study, series_instance_uid=series)
         except Exception as e:  # noqa: BLE001 - any failure of the request is one line for the user
             raise InputError(f"series {series}", reason(e)) from None
-        if not instances:
-            raise InputError(f"series {series}", "the archive returned no instances")
-        modality = str(getattr(instances[0], "Modality", ""))
-        if modality in NOT_IMAGES or "PixelData" not in instances[0]:
-            raise InputError(f"series {series}", f"not an image series (modality {modality or '?'}): nothing to "
-                                                 "segment")
-        if any("LOCALIZER" in str(getattr(ds, "ImageType", "")) for ds in instances):
-            raise InputError(f"series {series}", "a localizer series: nothing to segment")
+        check_image_series(instances, series)
         folder.mkdir(parents=True)
         for i, ds in enumerate(instances):
             ds.save_as(folder / f"{i:05d}.dcm", enforce_file_format=True)
@@ -158,6 +176,8 @@ def archive(url: str, base_only: bool = False):
     """The peer of a ``http(s)://`` DICOMweb URL or a ``dimse://`` address."""
     from smaformer.infer.dimse import Archive, is_dimse
 
+    if not is_archive(url):
+        raise InputError(url, "not an archive address: a DICOMweb URL (http(s)://...) or dimse://AET@host:port")
     return Archive(url) if is_dimse(url) else WebArchive(url, base_only)
 
 
@@ -168,19 +188,17 @@ def is_archive(text: str | Path) -> bool:
 
 
 def predict_from_pacs(url: str, output: str | Path, checkpoint, *, store: str | None = None,
-                      log: Callable[[str], None] = print, predict_fn=None, **kwargs) -> list:
+                      log: Callable[[str], None] = print, **kwargs) -> list:
     """Fetch the series of ``url`` (DICOMweb or DIMSE) into a temporary folder, segment them with
     ``infer.predict.predict`` (outputs named by SeriesInstanceUID), and with ``store`` send each SEG to that
     archive. Returns the CaseResults, failed series included."""
     from smaformer.infer.predict import CaseResult, predict
     from smaformer.io_utils import check_output
 
-    predict_fn = predict_fn or predict
+    check_store(store, kwargs.get("output_type", "nifti"))
     source = archive(url)
     if source.study is None:
         raise InputError(url, "give a study (and optionally a series) to segment")
-    if store and kwargs.get("output_type") not in ("dicom-seg", "dicom-rtstruct"):
-        raise InputError(store, "--store sends DICOM objects: add --output-type dicom-seg (or dicom-rtstruct)")
     single = source.series is not None
     check_output(output, folder=not single and not str(output).endswith(".dcm"))
     target = archive(store, base_only=True) if store else None
@@ -197,7 +215,7 @@ def predict_from_pacs(url: str, output: str | Path, checkpoint, *, store: str | 
                 results.append(CaseResult(Path(uid), error=str(e)))
         if fetched:
             inp = next(iter(fetched.values())) if single else Path(tmp)
-            done = predict_fn(inp, output, checkpoint, log=log, **kwargs)
+            done = predict(inp, output, checkpoint, log=log, **kwargs)
             if target is not None:
                 store_all(done, target, store, log)
             results += done

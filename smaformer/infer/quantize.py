@@ -26,7 +26,7 @@ import torch
 
 from smaformer import metrics as M
 from smaformer.data.fingerprint import intensity_warnings
-from smaformer.data.sample import Sample, SampleList, case_key, slice_order, stack_volume, volume_key
+from smaformer.data.sample import Sample, SampleList, case_key, group_volumes, stack_volume, volume_key
 from smaformer.errors import InputError
 from smaformer.export.exporters import ExportError
 from smaformer.export.metadata import ExportMetadata
@@ -98,10 +98,7 @@ def _load_volume(reader, names: list[str]) -> Sample:
 
 def _volumes(reader, cases: list[str] | None = None) -> dict[str, list[str]]:
     """volume name -> its cases (slices in order), of ``cases`` or of all the reader's."""
-    out: dict[str, list[str]] = {}
-    for c in sorted(reader.cases() if cases is None else cases, key=slice_order):
-        out.setdefault(volume_key(c), []).append(c)
-    return out
+    return group_volumes(reader.cases() if cases is None else cases)
 
 
 def _seeded(names: list[str], seed: int) -> list[str]:
@@ -237,7 +234,6 @@ def mean_foreground_dice(run, volumes: list[Sample], meta: ExportMetadata, class
 def quantize_guarded(ov_model, meta: ExportMetadata, spec: Int8Spec, plan: Int8Plan, path: Path, *, cnn: bool):
     """``(int8_model, report lines)``: NNCF ``quantize`` on the plan's calibration volumes, then the guard on
     its guard volumes; an ExportError (nothing written) when INT8 loses more than ``spec.max_dice_drop`` points."""
-    spec.check()
     try:
         import nncf
     except ImportError:
@@ -266,8 +262,8 @@ def quantize_guarded(ov_model, meta: ExportMetadata, spec: Int8Spec, plan: Int8P
 
 class Int8Quantizer:
     """The hook ``export_checkpoint(..., quantize=...)`` takes: NNCF INT8 behind the Dice guard of ``spec``.
-    ``inputs`` are the folders it reads (no output may land there); ``prepare(info)`` loads and checks the
-    volumes (``plan_int8``) before any export work; calling it quantizes and guards."""
+    ``inputs`` are the folders it reads (no output may land there); ``prepare(model, info)`` loads and checks
+    the volumes (``plan_int8``) before any export work; calling it quantizes and guards."""
 
     def __init__(self, spec: Int8Spec):
         spec.check()
@@ -276,11 +272,12 @@ class Int8Quantizer:
 
     def prepare(self, model: torch.nn.Module, info: dict) -> None:
         self.plan = plan_int8(self.spec, info)
-        self.cnn = self.spec.scheme == "cnn" or (self.spec.scheme == "auto" and model.convolution == "all")
+        convolutional = getattr(model, "convolution", "none") == "all"
+        self.cnn = self.spec.scheme == "cnn" or (self.spec.scheme == "auto" and convolutional)
 
     def __call__(self, ov_model, meta: ExportMetadata, path: Path):
         if self.plan is None:
-            raise RuntimeError("Int8Quantizer.prepare(info) must run before quantizing")
+            raise RuntimeError("Int8Quantizer.prepare(model, info) must run before quantizing")
         return quantize_guarded(ov_model, meta, self.spec, self.plan, path, cnn=self.cnn)
 
 

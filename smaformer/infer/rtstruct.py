@@ -49,6 +49,9 @@ def write_rtstruct(out: Path, labels: np.ndarray, sources: list, series_folder: 
     except Exception as e:  # noqa: BLE001 - rt-utils raises bare Exceptions for unusable series
         raise InputError(series_folder, f"cannot build an RTSTRUCT on this series ({first_line(e)})") from None
     index = {str(ds.SOPInstanceUID): z for z, ds in enumerate(sources)}
+    if {str(ds.SOPInstanceUID) for ds in rt.series_data} != set(index):
+        raise InputError(series_folder, "the folder holds instances beside the series read (rt-utils reads every file "
+                                        "below it); put the series in a folder of its own")
     order = [index[str(ds.SOPInstanceUID)] for ds in rt.series_data]       # rt-utils' own slice order
     ordered = labels[order]
     from rt_utils import image_helper

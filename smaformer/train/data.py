@@ -24,10 +24,9 @@ from smaformer.data.sample import (
     Reader,
     Sample,
     case_key,
+    group_volumes,
     iter_cases,
-    slice_order,
     stack_volume,
-    volume_key,
 )
 from smaformer.errors import InputError
 from smaformer.infer.evaluate import volume_dice
@@ -76,9 +75,7 @@ class StackedCases(Reader):
     def __init__(self, reader: Reader, names: list[str]):
         self.reader, self.layout, self.split = reader, reader.layout, "val"
         self.classes, self.root, self.skipped = reader.classes, getattr(reader, "root", None), []
-        self.groups: dict[str, list[str]] = {}
-        for n in sorted(names, key=slice_order):
-            self.groups.setdefault(volume_key(n), []).append(n)
+        self.groups = group_volumes(names)
 
     def cases(self) -> list[str]:
         return list(self.groups)

@@ -20,7 +20,6 @@ student's. Nothing here reads a tensor to the host.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -30,15 +29,8 @@ import torch.nn.functional as F
 from smaformer.checkpoint import load_checkpoint
 from smaformer.data.preprocess import make_channels
 from smaformer.errors import InputError
+from smaformer.io_utils import file_sha256
 from smaformer.losses import SegLoss, build_loss
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Teacher(nn.Module):

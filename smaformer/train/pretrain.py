@@ -186,12 +186,11 @@ def pretrain(cfg: dict | None, *, run_dir: str | Path | None = None, resume: str
     old = {s: signal.signal(s, lambda n, f: stop.update(signal=n)) for s in (signal.SIGINT, signal.SIGTERM)}
     stopped, saved_at, log_every = "finished", time.monotonic(), int(t["log_every"])
     bar = progress(total, it, progress_bar, log)
-    loader = None
+    loader = build_loader(dataset, sampler, batch, int(cfg["data"]["num_workers"]), int(t["seed"]), 0, device)
+    every_s = float(t["save_every_s"])             # 0: at every epoch end, as in train
     try:
         while it < total and stopped == "finished":
             sampler.set_epoch(epoch, step_in_epoch * batch)
-            loader = loader or build_loader(dataset, sampler, batch, int(cfg["data"]["num_workers"]),
-                                            int(t["seed"]), 0, device)
             simmim.train()
             t0 = time.perf_counter()
             for items in loader:
@@ -221,11 +220,13 @@ def pretrain(cfg: dict | None, *, run_dir: str | Path | None = None, resume: str
                     stopped = "stop_after"
                 if stopped != "finished" or it >= total or step_in_epoch >= per_epoch:
                     break
-                if time.monotonic() - saved_at >= float(t["save_every_s"]):
+                if every_s > 0 and time.monotonic() - saved_at >= every_s:
                     save()
                     saved_at = time.monotonic()
             if step_in_epoch >= per_epoch:
                 epoch, step_in_epoch = epoch + 1, 0
+                if every_s == 0 and it < total:
+                    save()
         save()
     finally:
         bar.close()

@@ -236,13 +236,14 @@ def acdc_ckpt(tmp_path):
     (["--guard-cases", "0"], "--guard-cases 0: give a number of volumes >= 1"),
     (["--calibration-cases", "-3"], "--calibration-cases -3: give a number of volumes >= 1"),
 ])
-def test_cli_int8_refuses_bad_numbers_at_once(acdc_ckpt, tmp_path, shared_data_dir, capsys, extra, message):
-    import time
-    t0 = time.perf_counter()
+def test_cli_int8_refuses_bad_numbers_at_once(acdc_ckpt, tmp_path, shared_data_dir, capsys, monkeypatch, extra,
+                                              message):
+    import smaformer.export.from_checkpoint as fc
+    monkeypatch.setattr(fc, "load_checkpoint", lambda *a: pytest.fail("the checkpoint was loaded before refusing"))
     rc = main(["export", "--format", "openvino", "-c", str(acdc_ckpt), "-o", str(tmp_path / "q.xml"), "--int8",
                "--calibration", str(shared_data_dir / "acdc"), *extra])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err == [f"error: {message}"] and time.perf_counter() - t0 < 5
+    assert rc == 2 and err == [f"error: {message}"]
 
 
 def test_cli_int8_refusals_before_any_work_on_acdc(ckpt, acdc_ckpt, tmp_path, shared_data_dir, capsys):
@@ -261,8 +262,9 @@ def test_cli_int8_refusals_before_any_work_on_acdc(ckpt, acdc_ckpt, tmp_path, sh
     save_checkpoint({**ck, "config": {"data": {"train_split": "train", "val_split": "val"}}}, three)
     assert "label value 3 outside the model's classes 0..2 (bg, a, b)" in refused(three)
     assert "inside the input" in refused(acdc_ckpt, out=acdc / "m.xml")
-    assert "share" in refused(acdc_ckpt, "--guard-split", "train") and "patient" in refused(acdc_ckpt, "--guard-split",
-                                                                                             "train")
+    assert refused(acdc_ckpt, "--guard-split", "train").endswith(
+        "guard volumes of split train (asked for) share 70 patient(s) with the checkpoint's training cases "
+        "(patient003, patient004, patient005); the guard must score patients the model never saw")
     ct = tmp_path / "ct.pt"                                         # a CT-window model calibrated on MRI in [0, 1]
     from smaformer.data.fingerprint import dataset_fingerprint
     from smaformer.data.sample import SampleList, case_key
@@ -312,7 +314,8 @@ def test_records_say_how_each_member_ran(ckpt, ir, tmp_path, monkeypatch):
     assert member["engine"] == "torch" and member["compile"].startswith("eager (torch.compile failed: ")
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["members"] == res["members"]
     # an exported member's batches stay on the host whatever device the ensemble runs on (no GPU round trip)
-    runner, info = __import__("smaformer.infer.members", fromlist=["x"]).load_predictor(ir)
+    from smaformer.infer.members import load_predictor
+    runner, info = load_predictor(ir)
     m = _Member(runner, info["preprocessing"], vol, inference=None, device=torch.device("cuda"), precision="bf16",
                 batch_size=4)
     assert m.device == torch.device("cpu") and m.precision == "fp32"

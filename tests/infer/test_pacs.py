@@ -237,7 +237,7 @@ def test_failures_are_one_line_and_lose_nothing(server, ckpt, data_dir, tmp_path
 
 def test_round_trip_over_dimse(server, ckpt, data_dir, tmp_path, creds, capsys):
     """C-FIND + C-GET of the study's image series, C-STORE of each SEG, the SEG read back over DICOMweb equal
-    to the local file; a rejected C-STORE (the archive's filter) and an unknown AE title are one line each."""
+    to the local file; a rejected C-STORE (the archive's filter) and a server that is down are one line each."""
     study = "1.2.826.0.1.3680043.10.5"
     files, _, series = _series(data_dir, tmp_path / "src", slice(2, 6), study=study)
     orthanc.upload(server, files)

@@ -91,13 +91,14 @@ def test_never_opens_validation_or_held_out_cases(tmp_path, monkeypatch, data_di
                                                  "train.batch_size=2", "data.num_workers=0", "train.device=cpu",
                                                  "train.max_iterations=2", "pretrain.mask_patch=16", "data.fold=0"])
     pretrain(cfg, run_dir=tmp_path / "p", progress_bar=False, log=quiet)
-    from smaformer.data.sample import case_key
+    from smaformer.data.sample import case_key, volume_key
     from smaformer.train.data import build_data
     held = {case_key(c) for c in build_data(cfg).splits.val}
     assert opened and all(p.parent.name == "slices" for p in opened)
     assert not any(case_key(p.stem) in held for p in opened)
-    val = set((acdc / "val.list").read_text().split())
-    assert not any(p.stem in val for p in opened)
+    val = set((acdc / "val.list").read_text().split())                 # volumes; their patients are not in train
+    assert val and not any(volume_key(p.stem) in val or case_key(p.stem) in {case_key(v) for v in val}
+                           for p in opened)
 
 
 def test_unlabelled_folder_skips_a_bad_file_in_one_line(tmp_path, capsys):
