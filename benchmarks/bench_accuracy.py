@@ -218,6 +218,26 @@ def compare_labels(first: Path, second: Path) -> dict:
             "mean_dice": dice, "dice_change_points": 100 * (dice[1] - dice[0]), "per_case": cases}
 
 
+def table(docs_dir: Path, tags: list[str]) -> str:
+    """Markdown rows (record, iterations, mean and per-class Dice, training wall time, machine, date) from the
+    kept records ``docs_dir/<tag>/{metrics,run,config}``: the figures of docs/BENCHMARKS.md come from here."""
+    import yaml
+
+    rows = ["| record | iterations | mean Dice | per class | train wall | machine, date (UTC) |",
+            "|---|---|---|---|---|---|"]
+    for tag in tags:
+        d = docs_dir / tag
+        m = json.loads((d / "metrics.json").read_text("utf-8"))
+        run = json.loads((d / "run.json").read_text("utf-8"))
+        cfg = yaml.safe_load((d / "config.yaml").read_text("utf-8"))
+        names = m["classes"]
+        per = " / ".join(f"{names[k]} {100 * v['standard']['dice']:.1f}" for k, v in m["mean"].items())
+        rows.append(f"| [{tag}](accuracy/{tag}) | {cfg['train']['max_iterations']} | "
+                    f"{100 * m['foreground_mean']['standard']['dice']:.2f} | {per} | {run['train']['wall_s']:.0f} s | "
+                    f"{run['machine']}, {run['date_utc']} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="*", help=f"runs to do, one after the other: {', '.join(RUNS)}")
@@ -236,9 +256,13 @@ def main() -> None:
                     help="more overrides for pretrain and train, e.g. distill.hard=1")
     ap.add_argument("--suffix", default="", help="names this variant's folders: <run>-<budget>[-<N>it]-<suffix>")
     ap.add_argument("--list", action="store_true", help="print the runs and their overrides")
+    ap.add_argument("--table", nargs="+", metavar="RECORD", help="print markdown rows of these kept records, then stop")
     ap.add_argument("--compare-labels", nargs=2, type=Path, metavar=("EVAL_A", "EVAL_B"),
                     help="compare the labels and mean Dice of two 'evaluate --save-nifti' folders, then stop")
     args = ap.parse_args()
+    if args.table:
+        print(table(args.docs_dir, args.table))
+        return
     if args.compare_labels:
         result = compare_labels(*args.compare_labels)
         print(json.dumps({k: v for k, v in result.items() if k != "per_case"}, indent=1))
