@@ -268,6 +268,20 @@ def test_round_trip_over_dimse(server, ckpt, data_dir, tmp_path, creds, capsys):
                      "no association with ORTHANC@127.0.0.1:9 (server down")
 
 
+def test_a_localizer_series_is_refused_over_both_protocols(server, ckpt, data_dir, tmp_path, creds, capsys):
+    files, study, series = _series(data_dir, tmp_path / "src", slice(0, 3), study="1.2.826.0.1.3680043.10.10")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.save_as(f)
+    orthanc.upload(server, files)
+    with orthanc.inside(server):
+        for url in (f"{server.dicomweb}/studies/{study}/series/{series}", f"{server.dimse}/{study}/{series}"):
+            _one_failure(capsys, ["predict", "-i", url, "-o", str(tmp_path / "l.dcm"), "-c", str(ckpt),
+                                  "--output-type", "dicom-seg", "--quiet"], "a localizer series: nothing to segment")
+    assert not (tmp_path / "l.dcm").exists()
+
+
 def test_store_needs_a_seg_and_credentials_stay_off_the_command_line(tmp_path, capsys):
     rc = main(["predict", "-i", "http://127.0.0.1:9/dicom-web/studies/1.2/series/1.2.3", "-o", str(tmp_path / "x"),
                "-c", "m.pt", "--store", "http://127.0.0.1:9/dicom-web"])
