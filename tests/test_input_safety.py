@@ -79,7 +79,7 @@ def test_predict_never_writes_over_a_checkpoint_or_its_sidecar(scans, ckpt, caps
     _refused(["predict", "-i", str(case), "-o", str(tmp_path / "seg.nii.gz"), "-c", str(ckpt), "--output-type",
               "dicom-seg"], capsys, scans, match="needs DICOM series folders")
     _refused(["predict", "-i", str(case), "-o", str(tmp_path / "seg.dcm"), "-c", str(ckpt)], capsys, scans,
-             match="a DICOM SEG is named *.dcm")
+             match="a DICOM SEG or RTSTRUCT is named *.dcm")
 
 
 def test_predict_refuses_two_cases_with_one_output_name(scans, ckpt, capsys, tmp_path):
