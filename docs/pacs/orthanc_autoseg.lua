@@ -7,7 +7,7 @@
 --   SMAFORMER_PACS_USER / SMAFORMER_PACS_PASSWORD   a user of this Orthanc (RegisteredUsers)
 -- and "StableAge" in orthanc.json: seconds without a new instance before a series counts as complete.
 
--- the modalities smaformer.infer.pacs.NOT_IMAGES skips: series with no image to segment
+-- the modalities smaformer.infer.series_check.NOT_IMAGES skips: series with no image to segment
 local skip = { SEG = true, SR = true, RTSTRUCT = true, RTPLAN = true, RTDOSE = true, RTRECORD = true, PR = true,
                KO = true, DOC = true, REG = true, FID = true, OT = true }
 

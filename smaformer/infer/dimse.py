@@ -56,7 +56,7 @@ class Archive:
         from pydicom.dataset import Dataset
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-        from smaformer.infer.pacs import NOT_IMAGES
+        from smaformer.infer.series_check import NOT_IMAGES
         q = Dataset()
         q.QueryRetrieveLevel, q.StudyInstanceUID, q.SeriesInstanceUID, q.Modality = "SERIES", study, "", ""
         assoc = self._associate(f"study {study}", [StudyRootQueryRetrieveInformationModelFind])
@@ -78,7 +78,7 @@ class Archive:
         from pynetdicom import StoragePresentationContexts, build_role, evt
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
-        from smaformer.infer.pacs import check_image_series
+        from smaformer.infer.series_check import check_image_series
         folder.mkdir(parents=True)
         got = []
 

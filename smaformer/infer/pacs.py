@@ -23,10 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from smaformer.errors import InputError
+from smaformer.infer.series_check import NOT_IMAGES, check_image_series
 
 URL = re.compile(r"^(?P<base>https?://.+?)/studies/(?P<study>[0-9.]+)(?:/series/(?P<series>[0-9.]+))?/?$")
-#: modalities of series that hold no image to segment
-NOT_IMAGES = {"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "KO", "DOC", "REG", "FID", "OT"}
 _TAG_SERIES, _TAG_MODALITY = "0020000E", "00080060"
 
 
@@ -40,18 +39,6 @@ def parse_url(url: str) -> tuple[str, str, str | None]:
     if not m:
         raise InputError(url, "not a DICOMweb study or series URL (<base>/studies/<StudyUID>[/series/<SeriesUID>])")
     return m["base"], m["study"], m["series"]
-
-
-def check_image_series(instances: list, series: str) -> None:
-    """Refuse, in one line, a fetched series with nothing to segment: no instance, a non-image modality (SEG,
-    SR, RTSTRUCT...), no pixel data, or a localizer."""
-    if not instances:
-        raise InputError(f"series {series}", "the archive returned no instances")
-    modality = str(getattr(instances[0], "Modality", ""))
-    if modality in NOT_IMAGES or "PixelData" not in instances[0]:
-        raise InputError(f"series {series}", f"not an image series (modality {modality or '?'}): nothing to segment")
-    if any("LOCALIZER" in str(getattr(ds, "ImageType", "")) for ds in instances):
-        raise InputError(f"series {series}", "a localizer series: nothing to segment")
 
 
 def check_store(store: str | None, output_type: str) -> None:
