@@ -118,7 +118,16 @@ def _write_log(rows: list[dict], path: Path) -> None:
 
 def pretrain(cfg: dict | None, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
              stop_after: int | None = None, progress_bar: bool = True, log=print) -> PretrainResult:
-    """SimMIM pretraining of the config's model encoder (see the module docstring)."""
+    """SimMIM pretraining of the config's model encoder (see the module docstring). The deterministic-algorithms
+    switch (``train.deterministic``) is put back as it was when the run ends, as ``train`` does."""
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _pretrain(cfg, run_dir, resume, stop_after, progress_bar, log)
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def _pretrain(cfg, run_dir, resume, stop_after, progress_bar, log) -> PretrainResult:
     import signal
 
     state = None

@@ -58,6 +58,7 @@ def test_resume_is_exact_and_encoder_loads_with_coverage(tmp_path):
     assert b.stopped == "stop_after" and b.iterations == 4
     b = pretrain(None, resume=tmp_path / "b", progress_bar=False, log=quiet)
     assert a.iterations == b.iterations == 9 and a.loss == b.loss
+    assert not torch.are_deterministic_algorithms_enabled()          # train.deterministic is put back
     ea, eb = (torch.load(tmp_path / r / "latest.pt", weights_only=True) for r in "ab")
     for k, v in ea["model"].items():
         assert torch.equal(v, eb["model"][k]), k
