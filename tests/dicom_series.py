@@ -34,3 +34,18 @@ def write_dicom_series(folder, volume: np.ndarray, spacing=(0.7, 0.8), thickness
         w.Execute(img)
         files.append(folder / f"IM{names[z]:04d}.dcm")
     return files
+
+
+def assert_seg_frames_equal(seg, pairs, classes: list[str]) -> None:
+    """Each ``(source dataset, expected (H,W) class ids)`` pair: the SEG's frame for that source instance,
+    found by its SOP Instance UID and relabelled to segment order, equals the expected labels."""
+    numbers = seg.get_segment_numbers()
+    names = [seg.get_segment_description(n).segment_label for n in numbers]
+    for ds, expected in pairs:
+        frame = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[ds.SOPInstanceUID], segment_numbers=numbers, combine_segments=True,
+            relabel=True, skip_overlap_checks=True, assert_missing_frames_are_empty=True)[0]
+        truth = np.zeros_like(expected)
+        for j, name in enumerate(names, start=1):
+            truth[expected == classes.index(name)] = j
+        assert np.array_equal(frame, truth), ds.SOPInstanceUID

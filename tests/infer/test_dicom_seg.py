@@ -7,7 +7,7 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pytest
-from dicom_series import write_dicom_series
+from dicom_series import assert_seg_frames_equal, write_dicom_series
 from tiny_models import CT_WINDOW, tiny_unet_checkpoint
 
 from smaformer.cli import main
@@ -58,15 +58,9 @@ def test_seg_matches_the_nifti_prediction_frame_by_frame(data_dir, ckpt, tmp_pat
     assert len(raw.PerFrameFunctionalGroupsSequence) < len(numbers) * len(sources) or expected.all()  # empty omitted
     normal = np.cross(*np.reshape(np.asarray(sources[0].ImageOrientationPatient, float), (2, 3)))
     first = np.asarray(sources[0].ImagePositionPatient, float)
-    for ds in sources:
-        z = int(round(float(np.dot(np.asarray(ds.ImagePositionPatient, float) - first, normal)) / 2.5))  # by position
-        frame = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=[ds.SOPInstanceUID], segment_numbers=numbers, combine_segments=True,
-            relabel=True, skip_overlap_checks=True, assert_missing_frames_are_empty=True)[0]
-        truth = np.zeros_like(expected[z])
-        for j, name in enumerate(occurring, start=1):
-            truth[expected[z] == CLASSES.index(name)] = j
-        assert np.array_equal(frame, truth), z
+    at = [int(round(float(np.dot(np.asarray(ds.ImagePositionPatient, float) - first, normal)) / 2.5))
+          for ds in sources]                                       # each source's slice, found by its position
+    assert_seg_frames_equal(seg, [(ds, expected[z]) for ds, z in zip(sources, at, strict=True)], CLASSES)
 
 
 def test_segment_codes_for_known_and_unknown_classes():

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import orthanc
 import pytest
-from dicom_series import write_dicom_series
+from dicom_series import assert_seg_frames_equal, write_dicom_series
 from tiny_models import CT_WINDOW, tiny_unet_checkpoint
 
 from smaformer.cli import main
@@ -84,18 +84,8 @@ def test_round_trip_over_dicomweb(server, ckpt, data_dir, tmp_path, creds, capsy
                  "--quiet"]) == 0
     import SimpleITK as sitk
     expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "seg.nii.gz")))
-    seg = hd.seg.Segmentation.from_dataset(stored[0])
-    numbers = seg.get_segment_numbers()
-    names = [seg.get_segment_description(n).segment_label for n in numbers]
-    for z, f in enumerate(files):
-        ds = pydicom.dcmread(f)
-        frame = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=[ds.SOPInstanceUID], segment_numbers=numbers, combine_segments=True,
-            relabel=True, skip_overlap_checks=True, assert_missing_frames_are_empty=True)[0]
-        truth = np.zeros_like(expected[z])
-        for j, name in enumerate(names, start=1):
-            truth[expected[z] == CLASSES.index(name)] = j
-        assert np.array_equal(frame, truth), z
+    assert_seg_frames_equal(hd.seg.Segmentation.from_dataset(stored[0]),
+                            [(pydicom.dcmread(f), expected[z]) for z, f in enumerate(files)], CLASSES)
     # a second run stores a new series: nothing on the archive is replaced
     with orthanc.inside(server):
         assert main(["predict", "-i", url, "-o", str(tmp_path / "seg2.dcm"), "-c", str(ckpt), "--output-type",
