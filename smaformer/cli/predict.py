@@ -50,6 +50,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "RT Structure Set (contours, one ROI per class) for radiotherapy")
     p.add_argument("--store", metavar="ARCHIVE", help="also send each SEG/RTSTRUCT to this archive after writing it "
                    "locally: a DICOMweb base URL (STOW-RS) or dimse://AET@host:port (C-STORE)")
+    p.add_argument("--ae-title", help="our AE title over DIMSE (default $SMAFORMER_AE_TITLE, else SMAFORMER); the "
+                   "archive must know it")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <case>_probabilities.npz: float16 softmax (K, D, H, W)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -64,10 +66,11 @@ def run(args: argparse.Namespace) -> int:
                   output_type=args.output_type, save_probabilities=args.save_probabilities, progress=not args.quiet,
                   num_parts=args.num_parts, part_id=args.part_id, torchrun=True, compile_model=args.compile)
     if is_archive(args.input):
-        results = predict_from_pacs(args.input, args.output, args.checkpoint, store=args.store, **kwargs)
+        results = predict_from_pacs(args.input, args.output, args.checkpoint, store=args.store,
+                                    ae_title=args.ae_title, **kwargs)
     else:
         check_store(args.store, args.output_type)
-        target = archive(args.store, base_only=True) if args.store else None     # a bad address: before the work
+        target = archive(args.store, base_only=True, ae_title=args.ae_title) if args.store else None  # before the work
         results = predict(args.input, args.output, args.checkpoint, **kwargs)
         if target is not None:
             store_all(results, target, args.store)

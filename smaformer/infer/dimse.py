@@ -3,7 +3,7 @@
 - ``predict -i dimse://AET@host:port/<StudyUID>[/<SeriesUID>]`` finds the study's image series (C-FIND) and
   retrieves each with C-GET (the archive sends the instances back over the same association);
 - ``--store dimse://AET@host:port`` sends each DICOM SEG with C-STORE, then looks it up with C-FIND.
-Our AE title is ``SMAFORMER`` (``SMAFORMER_AE_TITLE`` changes it); the archive must know it (Orthanc:
+Our AE title is ``SMAFORMER`` (``--ae-title`` or ``SMAFORMER_AE_TITLE`` changes it); the archive must know it (Orthanc:
 ``DicomModalities``). A failure is one line naming the series, as over DICOMweb (``infer.pacs``).
 """
 from __future__ import annotations
@@ -17,6 +17,10 @@ from smaformer.errors import InputError
 
 URL = re.compile(r"^dimse://(?P<aet>[^@/]{1,16})@(?P<host>[^:/]+):(?P<port>\d+)(?:/(?P<study>[0-9.]+)"
                  r"(?:/(?P<series>[0-9.]+))?)?/?$")
+
+
+#: what DICOM allows in an AE title that every archive accepts (no backslash or control characters, not all blank)
+AE_TITLE = re.compile(r"^(?! *$)[A-Za-z0-9 _-]{1,16}$")
 
 
 def is_dimse(text) -> bool:
@@ -34,9 +38,12 @@ def parse_url(url: str) -> tuple[str, str, int, str | None, str | None]:
 class Archive:
     """One DIMSE peer: ``find_series``, ``get_series``, ``store``; each opens its own association."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, ae_title: str | None = None):
         self.aet, self.host, self.port, self.study, self.series = parse_url(url)
-        self.ours = os.environ.get("SMAFORMER_AE_TITLE", "SMAFORMER")
+        self.ours = ae_title or os.environ.get("SMAFORMER_AE_TITLE") or "SMAFORMER"
+        if not AE_TITLE.match(self.ours):
+            raise InputError(url, f"our AE title {self.ours!r} is not 1-16 characters of letters, digits, "
+                                  "space, _ or -")
 
     def _associate(self, what: str, contexts, roles=(), handlers=()):
         from pynetdicom import AE
@@ -101,8 +108,9 @@ class Archive:
                 final = status.Status if status else None
             assoc.release()
             if final != 0x0000:      # a warning (0xB000) means some instances did not arrive: no partial series
-                raise InputError(f"series {series}", f"C-GET incomplete or refused (status "
-                                                     f"{'none' if final is None else hex(final)}, {len(got)} received)")
+                why = (f"no answer: does {self.aet} allow C-GET for AE title {self.ours}?" if final is None
+                       else f"status {hex(final)}")
+                raise InputError(f"series {series}", f"C-GET incomplete or refused ({why}; {len(got)} received)")
             check_image_series(got, series)
         except InputError:
             shutil.rmtree(folder, ignore_errors=True)    # nothing of a failed series is left to be segmented

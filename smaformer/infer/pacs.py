@@ -159,13 +159,13 @@ class WebArchive:
                                                  "a query finds no such instance there)")
 
 
-def archive(url: str, base_only: bool = False):
-    """The peer of a ``http(s)://`` DICOMweb URL or a ``dimse://`` address."""
+def archive(url: str, base_only: bool = False, ae_title: str | None = None):
+    """The peer of a ``http(s)://`` DICOMweb URL or a ``dimse://`` address (``ae_title``: ours, for DIMSE)."""
     from smaformer.infer.dimse import Archive, is_dimse
 
     if not is_archive(url):
         raise InputError(url, "not an archive address: a DICOMweb URL (http(s)://...) or dimse://AET@host:port")
-    return Archive(url) if is_dimse(url) else WebArchive(url, base_only)
+    return Archive(url, ae_title) if is_dimse(url) else WebArchive(url, base_only)
 
 
 def is_archive(text: str | Path) -> bool:
@@ -175,20 +175,20 @@ def is_archive(text: str | Path) -> bool:
 
 
 def predict_from_pacs(url: str, output: str | Path, checkpoint, *, store: str | None = None,
-                      log: Callable[[str], None] = print, **kwargs) -> list:
+                      ae_title: str | None = None, log: Callable[[str], None] = print, **kwargs) -> list:
     """Fetch the series of ``url`` (DICOMweb or DIMSE) into a temporary folder, segment them with
     ``infer.predict.predict`` (outputs named by SeriesInstanceUID), and with ``store`` send each SEG to that
-    archive. Returns the CaseResults, failed series included."""
+    archive; ``ae_title``: ours over DIMSE. Returns the CaseResults, failed series included."""
     from smaformer.infer.predict import CaseResult, predict
     from smaformer.io_utils import check_output
 
     check_store(store, kwargs.get("output_type", "nifti"))
-    source = archive(url)
+    source = archive(url, ae_title=ae_title)
     if source.study is None:
         raise InputError(url, "give a study (and optionally a series) to segment")
     single = source.series is not None
     check_output(output, folder=not single and not str(output).endswith(".dcm"))
-    target = archive(store, base_only=True) if store else None
+    target = archive(store, base_only=True, ae_title=ae_title) if store else None
     wanted = [source.series] if single else source.find_series(source.study)
     if not wanted:
         raise InputError(url, "the study holds no image series")

@@ -256,6 +256,11 @@ def test_round_trip_over_dimse(server, ckpt, data_dir, tmp_path, creds, capsys):
         _one_failure(capsys, ["predict", "-i", f"dimse://ORTHANC@127.0.0.1:9/{rstudy}/{rseries}", "-o",
                               str(tmp_path / "x.dcm"), "-c", str(ckpt), "--output-type", "dicom-seg", "--quiet"],
                      "no association with ORTHANC@127.0.0.1:9 (server down")
+        # our AE title comes from --ae-title: one the archive does not know gets nothing from it
+        _one_failure(capsys, ["predict", "-i", f"{server.dimse}/{rstudy}/{rseries}", "-o", str(tmp_path / "s.dcm"),
+                              "-c", str(ckpt), "--output-type", "dicom-seg", "--quiet", "--ae-title", "STRANGER"],
+                     "C-GET incomplete or refused (no answer: does ORTHANC allow C-GET for AE title STRANGER?")
+        assert not (tmp_path / "s.dcm").exists()
 
 
 def test_a_localizer_series_is_refused_over_both_protocols(server, ckpt, data_dir, tmp_path, creds, capsys):
@@ -279,3 +284,12 @@ def test_store_needs_a_seg_and_credentials_stay_off_the_command_line(tmp_path, c
     assert rc == 2 and len(err) == 1 and "--store sends DICOM objects: add --output-type dicom-seg" in err[0]
     rc = main(["predict", "-i", "http://127.0.0.1:9/dicom-web/series/1.2.3", "-o", str(tmp_path / "x"), "-c", "m.pt"])
     assert rc == 2 and "not a DICOMweb study or series URL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("title", ["SEVENTEEN_LETTERS", "   ", "A\\B"])
+def test_an_ae_title_dicom_does_not_allow_is_refused_before_any_work(tmp_path, capsys, title):
+    rc = main(["predict", "-i", "dimse://ORTHANC@127.0.0.1:9/1.2", "-o", str(tmp_path / "x"), "-c", "m.pt",
+               "--ae-title", title])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"our AE title {title!r} is not 1-16 characters" in err[0], err
+    assert not (tmp_path / "x").exists()
