@@ -200,3 +200,28 @@ def test_accuracy_chain_pretrains_then_distils_in_one_command(tmp_path, monkeypa
     record = json.loads((docs / "run.json").read_text())
     assert docs.name == "acdc_swin_unet_scratch-cpu-reduced-all" and record["teacher"]["checkpoint"] == teacher
     assert record["pretrain"]["wall_s"] == 1.0 and (docs / "pretrain_log.csv").exists()
+
+
+def test_pacs_viewer_serves_the_viewer_with_our_config_and_nothing_outside_it(tmp_path):
+    """The viewer screenshot's server (docs/INFERENCE.md "PACS"): our app-config.js in place of the package's,
+    index.html for the single-page app's routes, and no file outside the viewer's folder."""
+    import requests
+
+    viewer = _load("pacs_viewer")
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    (dist / "index.html").write_text("<html>ohif</html>")
+    (dist / "app-config.js").write_text("window.config = {theirs: 1};")
+    (dist / "x.wasm").write_bytes(b"\0asm")
+    (tmp_path / "secret.txt").write_text("outside")
+    server = viewer.serve(dist, "http://127.0.0.1:9", ("u", "p"), "window.config = {ours: 1};")
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert requests.get(f"{base}/app-config.js", timeout=10).text == "window.config = {ours: 1};"
+        assert requests.get(f"{base}/viewer?StudyInstanceUIDs=1.2", timeout=10).text == "<html>ohif</html>"
+        assert requests.get(f"{base}/x.wasm", timeout=10).headers["Content-Type"] == "application/wasm"
+        assert requests.get(f"{base}/../secret.txt", timeout=10).text == "<html>ohif</html>"
+        assert requests.get(f"{base}/%2e%2e/secret.txt", timeout=10).text == "<html>ohif</html>"
+    finally:
+        server.shutdown()
+    assert (dist / "app-config.js").read_text() == "window.config = {theirs: 1};"     # the viewer is only read
