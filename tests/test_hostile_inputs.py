@@ -136,18 +136,26 @@ def test_sliding_on_images_smaller_than_the_model_or_one_pixel_wide(shape):
 
 
 # ---------------------------------------------------------------------------------- post-processing
-@pytest.mark.parametrize("rule", [{"per_class": {"1": {"mode": "bogus"}}},
-                                  {"per_class": {"1": {"mode": "min_size", "min_size": -3}}},
-                                  {"per_class": ["lcc"]}, "lcc", {"per_class": {"x": {"mode": "lcc"}}}])
-def test_a_corrupt_stored_rule_is_one_line_before_any_case(models, scans, tmp_path, capsys, rule):
+CORRUPT = [("postprocessing", rule, "stored post-processing is corrupt") for rule in (
+    {"per_class": {"1": {"mode": "bogus"}}}, {"per_class": {"1": {"mode": "min_size", "min_size": -3}}},
+    {"per_class": ["lcc"]}, "lcc", {"per_class": {"x": {"mode": "lcc"}}})] + \
+    [("fingerprint", fingerprint, "stored training fingerprint is corrupt") for fingerprint in (
+        {"summary": {"intensity": {"p0.5": [1, 2]}}}, ["x"],
+        {"summary": {"intensity": {"p0.5": {"min": "a"}, "p99.5": {"max": 1}}}})]
+
+
+@pytest.mark.parametrize(("key", "value", "fault"), CORRUPT)
+def test_a_corrupt_stored_rule_or_fingerprint_is_one_line_before_any_case(models, scans, tmp_path, capsys, key, value,
+                                                                           fault):
     ck = read_checkpoint(models["a"])
-    ck["postprocessing"] = rule
+    ck[key] = value
     bad = save_checkpoint(ck, tmp_path / "bad.pt")
     out = tmp_path / "out"
-    _one_line(["predict", "-i", str(scans), "-o", str(out), "-c", str(bad)], capsys,
-              "bad.pt: stored post-processing is corrupt")
+    _one_line(["predict", "-i", str(scans), "-o", str(out), "-c", str(bad)], capsys, f"bad.pt: {fault}")
     assert not out.exists()
-    assert main(["predict", "-i", str(scans), "-o", str(out), "-c", str(bad), "--postprocess", "none", "--quiet"]) == 0
+    if key == "postprocessing":     # the stored rule can be set aside
+        assert main(["predict", "-i", str(scans), "-o", str(out), "-c", str(bad), "--postprocess", "none",
+                     "--quiet"]) == 0
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "abc", "2.5"])
@@ -184,13 +192,3 @@ def test_guard_ignores_a_few_non_finite_voxels():
     assert intensity_warnings(_fingerprint(), image, (2.0, 1.0, 1.0), "ok") == []
 
 
-@pytest.mark.parametrize("fingerprint", [{"summary": {"intensity": {"p0.5": [1, 2]}}}, ["x"],
-                                         {"summary": {"intensity": {"p0.5": {"min": "a"}, "p99.5": {"max": 1}}}}])
-def test_a_corrupt_stored_fingerprint_is_one_line_before_any_case(models, scans, tmp_path, capsys, fingerprint):
-    ck = read_checkpoint(models["a"])
-    ck["fingerprint"] = fingerprint
-    bad = save_checkpoint(ck, tmp_path / "bad.pt")
-    out = tmp_path / "out"
-    _one_line(["predict", "-i", str(scans), "-o", str(out), "-c", str(bad)], capsys,
-              "bad.pt: stored training fingerprint is corrupt")
-    assert not out.exists()
