@@ -35,25 +35,28 @@ DATA = Path(os.environ.get("SMAFORMER_SHARED", REPO.parent / "shared")) / "data"
 _SMALL_SWIN = "{embed_dim: 32, num_heads: [1, 2, 4, 8], window_size: 8}"
 _CPU = ["data.num_workers=1", "train.val_every=0", "train.tensorboard=false", "train.save_every_iters=200"]
 
+
+def _small_swin(iterations: int) -> list[str]:
+    """The cpu-reduced budget of the Swin-based models: 128x128, embed 32, batch 8, ``iterations`` steps."""
+    return ["data.img_size=128", f"model.kwargs={_SMALL_SWIN}", "train.batch_size=8",
+            f"train.max_iterations={iterations}", *_CPU]
+
+
 # run name -> (preset, data folder, evaluated split, {budget: overrides})
 RUNS: dict[str, tuple[str, str, str, dict[str, list[str]]]] = {
     "acdc_swin_unet": ("acdc_swin_unet", "acdc", "val", {
         "full": [],
-        "cpu-reduced": ["data.img_size=128", f"model.kwargs={_SMALL_SWIN}", "train.batch_size=8",
-                        "train.max_iterations=800", *_CPU]}),
+        "cpu-reduced": _small_swin(800)}),
     "acdc_smaformer": ("acdc_smaformer", "acdc", "val", {
         "full": [],
-        "cpu-reduced": ["data.img_size=128", f"model.kwargs={_SMALL_SWIN}", "train.batch_size=8",
-                        "train.max_iterations=800", *_CPU]}),
+        "cpu-reduced": _small_swin(800)}),
     # the from-scratch recipe (configs/*_scratch.yaml): AdamW 2e-3 + warm-up + cosine instead of the official optimizer
     "acdc_swin_unet_scratch": ("acdc_swin_unet_scratch", "acdc", "val", {
         "full": [],
-        "cpu-reduced": ["data.img_size=128", f"model.kwargs={_SMALL_SWIN}", "train.batch_size=8",
-                        "train.max_iterations=6000", *_CPU]}),
+        "cpu-reduced": _small_swin(6000)}),
     "acdc_smaformer_scratch": ("acdc_smaformer_scratch", "acdc", "val", {
         "full": [],
-        "cpu-reduced": ["data.img_size=128", f"model.kwargs={_SMALL_SWIN}", "train.batch_size=8",
-                        "train.max_iterations=6000", *_CPU]}),
+        "cpu-reduced": _small_swin(6000)}),
     # the control: a CNN U-Net through the same recipe and pipeline (no pretraining either way)
     "acdc_unet": ("acdc_swin_unet", "acdc", "val", {
         "full": ["model.name=unet", "name=acdc_unet"],
