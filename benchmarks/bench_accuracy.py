@@ -32,13 +32,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SMAFORMER_SHARED", REPO.parent / "shared")) / "data"
-_SMALL_SWIN = "{embed_dim: 32, num_heads: [1, 2, 4, 8], window_size: 8}"
+#: the narrower Swin, key by key (a preset's other model.kwargs, e.g. the scratch presets' drop_path_rate, stay)
+_SMALL_SWIN = ["model.kwargs.embed_dim=32", "model.kwargs.num_heads=[1, 2, 4, 8]", "model.kwargs.window_size=8"]
 _CPU = ["data.num_workers=1", "train.val_every=0", "train.tensorboard=false", "train.save_every_iters=200"]
 
 
 def _small_swin(iterations: int) -> list[str]:
     """The cpu-reduced budget of the Swin-based models: 128x128, embed 32, batch 8, ``iterations`` steps."""
-    return ["data.img_size=128", f"model.kwargs={_SMALL_SWIN}", "train.batch_size=8",
+    return ["data.img_size=128", *_SMALL_SWIN, "train.batch_size=8",
             f"train.max_iterations={iterations}", *_CPU]
 
 
