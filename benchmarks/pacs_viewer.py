@@ -143,12 +143,15 @@ def main() -> int:
                 print(f"SEG series {seg} stored in study {STUDY}; opening {view}")
                 args.png.parent.mkdir(parents=True, exist_ok=True)
                 t0 = time.time()
-                shot = subprocess.run(
-                    [chromium, "--headless=new", "--no-sandbox", "--hide-scrollbars", "--window-size=1400,860",
-                     "--use-angle=swiftshader", "--enable-unsafe-swiftshader", f"--user-data-dir={tmp}/chromium",
-                     f"--virtual-time-budget={args.wait * 1000}", f"--screenshot={args.png.resolve()}", view],
-                    capture_output=True, text=True, timeout=600)
-                proxy.shutdown()
+                try:
+                    shot = subprocess.run(
+                        [chromium, "--headless=new", "--no-sandbox", "--hide-scrollbars", "--window-size=1400,860",
+                         "--use-angle=swiftshader", "--enable-unsafe-swiftshader", f"--user-data-dir={tmp}/chromium",
+                         f"--virtual-time-budget={args.wait * 1000}", f"--screenshot={args.png.resolve()}", view],
+                        capture_output=True, text=True, timeout=600)
+                finally:
+                    proxy.shutdown()
+                    proxy.server_close()
                 (args.out / "chromium.log").write_text(shot.stdout + shot.stderr, encoding="utf-8")
                 print(f"chromium exit {shot.returncode} in {time.time() - t0:.0f} s; screenshot {args.png}")
                 return shot.returncode

@@ -224,4 +224,5 @@ def test_pacs_viewer_serves_the_viewer_with_our_config_and_nothing_outside_it(tm
         assert requests.get(f"{base}/%2e%2e/secret.txt", timeout=10).text == "<html>ohif</html>"
     finally:
         server.shutdown()
+        server.server_close()
     assert (dist / "app-config.js").read_text() == "window.config = {theirs: 1};"     # the viewer is only read

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from smaformer.cli._common import add_model_args, add_parts_args, add_runtime_args, parse_postprocess
-from smaformer.infer.pacs import archive, check_store, is_archive, predict_from_pacs, store_all
-from smaformer.infer.predict import OUTPUT_TYPES, predict
+from smaformer.infer.pacs import predict_and_store
+from smaformer.infer.predict import OUTPUT_TYPES
 
 EPILOG = """examples:
   smaformer predict -i ct.nii.gz -o ct_seg.nii.gz -c runs/synapse/best.pt
@@ -65,15 +65,8 @@ def run(args: argparse.Namespace) -> int:
                   tta=args.tta, inference=args.inference, postprocess=mode, min_size=min_size,
                   output_type=args.output_type, save_probabilities=args.save_probabilities, progress=not args.quiet,
                   num_parts=args.num_parts, part_id=args.part_id, torchrun=True, compile_model=args.compile)
-    if is_archive(args.input):
-        results = predict_from_pacs(args.input, args.output, args.checkpoint, store=args.store,
-                                    ae_title=args.ae_title, **kwargs)
-    else:
-        check_store(args.store, args.output_type)
-        target = archive(args.store, base_only=True, ae_title=args.ae_title) if args.store else None  # before the work
-        results = predict(args.input, args.output, args.checkpoint, **kwargs)
-        if target is not None:
-            store_all(results, target, args.store)
+    results = predict_and_store(args.input, args.output, args.checkpoint, store=args.store, ae_title=args.ae_title,
+                                **kwargs)
     failed = [r for r in results if r.error]
     slices = sum(r.slices for r in results)
     seconds = sum(r.seconds for r in results)

@@ -67,16 +67,18 @@ class Archive:
         q = Dataset()
         q.QueryRetrieveLevel, q.StudyInstanceUID, q.SeriesInstanceUID, q.Modality = "SERIES", study, "", ""
         assoc = self._associate(f"study {study}", [StudyRootQueryRetrieveInformationModelFind])
-        found = []
+        found, final = [], None
         try:
             for status, ident in assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind):
-                if status and status.Status in (0xFF00, 0xFF01) and ident is not None:
+                final = status.Status if status else None
+                if final in (0xFF00, 0xFF01) and ident is not None:
                     if str(ident.get("Modality", "")) not in NOT_IMAGES:
                         found.append(str(ident.SeriesInstanceUID))
-                elif status and status.Status not in (0x0000,):
-                    raise InputError(f"study {study}", f"C-FIND refused (status 0x{status.Status:04X})")
         finally:
             assoc.release()
+        if final != 0x0000:          # no final status: the archive aborted or timed out, not "no series"
+            why = "no answer" if final is None else f"status 0x{final:04X}"
+            raise InputError(f"study {study}", f"C-FIND refused or incomplete ({why})")
         return found
 
     def get_series(self, study: str, series: str, folder: Path) -> Path:
@@ -86,7 +88,6 @@ class Archive:
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
         from smaformer.infer.series_check import check_image_series
-        folder.mkdir(parents=True)
         got = []
 
         def keep(event):
@@ -104,16 +105,21 @@ class Archive:
         q.QueryRetrieveLevel, q.StudyInstanceUID, q.SeriesInstanceUID = "SERIES", study, series
         final = None
         try:
-            for status, _ in assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet):
-                final = status.Status if status else None
-            assoc.release()
+            folder.mkdir(parents=True)
+            try:
+                for status, _ in assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet):
+                    final = status.Status if status else None
+            finally:
+                assoc.release()
             if final != 0x0000:      # a warning (0xB000) means some instances did not arrive: no partial series
                 why = (f"no answer: does {self.aet} allow C-GET for AE title {self.ours}?" if final is None
                        else f"status {hex(final)}")
                 raise InputError(f"series {series}", f"C-GET incomplete or refused ({why}; {len(got)} received)")
             check_image_series(got, series)
-        except InputError:
+        except BaseException as e:
             shutil.rmtree(folder, ignore_errors=True)    # nothing of a failed series is left to be segmented
+            if isinstance(e, (OSError, ValueError)):     # an instance that cannot be written: this series fails
+                raise InputError(f"series {series}", f"C-GET: {e}") from None
             raise
         return folder
 

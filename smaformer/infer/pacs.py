@@ -120,10 +120,13 @@ class WebArchive:
         """The study's series that hold images (QIDO-RS), in the archive's order."""
         try:
             found = self.client.search_for_series(study_instance_uid=study)
+            return [s[_TAG_SERIES]["Value"][0] for s in found
+                    if (s.get(_TAG_MODALITY, {}).get("Value") or [""])[0] not in NOT_IMAGES]
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise InputError(f"study {study}", "the archive's QIDO-RS answer lists a series without its "
+                                               "SeriesInstanceUID") from None
         except Exception as e:  # noqa: BLE001 - any failure of the request is one line for the user
             raise InputError(f"study {study}", reason(e)) from None
-        return [s[_TAG_SERIES]["Value"][0] for s in found
-                if (s.get(_TAG_MODALITY, {}).get("Value") or [""])[0] not in NOT_IMAGES]
 
     def get_series(self, study: str, series: str, folder: Path) -> Path:
         """The series' instances (WADO-RS) as files in ``folder``; a non-image series or a localizer is refused."""
@@ -174,24 +177,33 @@ def is_archive(text: str | Path) -> bool:
     return is_dicomweb(text) or is_dimse(text)
 
 
-def predict_from_pacs(url: str, output: str | Path, checkpoint, *, store: str | None = None,
+def predict_and_store(inp: str | Path, output: str | Path, checkpoint, *, store: str | None = None,
                       ae_title: str | None = None, log: Callable[[str], None] = print, **kwargs) -> list:
-    """Fetch the series of ``url`` (DICOMweb or DIMSE) into a temporary folder, segment them with
-    ``infer.predict.predict`` (outputs named by SeriesInstanceUID), and with ``store`` send each SEG to that
-    archive; ``ae_title``: ours over DIMSE. Returns the CaseResults, failed series included."""
+    """``infer.predict.predict`` on local files or on an archive's study/series (DICOMweb or DIMSE), and with
+    ``store`` each written SEG/RTSTRUCT sent to that archive as soon as it is written (a refusal becomes that
+    case's error, in one line, and in the summary). ``ae_title``: ours over DIMSE. Returns the CaseResults,
+    failed series included."""
     from smaformer.infer.predict import CaseResult, predict
     from smaformer.io_utils import check_output
 
     check_store(store, kwargs.get("output_type", "nifti"))
-    source = archive(url, ae_title=ae_title)
+    source = archive(inp, ae_title=ae_title) if is_archive(inp) else None
+    target = archive(store, base_only=True, ae_title=ae_title) if store else None   # a bad address: before the work
+
+    def deliver(result) -> None:
+        target.store(result.output, Path(str(result.source)).name)
+        log(f"stored {result.output.name} at {store}")
+
+    kwargs.update(log=log, deliver=deliver if target is not None else None)
+    if source is None:
+        return predict(inp, output, checkpoint, **kwargs)
     if source.study is None:
-        raise InputError(url, "give a study (and optionally a series) to segment")
+        raise InputError(inp, "give a study (and optionally a series) to segment")
     single = source.series is not None
     check_output(output, folder=not single and not str(output).endswith(".dcm"))
-    target = archive(store, base_only=True, ae_title=ae_title) if store else None
     wanted = [source.series] if single else source.find_series(source.study)
     if not wanted:
-        raise InputError(url, "the study holds no image series")
+        raise InputError(inp, "the study holds no image series")
     results, fetched = [], {}
     with tempfile.TemporaryDirectory(prefix="smaformer-pacs-") as tmp:
         for uid in wanted:
@@ -201,22 +213,5 @@ def predict_from_pacs(url: str, output: str | Path, checkpoint, *, store: str | 
                 log(f"FAILED {e}")
                 results.append(CaseResult(Path(uid), error=str(e)))
         if fetched:
-            inp = next(iter(fetched.values())) if single else Path(tmp)
-            done = predict(inp, output, checkpoint, log=log, **kwargs)
-            if target is not None:
-                store_all(done, target, store, log)
-            results += done
+            results += predict(next(iter(fetched.values())) if single else Path(tmp), output, checkpoint, **kwargs)
     return results
-
-
-def store_all(results: list, target, store: str, log: Callable[[str], None] = print) -> None:
-    """Send each written SEG of ``results`` (CaseResults) to ``target`` (``archive(store)``); a refusal becomes
-    that case's error, in one line."""
-    for r in results:
-        if r.error is None:
-            try:
-                target.store(r.output, Path(str(r.source)).name)
-                log(f"stored {r.output.name} at {store}")
-            except InputError as e:
-                log(f"FAILED {e}")
-                r.error = str(e)

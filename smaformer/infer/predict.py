@@ -235,7 +235,8 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
             tta: bool = False, inference: str | None = None, postprocess: str | dict | None = "auto",
             min_size: int = 0, output_type: str = "nifti", progress: bool = True,
             log: Callable[[str], None] = print, num_parts: int | None = None, part_id: int | None = None,
-            torchrun: bool = False, compile_model: bool = False) -> list[CaseResult]:
+            torchrun: bool = False, compile_model: bool = False,
+            deliver: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
     """Segment every case of ``inp`` into ``output`` with one checkpoint or an ensemble of several;
     failing cases are reported and skipped.
 
@@ -243,7 +244,8 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
     (with ``min_size`` voxels) or a rule dict (``infer.members.resolve_postprocessing``). ``output_type``
     ``dicom-seg`` writes a DICOM SEG per DICOM series (``infer.dicom_seg``) instead of a NIfTI.
     ``num_parts``/``part_id`` (or, with ``torchrun=True``, torchrun's ranks) segment one share of the cases
-    (``infer.parts``); the summary is then ``predict_part{K}_of_{N}.json``.
+    (``infer.parts``); the summary is then ``predict_part{K}_of_{N}.json``. ``deliver``: called with each
+    written case (``infer.pacs`` stores it in an archive); an ``InputError`` it raises fails that case.
     """
     part = resolve_part(num_parts, part_id, torchrun=torchrun)
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
@@ -283,6 +285,12 @@ def predict(inp: str | Path, output: str | Path, checkpoint: str | Path | list, 
         res.seconds = time.perf_counter() - t0
         if res.error is None:
             log(f"{case} -> {res.output} ({res.slices} slices, {res.seconds:.1f} s)")
+            if deliver is not None:
+                try:
+                    deliver(res)
+                except InputError as e:     # the output stays written; the case is reported as failed
+                    res.error = str(e)
+                    log(f"FAILED {e}")
         results.append(res)
     _write_summary(output, single, members_as_run(members, paths, device, settings.precision), settings, results,
                    part.suffix())

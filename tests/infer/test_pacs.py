@@ -1,5 +1,6 @@
 """Into the PACS and back (issue 28): a real Orthanc (tests/orthanc.py), a series made from the real CT,
 predicted from its DICOMweb URL, the SEG stored back and compared voxel for voxel; every failure one line."""
+import json
 import math
 
 import nibabel as nib
@@ -252,7 +253,9 @@ def test_round_trip_over_dimse(server, ckpt, data_dir, tmp_path, creds, capsys):
         _one_failure(capsys, ["predict", "-i", f"{server.dimse}/{rstudy}/{rseries}", "-o", str(tmp_path / "r.dcm"),
                               "-c", str(ckpt), "--output-type", "dicom-seg", "--store", server.dimse, "--quiet"],
                      "not stored: rejected by the archive")
-        assert (tmp_path / "r.dcm").is_file()
+        assert (tmp_path / "r.dcm").is_file()      # kept locally; the summary says the store failed
+        (case,) = json.loads((tmp_path / "r.json").read_text())["cases"]
+        assert case["output"] == str(tmp_path / "r.dcm") and "not stored: rejected by the archive" in case["error"]
         _one_failure(capsys, ["predict", "-i", f"dimse://ORTHANC@127.0.0.1:9/{rstudy}/{rseries}", "-o",
                               str(tmp_path / "x.dcm"), "-c", str(ckpt), "--output-type", "dicom-seg", "--quiet"],
                      "no association with ORTHANC@127.0.0.1:9 (server down")
