@@ -162,12 +162,16 @@ def _pretrain(cfg, run_dir, resume, stop_after, progress_bar, log) -> PretrainRe
     total = int(t["epochs"]) * per_epoch
     total = min(total, int(t["max_iterations"])) if t["max_iterations"] else total
     scheduler = IterScheduler(optimizer, cfg, total)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")     # fp16 gradients need scaling
+    clip = float(t["grad_clip"] or 0)
     it, epoch, step_in_epoch, rows, elapsed, loss_sum = 0, 0, 0, [], 0.0, 0.0
     if state is not None:
         st = state["train_state"]
         simmim.load_state_dict(st["simmim"])
         optimizer.load_state_dict(st["optimizer"])
         scheduler.load_state_dict(st["scheduler"])
+        if st.get("scaler"):        # a disabled scaler (fp32/bf16) saves an empty state
+            scaler.load_state_dict(st["scaler"])
         it, epoch, step_in_epoch = st["iteration"], st["epoch"], st["step_in_epoch"]
         rows, elapsed, loss_sum = list(st["log"]), st["elapsed"], st["loss_sum"]
         restore_rng(st["rng"])
@@ -185,7 +189,8 @@ def _pretrain(cfg, run_dir, resume, stop_after, progress_bar, log) -> PretrainRe
     def save() -> None:
         ckpt = {"format": FORMAT, "model": simmim.encoder_state_dict(), "config": cfg,
                 "train_state": cpu_snapshot({"simmim": simmim.state_dict(), "optimizer": optimizer.state_dict(),
-                                             "scheduler": scheduler.state_dict(), "iteration": it, "epoch": epoch,
+                                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                             "iteration": it, "epoch": epoch,
                                              "step_in_epoch": step_in_epoch, "log": rows, "elapsed": elapsed,
                                              "loss_sum": float(sum_loss),
                                              "rng": capture_rng(), "mask_rng": masks_gen.get_state()})}
@@ -207,8 +212,12 @@ def _pretrain(cfg, run_dir, resume, stop_after, progress_bar, log) -> PretrainRe
                 mask = random_masks(x.shape[0], grid, float(p["mask_ratio"]), masks_gen).to(device, non_blocking=True)
                 with autocast(precision, device):
                     loss = simmim.loss(x, mask)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                if clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(simmim.parameters(), clip)
+                scaler.step(optimizer)
+                scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 sum_loss += loss.detach()
