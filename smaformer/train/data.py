@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from smaformer.data.sample import (
 )
 from smaformer.errors import InputError
 from smaformer.infer.evaluate import volume_dice
-from smaformer.train.distributed import Dist, all_reduce_sum
+from smaformer.train.distributed import Dist, all_reduce_sum, gather_objects
 from smaformer.train.sampling import SeededItems
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,26 @@ def training_fingerprint(data: TrainData) -> dict | None:
         return None
     fingerprint = dataset_fingerprint(reader, group=case_key)
     check_label_values(fingerprint, list(data.classes), reader)
+    return fingerprint
+
+
+def checked_fingerprint(data: TrainData, dist: Dist, log) -> dict | None:
+    """Rank 0's ``training_fingerprint`` (timed in the log), before the run folder is written; a training label
+    it refuses fails every rank with the same one line, so no rank goes on into a collective alone."""
+    fingerprint, fault = None, None
+    if dist.main:
+        t0 = time.perf_counter()
+        try:
+            fingerprint = training_fingerprint(data)
+        except InputError as e:
+            fault = e
+        if fingerprint:
+            log(f"fingerprint of {fingerprint['num_cases']} training cases: {time.perf_counter() - t0:.1f} s")
+    message = gather_objects(str(fault) if fault else None, dist)[0]
+    if fault is not None:
+        raise fault
+    if message:
+        raise InputError(None, message)
     return fingerprint
 
 

@@ -34,7 +34,7 @@ from smaformer.models.layers.axial import set_gates_trainable
 from smaformer.runtime import autocast, enable_deterministic, resolve_device, resolve_precision
 from smaformer.train import distributed as dd
 from smaformer.train.crossval import final_validation
-from smaformer.train.data import TrainData, build_data, build_loader, training_fingerprint, validation_dice
+from smaformer.train.data import TrainData, build_data, build_loader, checked_fingerprint, validation_dice
 from smaformer.train.distill import build_objective
 from smaformer.train.folds import write_splits
 from smaformer.train.meter import DeviceLoss, memory_format
@@ -288,17 +288,13 @@ class Trainer:
         """Train to the end (or to ``stop_after`` optimizer steps, saving latest.pt there)."""
         t = self.cfg["train"]
         self.log(f"device {self.device}, precision {self.precision} (train.precision {t['precision']})")
+        if self.fingerprint is None:       # labels checked before the run folder is written
+            self.fingerprint = checked_fingerprint(self.data, self.dist, self.log)
         self.run_dir, self._fresh_dir = open_run_dir(self.run_dir, self._fresh_dir, self.dist), False
         if self.dist.main:
             dump_config(self.cfg, self.run_dir / "config.yaml")
             if self.data.splits is not None:
                 write_splits(self.data.splits.splits, self.run_dir / "splits.json")
-            if self.fingerprint is None:
-                f0 = time.perf_counter()
-                self.fingerprint = training_fingerprint(self.data)
-                if self.fingerprint:
-                    self.log(f"fingerprint of {self.fingerprint['num_cases']} training cases: "
-                             f"{time.perf_counter() - f0:.1f} s")
         self.tb = TensorBoard(self.run_dir, bool(t["tensorboard"]) and self.dist.main, self.log)
         self._plotted = time.monotonic()
         old = self._install_signals()
