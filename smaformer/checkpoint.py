@@ -164,16 +164,12 @@ def read_checkpoint(path: str | Path) -> dict:
 def _check_fingerprint(fingerprint, path) -> None:
     """A stored training fingerprint the intensity guard can read, else a CheckpointError naming the file
     (before any case is read, instead of a raw TypeError per case)."""
-    import numpy as np
-
-    from smaformer.data.fingerprint import intensity_warnings
+    from smaformer.data.fingerprint import check_fingerprint
     try:
-        if fingerprint is not None and not isinstance(fingerprint, dict):
-            raise TypeError(f"a {type(fingerprint).__name__}, not a mapping")
-        intensity_warnings(fingerprint, np.zeros((1, 2, 2), np.float32), (1.0, 1.0, 1.0))   # every field it reads
-    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
-        raise CheckpointError(path, f"stored training fingerprint is corrupt ({type(e).__name__}: {e}); "
-                                    "retrain, or remove the checkpoint's 'fingerprint' entry") from None
+        check_fingerprint(fingerprint)
+    except ValueError as e:
+        raise CheckpointError(path, f"stored training fingerprint is corrupt ({e}); retrain, or remove the "
+                                    "checkpoint's 'fingerprint' entry") from None
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

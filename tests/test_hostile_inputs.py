@@ -141,7 +141,9 @@ CORRUPT = [("postprocessing", rule, "stored post-processing is corrupt") for rul
     {"per_class": ["lcc"]}, "lcc", {"per_class": {"x": {"mode": "lcc"}}})] + \
     [("fingerprint", fingerprint, "stored training fingerprint is corrupt") for fingerprint in (
         {"summary": {"intensity": {"p0.5": [1, 2]}}}, ["x"],
-        {"summary": {"intensity": {"p0.5": {"min": "a"}, "p99.5": {"max": 1}}}})]
+        {"summary": {"intensity": {"p0.5": {"min": "a"}, "p99.5": {"max": 1}}}},
+        {"summary": {"intensity": {"p0.5": {"min": 1e6}, "p99.5": {"max": 1.5e6}}, "span": {"min": "x"}}},
+        {"summary": {"spacing": {"min": [1.0, "a"], "max": [2.0, 2.0]}}})]
 
 
 @pytest.mark.parametrize(("key", "value", "fault"), CORRUPT)

@@ -191,6 +191,44 @@ def dataset_fingerprint(reader: Reader, cases: Iterable[str] | None = None,
     return builder.result()
 
 
+def check_fingerprint(fingerprint) -> None:
+    """A ``ValueError`` naming the first field of a stored fingerprint that ``intensity_warnings`` reads and
+    cannot use (None, or one without a summary, is fine: it gives no warnings)."""
+    if fingerprint is None:
+        return
+    if not isinstance(fingerprint, dict):
+        raise ValueError(f"a {type(fingerprint).__name__}, not a mapping")
+    s = fingerprint.get("summary")
+    if not s:
+        return
+
+    def field(*keys):
+        v = s
+        for k in keys:
+            if not isinstance(v, dict) or k not in v:
+                raise ValueError(f"summary.{'.'.join(keys)} is missing")
+            v = v[k]
+        return v
+
+    def number(*keys):
+        v = field(*keys)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"summary.{'.'.join(keys)}={v!r} is not a number")
+
+    if not isinstance(s, dict):
+        raise ValueError("summary is not a mapping")
+    if (s.get("intensity") or {}).get("p0.5"):
+        number("intensity", "p0.5", "min")
+        number("intensity", "p99.5", "max")
+    if s.get("span"):
+        number("span", "min")
+    if s.get("spacing"):
+        for key in ("min", "max"):
+            v = field("spacing", key)
+            if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                raise ValueError(f"summary.spacing.{key}={v!r} is not a list of numbers")
+
+
 def intensity_warnings(fingerprint: dict | None, image: np.ndarray, spacing: Any = None, case: str = "",
                        preprocessing: dict | None = None) -> list[str]:
     """One-line warnings naming ``case`` when ``image`` lies FAR outside what the model was trained on.
