@@ -111,13 +111,13 @@ def peak_rss(path: Path, engine: str, precision: str) -> float:
 def export_all(ckpt: Path, work: Path, data: Path) -> dict:
     """The exported files of a checkpoint (an INT8 one may be refused: its line is kept)."""
     from smaformer.export import export_checkpoint
-    from smaformer.infer.quantize import Int8Spec, int8_quantizer
+    from smaformer.infer.quantize import Int8Quantizer, Int8Spec
 
     work.mkdir(parents=True, exist_ok=True)
     files, log = {"pt": ckpt}, {}
     for kind, fmt, kw in (("onnx", "onnx", {}), ("xml", "openvino", {}), ("fp16.onnx", "onnx", {"fp16": True}),
-                          ("int8.xml", "openvino", {"quantize": int8_quantizer(Int8Spec(data))}),
-                          ("int8cnn.xml", "openvino", {"quantize": int8_quantizer(Int8Spec(data, scheme="cnn"))})):
+                          ("int8.xml", "openvino", {"quantize": Int8Quantizer(Int8Spec(data))}),
+                          ("int8cnn.xml", "openvino", {"quantize": Int8Quantizer(Int8Spec(data, scheme="cnn"))})):
         out = work / f"model.{kind}"
         t0 = time.perf_counter()
         try:

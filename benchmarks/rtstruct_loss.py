@@ -30,7 +30,6 @@ def main() -> None:
     ap.add_argument("-o", "--out", type=Path, required=True)
     ap.add_argument("--volumes", type=int, default=20, help="ACDC val volumes to use (default all 20)")
     args = ap.parse_args()
-    import pydicom
 
     from smaformer.cli import main as cli
     from smaformer.data.io import read_image
@@ -45,17 +44,17 @@ def main() -> None:
             write_mr_series(np.asarray(f["image"]), series)
         nii, rt = args.out / vol.stem / "seg.nii.gz", args.out / vol.stem / "rt.dcm"
         for out, kind in ((nii, "nifti"), (rt, "dicom-rtstruct")):
-            assert cli(["predict", "-i", str(series), "-o", str(out), "-c", args.checkpoint, "--output-type", kind,
-                        "--quiet"]) == 0
+            if cli(["predict", "-i", str(series), "-o", str(out), "-c", args.checkpoint, "--output-type", kind,
+                    "--quiet"]) != 0:
+                sys.exit(f"error: predict --output-type {kind} failed on {series}")
         labels, _ = read_image(nii, dtype=None)                      # (x, y, z) NIfTI -> our (z, y, x) reader order
         _, props = read_image(series, dtype=None)
         masks = read_rtstruct_masks(rt, read_source_series(series, props))
-        names = {str(r.ROIName) for r in pydicom.dcmread(rt).StructureSetROISequence}
         for k, name in classes.items():
             ref = np.asarray(labels) == k
             if not ref.any():
                 continue
-            got = masks.get(name, np.zeros_like(ref)) if name in names else np.zeros_like(ref)
+            got = masks.get(name, np.zeros_like(ref))
             rows.append({"volume": vol.stem, "class": name, "voxels": int(ref.sum()),
                          "dice": float(2 * (got & ref).sum() / (got.sum() + ref.sum()))})
     summary = {c: {"mean_dice": float(np.mean(d)), "min_dice": float(np.min(d)), "cases": len(d)}

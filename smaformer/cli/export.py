@@ -55,13 +55,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     quantize = None
     if args.int8:
-        from smaformer.infer.quantize import Int8Spec, int8_quantizer
+        from smaformer.infer.quantize import Int8Quantizer, Int8Spec
 
         if not args.calibration:
             raise InputError(args.output, "--int8 needs --calibration DATA (the dataset to calibrate on)")
-        quantize = int8_quantizer(Int8Spec(args.calibration, args.calibration_split, args.calibration_cases,
-                                           args.guard_cases, args.max_dice_drop, args.layout, scheme=args.int8_scheme,
-                                           guard_split=args.guard_split, guard_data=args.guard_data))
+        quantize = Int8Quantizer(Int8Spec(args.calibration, args.calibration_split, args.calibration_cases,
+                                          args.guard_cases, args.max_dice_drop, args.layout, scheme=args.int8_scheme,
+                                          guard_split=args.guard_split, guard_data=args.guard_data))
     elif args.calibration or args.guard_split or args.guard_data:
         raise InputError(args.calibration or args.guard_data, "--calibration/--guard-* apply with --int8")
     result = export_checkpoint(args.checkpoint, args.output, args.format, quantize=quantize, fp16=args.fp16)

@@ -98,10 +98,13 @@ def _read_nifti(path: Path, frame: int | None, dtype) -> tuple[np.ndarray, dict]
 
 
 def _sitk():
+    """SimpleITK, with its raw C++ warnings off for the process: our own lines name the file and the fault
+    (``_check_series_slices``); GDCM's stderr would repeat them without the file."""
     try:
         import SimpleITK as sitk
     except ImportError:
         raise InputError(None, "DICOM input needs SimpleITK: pip install 'smaformer[dicom]'") from None
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
     return sitk
 
 
@@ -154,7 +157,6 @@ def _check_series_slices(folder: Path, files: list[str]) -> str | None:
     slice steps are uneven: the volume gets their mean step, and the worst slice lies this far off its place
     (a DICOM SEG references the real slices and is exact)."""
     sitk = _sitk()
-    sitk.ProcessObject_SetGlobalWarningDisplay(False)      # our own lines name the file; not GDCM's raw stderr
     pos, orient = [], []
     for f in files:
         _check_file(Path(f))

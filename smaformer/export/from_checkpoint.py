@@ -15,7 +15,7 @@ def export_checkpoint(ckpt_path: str | Path, out: str | Path, fmt: str,
                       onnx_exporters: tuple[str, ...] = ("dynamo", "torchscript"), *,
                       quantize: Quantizer | None = None, fp16: bool = False) -> ExportResult:
     """Load a checkpoint (.pt or safetensors pair) and export it to ``fmt``. ``quantize`` (e.g.
-    ``infer.quantize.int8_quantizer``: NNCF INT8 behind a Dice guard) applies to ``openvino``, ``fp16`` to
+    ``infer.quantize.Int8Quantizer``: NNCF INT8 behind a Dice guard) applies to ``openvino``, ``fp16`` to
     ``onnx``. The outputs (with the sidecar a safetensors export and the weights an OpenVINO IR writes beside
     them) are checked first: writable, and never the checkpoint or its sidecar."""
     if quantize is not None and fmt != "openvino":

@@ -3,7 +3,7 @@
 The network goes through our verified ONNX export first (so the same dims are dynamic or pinned), then
 ``openvino.convert_model`` turns it into an IR saved with fp32 weights. The metadata block travels in
 the IR's ``rt_info`` under the key ``smaformer`` (the JSON the ONNX export stores). fp32: the IR must
-match eager within ``TOLERANCE``. INT8: a ``quantize`` hook (``infer.quantize.int8_quantizer``: NNCF
+match eager within ``TOLERANCE``. INT8: a ``quantize`` hook (``infer.quantize.Int8Quantizer``: NNCF
 post-training quantization on slices prepared as ``predict`` prepares them, then a Dice guard on held-back
 cases) returns the quantized model or raises, and so decides whether the file is written at all. The hook
 lives in ``infer`` because it runs inference; export never imports ``infer``.
@@ -79,7 +79,7 @@ def save_ir(ov_model, path: Path, meta: ExportMetadata) -> None:
 
 def export_openvino(model: nn.Module, info: dict, path: str | Path, quantize: Quantizer | None = None,
                     onnx_exporters: tuple[str, ...] = ("dynamo", "torchscript")) -> ExportResult:
-    """IR export: fp32 (parity with eager enforced), or quantized by ``quantize`` (``infer.quantize.int8_quantizer``:
+    """IR export: fp32 (parity with eager enforced), or quantized by ``quantize`` (``infer.quantize.Int8Quantizer``:
     its report goes into the result's notes, and a failing guard raises before anything is written)."""
     ov = _openvino()
     path = Path(path)

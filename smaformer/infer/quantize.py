@@ -279,7 +279,3 @@ class Int8Quantizer:
         if self.plan is None:
             raise RuntimeError("Int8Quantizer.prepare(model, info) must run before quantizing")
         return quantize_guarded(ov_model, meta, self.spec, self.plan, path, cnn=self.cnn)
-
-
-def int8_quantizer(spec: Int8Spec) -> Int8Quantizer:
-    return Int8Quantizer(spec)

@@ -31,7 +31,8 @@ class SegmentationModel(nn.Module):
     size_hint: ClassVar[str] = ""                  # appended to size errors, e.g. " or pass pad=True"
     gray_to_rgb: ClassVar[bool] = False  # built for 1 channel, repeat it to 3 (the official wrappers' 3-ch stem)
     # how much of the model is convolutional: "all" (a CNN: channels-last everywhere, NNCF's CNN INT8 scheme),
-    # "part" (a CNN stem or decoder: channels-last on CUDA only), "none" (attention: NNCF's transformer scheme)
+    # "part" (a CNN stem or decoder: channels-last on CUDA only), "none" (attention); "part" and "none" take
+    # NNCF's transformer INT8 scheme
     convolution: ClassVar[str] = "none"
 
     in_chans: int

@@ -200,7 +200,7 @@ def test_guard_fp32_figure_equals_evaluate(ckpt, ir, tmp_path):
 
 def test_int8_export_writes_its_guard_report(ckpt, tmp_path):
     from smaformer.export.openvino import export_openvino
-    from smaformer.infer.quantize import Int8Spec, int8_quantizer
+    from smaformer.infer.quantize import Int8Quantizer, Int8Spec
 
     model, info = load_checkpoint(ckpt)
     info = {**info, "config": {"data": {"train_split": "train", "val_split": "val"}}}
@@ -208,7 +208,7 @@ def test_int8_export_writes_its_guard_report(ckpt, tmp_path):
     spec = Int8Spec(_volumes(4), cases=2, guard_split="val", guard_data=_volumes(2, seed=9)[:1], max_dice_drop=100)
     for v in spec.guard_data:
         v.meta["case"] = "patient077_frame01"
-    res = export_openvino(model, info, out, int8_quantizer(spec), onnx_exporters=FAST)
+    res = export_openvino(model, info, out, Int8Quantizer(spec), onnx_exporters=FAST)
     assert res.fmt == "openvino INT8" and any("Dice on 1 volumes of split val (asked for)" in n for n in res.notes)
     assert any(n.startswith("only 1 of the 20 guard volumes") for n in res.notes)
     assert read_metadata(out).classes == ["bg", "a", "b"]
@@ -280,10 +280,10 @@ def test_cli_int8_refusals_before_any_work_on_acdc(ckpt, acdc_ckpt, tmp_path, sh
 
 def test_unknown_int8_scheme_is_refused(ckpt):
     from smaformer.errors import InputError
-    from smaformer.infer.quantize import Int8Spec, int8_quantizer
+    from smaformer.infer.quantize import Int8Quantizer, Int8Spec
 
     with pytest.raises(InputError, match="unknown INT8 scheme 'fast'"):
-        int8_quantizer(Int8Spec(_volumes(2), scheme="fast"))
+        Int8Quantizer(Int8Spec(_volumes(2), scheme="fast"))
 
 
 def test_records_say_how_each_member_ran(ckpt, ir, tmp_path, monkeypatch):
