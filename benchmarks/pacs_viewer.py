@@ -114,6 +114,8 @@ def main() -> int:
     ap.add_argument("--wait", type=int, default=60, help="seconds of the viewer's virtual time before the shot")
     args = ap.parse_args()
     from smaformer.cli import main as cli
+    from smaformer.errors import InputError
+    from smaformer.io_utils import check_output
 
     dist = args.ohif.resolve()
     if not (dist / "index.html").is_file():
@@ -121,6 +123,13 @@ def main() -> int:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium or orthanc.why_not():
         sys.exit(f"error: {orthanc.why_not() or 'chromium is not installed'}")
+    try:                # outputs checked before any work: never inside the viewer or the data, never a used folder
+        for out, folder in ((args.out, True), (args.png, False)):
+            check_output(out, folder=folder, inputs=[dist, args.volume])
+        if args.out.is_dir() and any(args.out.iterdir()):
+            raise InputError(args.out, "work folder is not empty; give a new one")
+    except InputError as e:
+        sys.exit(f"error: {e}")
     with h5py.File(args.volume, "r") as f:
         files = write_mr_series(np.asarray(f["image"]), args.out / "series")
     with tempfile.TemporaryDirectory(prefix="smaformer-orthanc-") as tmp:
